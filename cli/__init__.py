@@ -1,0 +1,1 @@
+"""The `aforo` command line."""

@@ -1,0 +1,64 @@
+"""The built-in demo stream: normal traffic plus every kind of trouble the gates must catch."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+TENANTS = {"acme": ["cust-1", "cust-2", "cust-3"], "globex": ["cust-a", "cust-b"]}
+TYPES = ["api.call", "llm.completion", "storage.write"]
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[bytes], dict[str, int]]:
+    """Lines to send now, and the count of records expected per `status/reason`."""
+    rnd = random.Random(seed)
+    lines: list[bytes] = []
+    expected: dict[str, int] = {}
+
+    def add(line: bytes, outcome: str) -> None:
+        lines.append(line)
+        expected[outcome] = expected.get(outcome, 0) + 1
+
+    def event(i: int, when: datetime, **extra) -> dict:
+        tenant = rnd.choice(list(TENANTS))
+        kind = rnd.choice(TYPES)
+        data = {"tokens": rnd.randint(10, 2000), "model": "gpt-4o"} if kind == "llm.completion" \
+            else {"route": "/v2/search", "status": 200}
+        return {"specversion": "1.0", "id": f"evt-{i}", "source": "demo/sdk", "type": kind,
+                "subject": rnd.choice(TENANTS[tenant]), "time": _rfc3339(when),
+                "tenantid": tenant, "data": data, **extra}
+
+    accepted = [event(i, now - timedelta(seconds=rnd.randint(0, 3600))) for i in range(normal)]
+    for e in accepted:
+        add(orjson.dumps(e), "accepted/")
+    retried = rnd.sample(accepted, normal // 50 + normal // 200)  # disjoint, so counts are exact
+    for e in retried[: normal // 50]:  # retries of the very same payload
+        add(orjson.dumps(e), "duplicate/same_payload")
+    for e in retried[normal // 50 :]:  # same id, different payload
+        add(orjson.dumps({**e, "data": {"tokens": 1}}), "duplicate/conflict")
+    n = normal
+    for _ in range(normal // 100):
+        add(orjson.dumps(event(n, now - timedelta(hours=30))), "late/late_arrival")
+        n += 1
+    for _ in range(5):
+        add(orjson.dumps(event(n, now + timedelta(minutes=10))), "rejected/future_timestamp")
+        n += 1
+    for _ in range(5):
+        add(orjson.dumps(event(n, now - timedelta(days=100))), "rejected/too_old")
+        n += 1
+    for bad in (b"not json at all", b"[1, 2, 3]", b'{"unterminated": ', b"\xff\xfe\x00garbage"):
+        add(bad, "rejected/malformed")
+    broken = event(n, now)
+    for missing in ("id", "subject", "tenantid"):
+        add(orjson.dumps({k: v for k, v in broken.items() if k != missing}), "rejected/schema")
+    add(orjson.dumps({**broken, "specversion": "0.3"}), "rejected/schema")
+    add(orjson.dumps({**broken, "time": "yesterday"}), "rejected/schema")
+    add(orjson.dumps({**broken, "data": [1, 2]}), "rejected/schema")
+    rnd.shuffle(lines)
+    return lines, expected

@@ -1,0 +1,1 @@
+"""The rules of the product, as plain functions and small classes the dataflow calls."""

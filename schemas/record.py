@@ -1,0 +1,66 @@
+"""The in-flight record: one raw Kafka record on its way to exactly one terminal status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    LATE = "late"
+    UNRESOLVED = "unresolved"
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    SCHEMA = "schema"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    TOO_OLD = "too_old"
+    LATE_ARRIVAL = "late_arrival"
+    SAME_PAYLOAD = "same_payload"
+    CONFLICT = "conflict"
+    UNKNOWN_TENANT = "unknown_tenant"
+
+
+@dataclass(slots=True)
+class Record:
+    """A raw record plus what the gates decided about it.
+
+    `status` stays None while the record is still eligible for billing; `late` records keep
+    flowing through dedup (a late duplicate is still a duplicate) but are never rated.
+    """
+
+    topic: str
+    topic_id: str  # the broker's id of this incarnation of the topic: offsets restart with it
+    partition: int
+    offset: int
+    ingested_ms: int  # the raw record's Kafka timestamp: the only clock decisions may use
+    raw: bytes
+    key: bytes | None = None
+    event: dict[str, Any] | None = None
+    event_us: int | None = None  # event `time` as microseconds since the Unix epoch
+    status: Status | None = None
+    reason: Reason | None = None
+    detail: str | None = None
+    dedup_key: str | None = None
+    payload_hash: bytes | None = None
+    route: str | None = None
+    validation_hash: str | None = None
+
+    @property
+    def coords(self) -> tuple[str, int, int]:
+        return (self.topic_id, self.partition, self.offset)
+
+    @property
+    def pending(self) -> bool:
+        """Still in the running for a dedup claim: not rejected or already deduplicated."""
+        return self.status is None or self.status is Status.LATE
+
+    def decide(self, status: Status, reason: Reason | None, detail: str | None = None) -> Record:
+        self.status, self.reason, self.detail = status, reason, detail
+        return self

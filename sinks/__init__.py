@@ -1,0 +1,1 @@
+"""Thin adapters to Kafka and Postgres: sources, sinks, migrations."""

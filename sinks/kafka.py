@@ -1,0 +1,175 @@
+"""Kafka adapters: topic setup, the raw source, the producer for `aforo send`, the routing sink."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator
+
+import orjson
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from config import Settings
+from schemas.record import Record
+
+# Raw records up to this size reach the pipeline (which rejects those over 1 MiB with a reason)
+# instead of being refused by a client: a poison record must end in the ledger, not vanish.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def producer_config(settings: Settings) -> dict:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
+    }
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create Aforo's topics if missing (raw with the configured partition count)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    t = settings.topics
+    wanted = [NewTopic(name, settings.raw_partitions if name == t.raw else 1, 1)
+              for name in (t.raw, *t.outputs) if name not in existing]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"cannot create topic {name}: {exc}") from None
+
+
+def raw_source(settings: Settings, *, tail: bool) -> KafkaSource:
+    """The raw topic, one Bytewax input partition per Kafka partition. With tail=False every
+    partition is read to its end (partition EOF, not the high watermark) and the flow stops."""
+    return KafkaSource(
+        [settings.kafka_bootstrap], [settings.topics.raw], tail=tail,
+        batch_size=settings.batch_size,
+    )
+
+
+def topic_id(settings: Settings, topic: str) -> str:
+    """The broker's id for the current incarnation of a topic (a memory-only broker that
+    restarts, or a topic deleted and recreated, starts its offsets again under a new id)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    [future] = admin.describe_topics(TopicCollection([topic])).values()
+    return str(future.result(timeout=10).topic_id)
+
+
+def to_record(msg: KafkaSourceMessage, raw_topic_id: str) -> tuple[Record, int]:
+    """A raw Kafka message as a Record, with the Kafka timestamp type for the parse step."""
+    ts_type, ts_ms = msg.timestamp
+    return (Record(msg.topic, raw_topic_id, msg.partition, msg.offset, ts_ms, msg.value or b"",
+                   key=msg.key), ts_type)
+
+
+def produce(producer: Producer, topic: str, value: bytes, **kwargs) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, **kwargs)
+            return
+        except BufferError:  # local queue full: let deliveries drain, then retry
+            producer.poll(0.05)
+
+
+def record_key(line: bytes) -> bytes | None:
+    """Partition key of a raw line: tenant and customer, so one customer's events stay in one
+    partition (and so in order). Unparsable lines get no key; the pipeline rejects them."""
+    try:
+        event = orjson.loads(line)
+        return f"{event['tenantid']}/{event['subject']}".encode()
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+
+
+class RawProducer:
+    """Produces raw lines verbatim with an idempotent producer; counts acknowledgements."""
+
+    def __init__(self, settings: Settings):
+        self._producer = Producer(producer_config(settings))
+        self._topic = settings.topics.raw
+        self.acked = 0
+        self.errors: list[str] = []
+
+    def _on_delivery(self, err, _msg) -> None:
+        if err is None:
+            self.acked += 1
+        else:
+            self.errors.append(str(err))
+
+    def send(self, lines: Iterable[bytes], timestamp_ms: int | None = None) -> Iterator[int]:
+        """Produce each line; yields the running count of lines handed to the producer."""
+        n = 0
+        for line in lines:
+            produce(self._producer, self._topic, line, key=record_key(line),
+                    timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
+            n += 1
+            if n % 1000 == 0:
+                self._producer.poll(0)
+                yield n
+        yield n
+
+    def flush(self, timeout: float = 60.0) -> None:
+        if self._producer.flush(timeout) != 0:
+            self.errors.append("timed out waiting for broker acknowledgements")
+
+
+def routed_message(rec: Record) -> bytes:
+    body = {
+        "status": rec.status,
+        "reason": rec.reason,
+        "detail": rec.detail,
+        "provenance": {
+            "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition, "raw_offset": rec.offset,
+            "ingested_at_ms": rec.ingested_ms, "dedup_key": rec.dedup_key,
+            "validation_hash": rec.validation_hash, "route": rec.route,
+        },
+    }
+    if rec.event is not None:
+        body["event"] = rec.event
+    else:
+        body["raw_b64"] = base64.b64encode(rec.raw).decode()
+    return orjson.dumps(body)
+
+
+class _RoutePartition(StatelessSinkPartition[Record]):
+    def __init__(self, config: dict):
+        self._producer = Producer(config)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err, _msg) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write_batch(self, items: list[Record]) -> None:
+        for rec in items:
+            # The raw coordinates travel in a header: after a crash the epochs since the last
+            # snapshot are produced again, and consumers drop repeats by this reference.
+            headers = [("aforo-raw", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
+            produce(self._producer, rec.route, routed_message(rec), key=rec.key,
+                    headers=headers, timestamp=rec.ingested_ms, on_delivery=self._on_delivery)
+        self._producer.flush()
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"routing to Kafka failed: {errors[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class RouteSink(DynamicSink[Record]):
+    """Every record to the topic its status routes it to."""
+
+    def __init__(self, settings: Settings):
+        self._config = producer_config(settings)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RoutePartition:
+        return _RoutePartition(self._config)
