@@ -1,0 +1,66 @@
+"""Helpers shared by the integration tests: send, run, read the ledger and the output topics."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+import config
+from sinks.kafka import RawProducer, ensure_topics
+from sinks.postgres import connect
+
+
+def send(s: config.Settings, lines: list[bytes], timestamp_ms: int | None = None) -> int:
+    ensure_topics(s)
+    p = RawProducer(s)
+    for _ in p.send(lines, timestamp_ms=timestamp_ms):
+        pass
+    p.flush()
+    assert not p.errors, p.errors
+    return p.acked
+
+
+def ledger(s: config.Settings) -> list[tuple]:
+    """The ledger's decisions, in a stable order (processed_at excluded: it is wall-clock metadata)."""
+    with connect(s.database_url) as conn:
+        return conn.execute(
+            "SELECT raw_partition, raw_offset, status, reason, detail, dedup_key, route,"
+            " validation_hash, tenantid, event_id FROM ledger ORDER BY 1, 2").fetchall()
+
+
+def outcomes(s: config.Settings) -> Counter:
+    return Counter(f"{row[2]}/{row[3] if row[2] != 'accepted' else ''}" for row in ledger(s))
+
+
+def routed(s: config.Settings) -> dict[str, set[str]]:
+    """raw reference -> the output topics it was produced to (read to partition EOF)."""
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "aforo-test",
+                  "enable.partition.eof": True, "enable.auto.commit": False})
+    parts = []
+    for topic in s.topics.outputs:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
+    c.assign(parts)
+    seen: dict[str, set[str]] = {}
+    remaining = len(parts)
+    while remaining:
+        for m in c.consume(1000, 5.0):
+            if m.error():
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                remaining -= 1
+                continue
+            ref = dict(m.headers())["aforo-raw"].decode()
+            seen.setdefault(ref, set()).add(m.topic())
+    c.close()
+    return seen
+
+
+def env_of(s: config.Settings) -> dict[str, str]:
+    """The environment that makes a subprocess `aforo` see the same installation."""
+    return {**os.environ, "AFORO_HOME": str(s.home), "AFORO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "AFORO_DATABASE_URL": s.database_url, "AFORO_REDIS_URL": s.redis_url,
+            "AFORO_TOPIC_PREFIX": s.topic_prefix, "AFORO_SECRET": s.secret_env or "",
+            "AFORO_EPOCH_INTERVAL": str(s.epoch_interval_s), "AFORO_BATCH_SIZE": str(s.batch_size),
+            "AFORO_RAW_PARTITIONS": str(s.raw_partitions)}
