@@ -4,47 +4,33 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from operators.dedup import Claim
-from schemas.record import Record
+from schemas.record import Record, Status
 from sinks.postgres import connect
 
-_STAGE_COLUMNS = (
-    "raw_topic", "raw_topic_id", "raw_partition", "raw_offset", "raw_key", "raw", "ingested_ms", "status",
-    "reason", "detail", "tenantid", "source", "event_id", "type", "subject", "event_us",
-    "dedup_key", "payload_hash", "route", "validation_hash",
+_LEDGER_COLUMNS = (
+    "raw_topic", "raw_topic_id", "raw_partition", "raw_offset", "raw_key", "raw", "ingested_at",
+    "status", "reason", "detail", "tenantid", "source", "event_id", "type", "subject",
+    "event_time", "dedup_key", "payload_hash", "route", "validation_hash",
 )
-_CREATE_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS ledger_stage (
-    raw_topic text, raw_topic_id text, raw_partition integer, raw_offset bigint, raw_key bytea, raw bytea,
-    ingested_ms bigint, status text, reason text, detail text, tenantid text, source text,
-    event_id text, type text, subject text, event_us bigint, dedup_key text,
-    payload_hash bytea, route text, validation_hash text
-) ON COMMIT DELETE ROWS
+_CLAIM_COLUMNS = ("dedup_key", "raw_topic_id", "raw_partition", "raw_offset", "payload_hash",
+                  "ingested_at")
+_COPY_LEDGER = "COPY {} (" + ", ".join(_LEDGER_COLUMNS) + ") FROM STDIN"
+_COPY_CLAIMS = "COPY {} (" + ", ".join(_CLAIM_COLUMNS) + ") FROM STDIN"
+_CREATE_STAGES = """
+CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims) ON COMMIT DELETE ROWS;
 """
-_MS = "timestamptz 'epoch' + {} * interval '1 millisecond'"
-_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
-_INSERT_LEDGER = f"""
-INSERT INTO ledger (raw_topic, raw_topic_id, raw_partition, raw_offset, raw_key, raw, ingested_at, status,
-    reason, detail, tenantid, source, event_id, type, subject, event_time, dedup_key,
-    payload_hash, route, validation_hash)
-SELECT raw_topic, raw_topic_id, raw_partition, raw_offset, raw_key, raw, {_MS.format("ingested_ms")}, status,
-    reason, detail, tenantid, source, event_id, type, subject, {_US.format("event_us")}, dedup_key,
-    payload_hash, route, validation_hash
-FROM ledger_stage
-ON CONFLICT DO NOTHING
-"""
+_INSERT_NEW_LEDGER_ROWS = "INSERT INTO ledger SELECT * FROM ledger_stage ON CONFLICT DO NOTHING"
 # A claim is replaced only once it is past the 90-day horizon (the key may then be reused).
-_INSERT_CLAIMS = f"""
-INSERT INTO dedup_claims (dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash,
-    ingested_at)
-SELECT DISTINCT ON (dedup_key) dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash,
-    {_MS.format("ingested_ms")}
-FROM ledger_stage WHERE status IN ('accepted', 'late')
-ORDER BY dedup_key, ingested_ms DESC
+_INSERT_NEW_CLAIMS = """
+INSERT INTO dedup_claims
+SELECT DISTINCT ON (dedup_key) * FROM claims_stage ORDER BY dedup_key, ingested_at DESC
 ON CONFLICT (dedup_key) DO UPDATE SET
     raw_topic_id = excluded.raw_topic_id, raw_partition = excluded.raw_partition,
     raw_offset = excluded.raw_offset, payload_hash = excluded.payload_hash,
@@ -56,6 +42,8 @@ DELETE FROM dedup_claims
 WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 days'
 """
 _PURGE_EVERY = 1000  # batches; claims past the horizon can never match again
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CLAIMING = (Status.ACCEPTED, Status.LATE)
 
 
 def _text(value: object) -> str | None:
@@ -68,22 +56,46 @@ def _text(value: object) -> str | None:
 def ledger_row(r: Record) -> tuple:
     e = r.event if r.event is not None else {}
     return (
-        r.topic, r.topic_id, r.partition, r.offset, r.key, r.raw, r.ingested_ms, r.status, r.reason, r.detail,
+        r.topic, r.topic_id, r.partition, r.offset, r.key, r.raw,
+        _EPOCH + timedelta(milliseconds=r.ingested_ms), r.status, r.reason, r.detail,
         _text(e.get("tenantid")), _text(e.get("source")), _text(e.get("id")),
-        _text(e.get("type")), _text(e.get("subject")), r.event_us, r.dedup_key, r.payload_hash,
-        r.route, r.validation_hash,
+        _text(e.get("type")), _text(e.get("subject")),
+        None if r.event_us is None else _EPOCH + timedelta(microseconds=r.event_us),
+        r.dedup_key, r.payload_hash, r.route, r.validation_hash,
     )
 
 
-def write_ledger(conn: psycopg.Connection, records: Iterable[Record]) -> None:
-    """One transaction: COPY into a stage, then insert what is new. Safe to repeat."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(_CREATE_STAGE)
-        with cur.copy(f"COPY ledger_stage ({', '.join(_STAGE_COLUMNS)}) FROM STDIN") as copy:
-            for r in records:
-                copy.write_row(ledger_row(r))
-        cur.execute(_INSERT_LEDGER)
-        cur.execute(_INSERT_CLAIMS)
+def claim_row(r: Record) -> tuple:
+    return (r.dedup_key, r.topic_id, r.partition, r.offset, r.payload_hash,
+            _EPOCH + timedelta(milliseconds=r.ingested_ms))
+
+
+def _copy(cur: psycopg.Cursor, sql: str, rows: list[tuple]) -> None:
+    with cur.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
+    """Write terminal records and their dedup claims in one transaction. Safe to repeat.
+
+    The common case is a straight COPY into both tables. Only when that meets a row that is
+    already there (the epochs replayed after a crash, or a key reclaimed after the horizon)
+    does the batch go through stage tables and insert just what is new.
+    """
+    rows = [ledger_row(r) for r in records]
+    claims = [claim_row(r) for r in records if r.status in _CLAIMING]
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            _copy(cur, _COPY_LEDGER.format("ledger"), rows)
+            _copy(cur, _COPY_CLAIMS.format("dedup_claims"), claims)
+    except psycopg.errors.UniqueViolation:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_CREATE_STAGES)
+            _copy(cur, _COPY_LEDGER.format("ledger_stage"), rows)
+            _copy(cur, _COPY_CLAIMS.format("claims_stage"), claims)
+            cur.execute(_INSERT_NEW_LEDGER_ROWS)
+            cur.execute(_INSERT_NEW_CLAIMS)
 
 
 class _LedgerPartition(StatelessSinkPartition[Record]):
@@ -125,10 +137,11 @@ class ClaimIndex:
         return conn
 
     def lookup(self, keys: Iterable[str]) -> dict[str, Claim]:
+        # %b sends the keys as a binary array: text-array escaping was a hot spot
         rows = self._conn().execute(
             "SELECT dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash,"
             " (extract(epoch FROM ingested_at) * 1000)::bigint"
-            " FROM dedup_claims WHERE dedup_key = ANY(%s)", (list(keys),)).fetchall()
+            " FROM dedup_claims WHERE dedup_key = ANY(%b)", (list(keys),)).fetchall()
         return {k: Claim(t, p, o, h, ms) for k, t, p, o, h, ms in rows}
 
 

@@ -1,0 +1,1 @@
+"""The local service stack behind `aforo up` / `aforo down`."""
