@@ -30,7 +30,7 @@ def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[
         kind = rnd.choice(TYPES)
         data = {"tokens": rnd.randint(10, 2000), "model": "gpt-4o"} if kind == "llm.completion" \
             else {"route": "/v2/search", "status": 200}
-        return {"specversion": "1.0", "id": f"evt-{i}", "source": "demo/sdk", "type": kind,
+        return {"specversion": "1.0", "id": f"evt-{seed}-{i}", "source": "demo/sdk", "type": kind,
                 "subject": rnd.choice(TENANTS[tenant]), "time": _rfc3339(when),
                 "tenantid": tenant, "data": data, **extra}
 

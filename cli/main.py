@@ -38,7 +38,8 @@ def _print_services(states) -> None:
 @main.command()
 def up() -> None:
     """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured)."""
-    from stack.embedded import StackError, up as stack_up
+    from stack.embedded import StackError
+    from stack.embedded import up as stack_up
     try:
         _print_services(stack_up(_settings()))
     except StackError as exc:
@@ -48,7 +49,8 @@ def up() -> None:
 @main.command()
 def down() -> None:
     """Stop the embedded stack. The broker is memory-only: its topics are gone after this."""
-    from stack.embedded import StackError, down as stack_down
+    from stack.embedded import StackError
+    from stack.embedded import down as stack_down
     try:
         _print_services(stack_down(_settings()))
     except StackError as exc:
@@ -212,11 +214,11 @@ def show(tenant, source, event_id) -> None:
 
 # --- the demo -------------------------------------------------------------------------------------
 
-def print_summary(settings: config.Settings) -> None:
+def print_summary(settings: config.Settings, since: datetime | None = None) -> None:
     from sinks.ledger import status_counts
     from sinks.postgres import connect
     with connect(settings.database_url) as conn:
-        counts = status_counts(conn, settings.topics.raw)
+        counts = status_counts(conn, settings.topics.raw, since)
     total = sum(n for *_, n in counts)
     click.echo(f"\n{'status':<12} {'reason':<18} {'records':>8}")
     click.echo("-" * 40)
@@ -233,14 +235,16 @@ def demo(normal: int) -> None:
     """Send the built-in demo stream, run the flow once, and summarise the ledger."""
     from cli.demo import demo_stream
     s = _settings()
-    lines, expected = demo_stream(datetime.now(UTC), normal)
+    started = datetime.now(UTC)
+    # a fresh seed per run: a second demo is new traffic, not a replay of the first
+    lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
     acked = send_lines(s, lines, total=len(lines))
     click.echo(f"sent {acked} raw records "
                f"({sum(v for k, v in expected.items() if not k.startswith('accepted'))} of them "
                "duplicates, conflicts, late, future, too old, malformed or schema-broken)")
     elapsed = run_flow(s, once=True, workers=1)
     click.echo(f"metering flow processed the raw topic in {elapsed:.1f}s")
-    print_summary(s)
+    print_summary(s, since=started)
 
 
 @main.command()

@@ -128,8 +128,8 @@ def routed_message(rec: Record) -> bytes:
         "reason": rec.reason,
         "detail": rec.detail,
         "provenance": {
-            "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition, "raw_offset": rec.offset,
-            "ingested_at_ms": rec.ingested_ms, "dedup_key": rec.dedup_key,
+            "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition,
+            "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "dedup_key": rec.dedup_key,
             "validation_hash": rec.validation_hash, "route": rec.route,
         },
     }

@@ -190,11 +190,13 @@ def event_chain(conn: psycopg.Connection, tenant: str, source: str, event_id: st
     return [dict(zip(names, row, strict=True)) for row in cur]
 
 
-def status_counts(conn: psycopg.Connection, raw_topic: str | None = None) -> list[tuple[str, str, int]]:
-    sql = "SELECT status, coalesce(reason, ''), count(*) FROM ledger"
-    params: list = []
-    if raw_topic is not None:
-        sql += " WHERE raw_topic = %s"
-        params.append(raw_topic)
+def status_counts(conn: psycopg.Connection, raw_topic: str,
+                  since: datetime | None = None) -> list[tuple[str, str, int]]:
+    """Ledger rows per status and reason, of records ingested since a moment if given."""
+    sql = "SELECT status, coalesce(reason, ''), count(*) FROM ledger WHERE raw_topic = %s"
+    params: list = [raw_topic]
+    if since is not None:
+        sql += " AND ingested_at >= %s"
+        params.append(since)
     sql += " GROUP BY 1, 2 ORDER BY 1, 2"
     return [(s, r, n) for s, r, n in conn.execute(sql, params)]

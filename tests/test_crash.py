@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import new_database
+from integration import env_of, ledger, outcomes, routed, send
 
 from cli.demo import demo_stream
-from conftest import new_database
 from flows.metering import run
-from integration import env_of, ledger, outcomes, routed, send
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration

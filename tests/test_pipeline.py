@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from click.testing import CliRunner
+from integration import env_of, ledger, outcomes, routed, send
 
 from cli.demo import demo_stream
 from cli.main import main
 from flows.metering import run
-from integration import env_of, ledger, outcomes, routed, send
 
 pytestmark = pytest.mark.integration
 
