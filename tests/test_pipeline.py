@@ -19,11 +19,12 @@ from flows.metering import run
 pytestmark = pytest.mark.integration
 
 
-def test_mixed_stream_lands_every_record_in_its_status_exactly_once(settings):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_mixed_stream_lands_every_record_in_its_status_exactly_once(settings, workers):
     lines, expected = demo_stream(datetime.now(UTC), normal=9_700)
     assert send(settings, lines) == len(lines) >= 10_000
 
-    run(settings, once=True)
+    run(settings, once=True, workers=workers)
 
     assert outcomes(settings) == Counter(expected)
     rows = ledger(settings)
@@ -38,7 +39,7 @@ def test_mixed_stream_lands_every_record_in_its_status_exactly_once(settings):
         assert topics[f"{t.raw}/{partition}/{offset}"] == {route_of[status]}
 
     # a second run resumes at the end: nothing new, nothing changed
-    run(settings, once=True)
+    run(settings, once=True, workers=workers)
     assert ledger(settings) == rows
 
 
