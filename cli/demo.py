@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 
 TENANTS = {"acme": ["cust-1", "cust-2", "cust-3"], "globex": ["cust-a", "cust-b"]}
-TYPES = ["api.call", "llm.completion", "storage.write"]
+TYPES = ["api.call", "api.call", "llm.completion", "storage.write"]
+CATALOG = Path(__file__).with_name("demo_catalog.json")
+
+
+def _data(rnd: random.Random, kind: str) -> dict:
+    if kind == "llm.completion":
+        return {"tokens": rnd.randint(10, 2000), "model": rnd.choice(["gpt-4o", "gpt-4o-mini"])}
+    if kind == "storage.write":
+        return {"gb": rnd.randint(1, 120)}
+    return {"route": "/v2/search", "status": 200}
 
 
 def _rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def demo_catalog() -> dict:
+    return orjson.loads(CATALOG.read_bytes())
 
 
 def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[bytes], dict[str, int]]:
@@ -28,11 +42,9 @@ def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[
     def event(i: int, when: datetime, **extra) -> dict:
         tenant = rnd.choice(list(TENANTS))
         kind = rnd.choice(TYPES)
-        data = {"tokens": rnd.randint(10, 2000), "model": "gpt-4o"} if kind == "llm.completion" \
-            else {"route": "/v2/search", "status": 200}
         return {"specversion": "1.0", "id": f"evt-{seed}-{i}", "source": "demo/sdk", "type": kind,
                 "subject": rnd.choice(TENANTS[tenant]), "time": _rfc3339(when),
-                "tenantid": tenant, "data": data, **extra}
+                "tenantid": tenant, "data": _data(rnd, kind), **extra}
 
     accepted = [event(i, now - timedelta(seconds=rnd.randint(0, 3600))) for i in range(normal)]
     for e in accepted:
@@ -41,7 +53,7 @@ def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[
     for e in retried[: normal // 50]:  # retries of the very same payload
         add(orjson.dumps(e), "duplicate/same_payload")
     for e in retried[normal // 50 :]:  # same id, different payload
-        add(orjson.dumps({**e, "data": {"tokens": 1}}), "duplicate/conflict")
+        add(orjson.dumps({**e, "data": {**e["data"], "note": "resent, altered"}}), "duplicate/conflict")
     n = normal
     for _ in range(normal // 100):
         add(orjson.dumps(event(n, now - timedelta(hours=30))), "late/late_arrival")
@@ -52,6 +64,14 @@ def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[
     for _ in range(5):
         add(orjson.dumps(event(n, now - timedelta(days=100))), "rejected/too_old")
         n += 1
+    for _ in range(10):  # usage from a customer the catalog does not know yet
+        add(orjson.dumps(event(n, now, subject="cust-new")), "unresolved/unknown_customer")
+        n += 1
+    for _ in range(10):
+        add(orjson.dumps(event(n, now, type="page.view")), "accepted/unmetered")
+        n += 1
+    add(orjson.dumps(event(n, now, tenantid="initech")), "rejected/unknown_tenant")
+    n += 1
     for bad in (b"not json at all", b"[1, 2, 3]", b'{"unterminated": ', b"\xff\xfe\x00garbage"):
         add(bad, "rejected/malformed")
     broken = event(n, now)

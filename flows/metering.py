@@ -1,15 +1,15 @@
 """The metering dataflow, stage by stage:
 
-    raw topic -> parse -> schema_gate -> timestamp_gate -> dedup -> route -> ledger + output topics
+    raw topic -> parse -> schema_gate -> timestamp_gate -> dedup -> enrich -> revenue -> route
+              -> ledger (Postgres) + output topics (Kafka)
 
-Every stage is a call into `operators/`; this file only wires them. Enrichment and rating
-(billing context) slot in between dedup and route.
+Every stage is a call into `operators/`; this file only wires them and supplies each stage
+with what it reads (catalog, claim index).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
 
@@ -21,11 +21,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config import Settings
 from operators.dedup import Dedup, dedup_bucket
+from operators.enrich import enrich
 from operators.parse import parse
+from operators.revenue import SubscriptionRevenue
 from operators.route import route
 from operators.schema_gate import schema_gate
 from operators.timestamp_gate import timestamp_gate
 from schemas.record import Record
+from sinks.entitlements import CatalogCache
 from sinks.kafka import RouteSink, ensure_topics, raw_source, to_record, topic_id
 from sinks.ledger import ClaimIndex, LedgerSink
 
@@ -47,31 +50,77 @@ class _DedupStep(StatefulBatchLogic[Record, Record, None]):
         return None
 
 
-def build(settings: Settings, *, once: bool, key_paths: Mapping[str, str] | None = None) -> Dataflow:
+class _RevenueStep(StatefulBatchLogic[Record, Record, SubscriptionRevenue]):
+    """Bytewax shell around one subscription's running totals, snapshotted with the flow."""
+
+    def __init__(self, catalog: CatalogCache, state: SubscriptionRevenue | None):
+        self._catalog = catalog
+        self._revenue = state or SubscriptionRevenue()
+
+    def on_batch(self, values: list[Record]) -> tuple[list[Record], bool]:
+        tenants = self._catalog.tenants()
+        for rec in values:
+            if rec.status is None:
+                ctx = rec.billing
+                charges = tenants[rec.event["tenantid"]].charges.get((ctx.plan, ctx.plan_version), {})
+                self._revenue.rate(rec, charges)
+        return values, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> SubscriptionRevenue:
+        return self._revenue
+
+
+def _schema_gate_batch(catalog: CatalogCache, batch: list[Record]) -> list[Record]:
+    key_paths = catalog.key_paths()
+    return [schema_gate(r, key_paths) for r in batch]
+
+
+def _enrich_batch(catalog: CatalogCache, batch: list[Record]) -> list[Record]:
+    tenants = catalog.tenants()
+    pending = {(r.event["tenantid"], r.event["subject"]) for r in batch if r.status is None}
+    entitlements = catalog.entitlements(pending) if pending else {}
+    for r in batch:
+        if r.status is None:
+            key = (r.event["tenantid"], r.event["subject"])
+            enrich(r, tenants[key[0]], entitlements[key])
+    return batch
+
+
+def _subscription_key(rec: Record) -> str:
+    if rec.status is None:
+        return f"s{rec.event['tenantid']}\x1f{rec.billing.subscription}"
+    return f"p{rec.partition}"  # nothing to rate: any key will do, this one keeps partitions apart
+
+
+def build(settings: Settings, *, once: bool) -> Dataflow:
     topics, secret, buckets = settings.topics, settings.secret, settings.dedup_buckets
     raw_topic_id = topic_id(settings, topics.raw)
     claims = ClaimIndex(settings.database_url)
-    key_paths = key_paths or {}
+    catalog = CatalogCache(settings.database_url, settings.redis_url)
 
     flow = Dataflow("metering")
     raw = op.input("raw", flow, raw_source(settings, tail=not once))
     parsed = op.map("parse", raw, lambda msg: parse(*to_record(msg, raw_topic_id)))
-    schema_checked = op.map("schema_gate", parsed, partial(schema_gate, key_paths=key_paths))
+    schema_checked = op.flat_map_batch("schema_gate", parsed, partial(_schema_gate_batch, catalog))
     timed = op.map("timestamp_gate", schema_checked, timestamp_gate)
     by_key = op.key_on("dedup_key", timed, partial(dedup_bucket, buckets=buckets))
     deduped = op.stateful_batch(
         "dedup", by_key, lambda _: _DedupStep(Dedup(claims.lookup, DEDUP_CACHE_KEYS // buckets)))
-    routed = op.map("route", op.key_rm("unkey", deduped), partial(route, topics=topics, secret=secret))
+    enriched = op.flat_map_batch("enrich", op.key_rm("unkey_dedup", deduped),
+                                 partial(_enrich_batch, catalog))
+    by_subscription = op.key_on("subscription", enriched, _subscription_key)
+    rated = op.stateful_batch("revenue", by_subscription, partial(_RevenueStep, catalog))
+    routed = op.map("route", op.key_rm("unkey_revenue", rated),
+                    partial(route, topics=topics, secret=secret))
     op.output("ledger", routed, LedgerSink(settings.database_url))
     op.output("output_topics", routed, RouteSink(settings))
     return flow
 
 
-def run(settings: Settings, *, once: bool, workers: int = 1,
-        key_paths: Mapping[str, str] | None = None) -> None:
+def run(settings: Settings, *, once: bool, workers: int = 1) -> None:
     """Run the flow with recovery: after a crash it resumes from its last snapshot."""
     ensure_topics(settings)
-    flow = build(settings, once=once, key_paths=key_paths)
+    flow = build(settings, once=once)
     # Recovery state belongs to one incarnation of the raw topic; a new topic starts fresh.
     db_dir = settings.recovery_dir / f"{settings.topics.raw}-{topic_id(settings, settings.topics.raw)}"
     if not db_dir.exists():

@@ -26,6 +26,10 @@ class SchemaError(ValueError):
     pass
 
 
+class UnknownTenant(LookupError):
+    pass
+
+
 def parse_time(value: str) -> int:
     """RFC 3339 timestamp -> integer microseconds since the Unix epoch (fractions truncated)."""
     m = _RFC3339.match(value)
@@ -69,8 +73,12 @@ def idempotency_key(event: Mapping, key_path: str | None) -> str:
     return orjson.dumps((event["tenantid"], key_path, value)).decode()
 
 
-def check_event(event: Mapping, key_paths: Mapping[str, str]) -> tuple[int, str]:
-    """Validate an event; return (event time in µs, dedup key). Raises SchemaError naming the attribute."""
+def check_event(event: Mapping, key_paths: Mapping[str, str | None]) -> tuple[int, str]:
+    """Validate an event; return (event time in µs, dedup key).
+
+    `key_paths` holds every known tenant with its idempotency key path (None: the default key).
+    Raises SchemaError naming the attribute, or UnknownTenant.
+    """
     for name in REQUIRED:
         value = event.get(name)
         if value is None:
@@ -86,14 +94,20 @@ def check_event(event: Mapping, key_paths: Mapping[str, str]) -> tuple[int, str]
     data = event.get("data")
     if data is not None and not isinstance(data, dict):
         raise SchemaError("attribute 'data' must be a JSON object")
-    return parse_time(event["time"]), idempotency_key(event, key_paths.get(event["tenantid"]))
+    event_us = parse_time(event["time"])
+    tenant = event["tenantid"]
+    if tenant not in key_paths:
+        raise UnknownTenant(f"tenant {tenant!r} is not in the catalog")
+    return event_us, idempotency_key(event, key_paths[tenant])
 
 
-def schema_gate(rec: Record, key_paths: Mapping[str, str]) -> Record:
+def schema_gate(rec: Record, key_paths: Mapping[str, str | None]) -> Record:
     if rec.status is not None:
         return rec
     try:
         rec.event_us, rec.dedup_key = check_event(rec.event, key_paths)
     except SchemaError as exc:
         return rec.decide(Status.REJECTED, Reason.SCHEMA, str(exc))
+    except UnknownTenant as exc:
+        return rec.decide(Status.REJECTED, Reason.UNKNOWN_TENANT, str(exc))
     return rec

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schemas.billing import BillingContext, RevenueLine
 
 
 class Status(StrEnum):
@@ -25,6 +28,10 @@ class Reason(StrEnum):
     SAME_PAYLOAD = "same_payload"
     CONFLICT = "conflict"
     UNKNOWN_TENANT = "unknown_tenant"
+    UNKNOWN_CUSTOMER = "unknown_customer"
+    NO_SUBSCRIPTION = "no_subscription"
+    UNPRICEABLE = "unpriceable"
+    UNMETERED = "unmetered"
 
 
 @dataclass(slots=True)
@@ -51,6 +58,8 @@ class Record:
     payload_hash: bytes | None = None
     route: str | None = None
     validation_hash: str | None = None
+    billing: BillingContext | None = None
+    lines: list[RevenueLine] | None = None
 
     @property
     def coords(self) -> tuple[str, int, int]:

@@ -137,6 +137,15 @@ def routed_message(rec: Record) -> bytes:
         body["event"] = rec.event
     else:
         body["raw_b64"] = base64.b64encode(rec.raw).decode()
+    b = rec.billing
+    if b is not None:
+        body["billing"] = {
+            "customer": b.customer, "subscription": b.subscription, "plan": b.plan,
+            "plan_version": b.plan_version, "currency": b.currency, "period": b.period,
+            "lines": [{"metric": x.metric, "group": x.group, "quantity": str(x.quantity),
+                       "total_after": str(x.total_after), "revenue": str(x.revenue),
+                       "cost": str(x.cost), "margin": str(x.margin)} for x in rec.lines or ()],
+        }
     return orjson.dumps(body)
 
 

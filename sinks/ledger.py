@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from psycopg.types.json import Jsonb
 
 from operators.dedup import Claim
 from schemas.record import Record, Status
@@ -16,17 +18,35 @@ from sinks.postgres import connect
 _LEDGER_COLUMNS = (
     "raw_topic", "raw_topic_id", "raw_partition", "raw_offset", "raw_key", "raw", "ingested_at",
     "status", "reason", "detail", "tenantid", "source", "event_id", "type", "subject",
-    "event_time", "dedup_key", "payload_hash", "route", "validation_hash",
+    "event_time", "dedup_key", "payload_hash", "route", "validation_hash", "customer", "subscription",
+    "plan", "plan_version", "currency", "period", "revenue", "cost", "margin",
 )
+_LINE_COLUMNS = ("raw_topic_id", "raw_partition", "raw_offset", "metric", "grp", "quantity",
+                 "total_after", "revenue", "cost", "margin")
 _CLAIM_COLUMNS = ("dedup_key", "raw_topic_id", "raw_partition", "raw_offset", "payload_hash",
                   "ingested_at")
 _COPY_LEDGER = "COPY {} (" + ", ".join(_LEDGER_COLUMNS) + ") FROM STDIN"
 _COPY_CLAIMS = "COPY {} (" + ", ".join(_CLAIM_COLUMNS) + ") FROM STDIN"
+_COPY_LINES = "COPY {} (" + ", ".join(_LINE_COLUMNS) + ") FROM STDIN"
 _CREATE_STAGES = """
 CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS lines_stage (LIKE ledger_lines INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 """
-_INSERT_NEW_LEDGER_ROWS = "INSERT INTO ledger SELECT * FROM ledger_stage ON CONFLICT DO NOTHING"
+_INSERT_NEW_LEDGER_ROWS = """
+INSERT INTO ledger SELECT * FROM ledger_stage ON CONFLICT DO NOTHING;
+INSERT INTO ledger_lines SELECT * FROM lines_stage ON CONFLICT DO NOTHING;
+"""
+# Totals only move forward: a replayed batch carries older totals (fewer events) and loses.
+_UPSERT_REVENUE = """
+INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
+    revenue, cost)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (tenant, subscription, metric, period) DO UPDATE SET
+    events = excluded.events, quantity = excluded.quantity, revenue = excluded.revenue,
+    cost = excluded.cost, updated_at = now()
+WHERE revenue.events < excluded.events
+"""
 # A claim is replaced only once it is past the 90-day horizon (the key may then be reused).
 _INSERT_NEW_CLAIMS = """
 INSERT INTO dedup_claims
@@ -44,6 +64,7 @@ WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 d
 _PURGE_EVERY = 1000  # batches; claims past the horizon can never match again
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CLAIMING = (Status.ACCEPTED, Status.LATE)
+_ZERO = Decimal(0)
 
 
 def _text(value: object) -> str | None:
@@ -55,6 +76,13 @@ def _text(value: object) -> str | None:
 
 def ledger_row(r: Record) -> tuple:
     e = r.event if r.event is not None else {}
+    b = r.billing
+    if r.lines is not None:
+        revenue = sum((line.revenue for line in r.lines), _ZERO)
+        cost = sum((line.cost for line in r.lines), _ZERO)
+        money = (revenue, cost, revenue - cost)
+    else:
+        money = (None, None, None)
     return (
         r.topic, r.topic_id, r.partition, r.offset, r.key, r.raw,
         _EPOCH + timedelta(milliseconds=r.ingested_ms), r.status, r.reason, r.detail,
@@ -62,7 +90,29 @@ def ledger_row(r: Record) -> tuple:
         _text(e.get("type")), _text(e.get("subject")),
         None if r.event_us is None else _EPOCH + timedelta(microseconds=r.event_us),
         r.dedup_key, r.payload_hash, r.route, r.validation_hash,
+        *((b.customer, b.subscription, b.plan, b.plan_version, b.currency, b.period) if b else (None,) * 6),
+        *money,
     )
+
+
+def line_rows(r: Record) -> list[tuple]:
+    return [(r.topic_id, r.partition, r.offset, line.metric, Jsonb(line.group), line.quantity,
+             line.total_after, line.revenue, line.cost, line.margin) for line in r.lines or ()]
+
+
+def revenue_rows(records: list[Record]) -> list[tuple]:
+    """The newest totals per (tenant, subscription, metric, period) in this batch."""
+    newest: dict[tuple, tuple] = {}
+    for r in records:
+        if not r.lines:
+            continue
+        b, tenant = r.billing, r.event["tenantid"]
+        for line in r.lines:
+            key = (tenant, b.subscription, line.metric, b.period)
+            if key not in newest or newest[key][6] < line.events_after:
+                newest[key] = (tenant, b.customer, b.subscription, line.metric, b.period, b.currency,
+                               line.events_after, line.usage_after, line.revenue_after, line.cost_after)
+    return list(newest.values())
 
 
 def claim_row(r: Record) -> tuple:
@@ -85,17 +135,23 @@ def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
     """
     rows = [ledger_row(r) for r in records]
     claims = [claim_row(r) for r in records if r.status in _CLAIMING]
+    lines = [line for r in records if r.lines for line in line_rows(r)]
+    totals = revenue_rows(records)
     try:
         with conn.transaction(), conn.cursor() as cur:
             _copy(cur, _COPY_LEDGER.format("ledger"), rows)
             _copy(cur, _COPY_CLAIMS.format("dedup_claims"), claims)
+            _copy(cur, _COPY_LINES.format("ledger_lines"), lines)
+            cur.executemany(_UPSERT_REVENUE, totals)
     except psycopg.errors.UniqueViolation:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_CREATE_STAGES)
             _copy(cur, _COPY_LEDGER.format("ledger_stage"), rows)
             _copy(cur, _COPY_CLAIMS.format("claims_stage"), claims)
+            _copy(cur, _COPY_LINES.format("lines_stage"), lines)
             cur.execute(_INSERT_NEW_LEDGER_ROWS)
             cur.execute(_INSERT_NEW_CLAIMS)
+            cur.executemany(_UPSERT_REVENUE, totals)
 
 
 class _LedgerPartition(StatelessSinkPartition[Record]):

@@ -2,7 +2,8 @@
 
 By default the embedded stack is started on free ports under a temporary AFORO_HOME. Set
 AFORO_KAFKA_BOOTSTRAP, AFORO_DATABASE_URL and AFORO_REDIS_URL to run against external services.
-Each test gets its own topics (a unique prefix), its own database and its own AFORO_HOME.
+Each test gets its own topics (a unique prefix), its own database (with the demo catalog
+applied) and its own AFORO_HOME.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import psycopg
 import pytest
 
 import config
+from cli.demo import demo_catalog
+from schemas.catalog import Catalog
+from sinks.catalog import apply_catalog
 from sinks.postgres import migrate
 
 TEMPLATE_DB = "aforo_test_template"
@@ -58,7 +62,10 @@ def template_db(stack) -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-    migrate(_with_db(stack.database_url, TEMPLATE_DB))
+    url = _with_db(stack.database_url, TEMPLATE_DB)
+    migrate(url)
+    with psycopg.connect(url) as conn:
+        apply_catalog(conn, Catalog.model_validate(demo_catalog()))
     return TEMPLATE_DB
 
 
@@ -66,7 +73,10 @@ def new_database(stack: config.Settings, template: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_with_db(stack.database_url, "postgres"), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    return _with_db(stack.database_url, name)
+    url = _with_db(stack.database_url, name)
+    with psycopg.connect(url) as conn:  # its own cache namespace in the shared Redis
+        conn.execute("UPDATE catalog_state SET catalog_id = md5(random()::text)")
+    return url
 
 
 @pytest.fixture

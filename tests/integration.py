@@ -27,11 +27,24 @@ def ledger(s: config.Settings) -> list[tuple]:
     with connect(s.database_url) as conn:
         return conn.execute(
             "SELECT raw_partition, raw_offset, status, reason, detail, dedup_key, route,"
-            " validation_hash, tenantid, event_id FROM ledger ORDER BY 1, 2").fetchall()
+            " validation_hash, tenantid, event_id, customer, subscription, plan, plan_version,"
+            " currency, period, revenue, cost, margin FROM ledger ORDER BY 1, 2").fetchall()
+
+
+def ledger_lines(s: config.Settings) -> list[tuple]:
+    with connect(s.database_url) as conn:
+        return conn.execute("SELECT raw_partition, raw_offset, metric, grp, quantity, total_after,"
+                            " revenue, cost, margin FROM ledger_lines ORDER BY 1, 2, 3").fetchall()
+
+
+def revenue_totals(s: config.Settings) -> list[tuple]:
+    with connect(s.database_url) as conn:
+        return conn.execute("SELECT tenant, customer, subscription, metric, period, currency, events,"
+                            " quantity, revenue, cost FROM revenue ORDER BY 1, 3, 4, 5").fetchall()
 
 
 def outcomes(s: config.Settings) -> Counter:
-    return Counter(f"{row[2]}/{row[3] if row[2] != 'accepted' else ''}" for row in ledger(s))
+    return Counter(f"{row[2]}/{row[3] or ''}" for row in ledger(s))
 
 
 def routed(s: config.Settings) -> dict[str, set[str]]:

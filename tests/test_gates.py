@@ -32,8 +32,11 @@ def record(raw: bytes, ts_type: int = 1) -> Record:
     return parse(Record("raw", "tid", 0, 0, INGESTED_MS, raw), ts_type)
 
 
+KNOWN = {"acme": None, "globex": None}
+
+
 def gate(e: dict, key_paths: dict | None = None) -> Record:
-    return timestamp_gate(schema_gate(record(orjson.dumps(e)), key_paths or {}))
+    return timestamp_gate(schema_gate(record(orjson.dumps(e)), key_paths or KNOWN))
 
 
 # --- parse -----------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def test_default_idempotency_key_is_tenant_source_id():
 
 
 def test_tenant_configured_key_path():
-    paths = {"acme": "$.request.id"}
+    paths = {"acme": "$.request.id", "globex": None}
     r = gate(event(data={"request": {"id": "r-9"}}), paths)
     assert r.status is None and orjson.loads(r.dedup_key) == ["acme", "$.request.id", "r-9"]
     # another tenant keeps the default key
@@ -153,4 +156,10 @@ def test_timestamp_boundaries(offset_us, status, reason):
 def test_gates_use_ingestion_time_not_the_wall_clock():
     # An event from 2020 ingested in 2020 is on time, whenever it is processed.
     r = Record("raw", "tid", 0, 0, 1_600_000_000_000, orjson.dumps(event(time="2020-09-13T12:26:40Z")))
-    assert timestamp_gate(schema_gate(parse(r, 1), {})).status is None
+    assert timestamp_gate(schema_gate(parse(r, 1), KNOWN)).status is None
+
+
+def test_unknown_tenant_is_rejected():
+    r = gate(event(tenantid="initech"))
+    assert (r.status, r.reason) == (Status.REJECTED, Reason.UNKNOWN_TENANT)
+    assert "initech" in r.detail

@@ -34,7 +34,7 @@ def test_mixed_stream_lands_every_record_in_its_status_exactly_once(settings, wo
     assert len(topics) == len(lines)
     t = settings.topics
     route_of = {"accepted": t.enriched, "duplicate": t.rejected, "rejected": t.rejected,
-                "late": t.held}
+                "late": t.held, "unresolved": t.held}
     for partition, offset, status, *_ in rows:
         assert topics[f"{t.raw}/{partition}/{offset}"] == {route_of[status]}
 
@@ -60,7 +60,7 @@ def test_reprocessing_from_scratch_changes_nothing(settings):
 
 def test_duplicates_across_separate_runs_are_caught(settings):
     event = {"specversion": "1.0", "id": "e-1", "source": "sdk", "type": "api.call",
-             "subject": "c", "time": datetime.now(UTC).isoformat(), "tenantid": "acme"}
+             "subject": "cust-1", "time": datetime.now(UTC).isoformat(), "tenantid": "acme"}
     send(settings, [orjson.dumps(event)])
     run(settings, once=True)
     # a new process (fresh cache) sees the retry: the durable claim index remembers the key
@@ -74,7 +74,7 @@ def test_duplicates_across_separate_runs_are_caught(settings):
 def test_poison_records_are_rejected_and_never_stall_their_partition(settings):
     settings = dataclasses.replace(settings, raw_partitions=1)  # poison and good share a partition
     good = {"specversion": "1.0", "id": "ok", "source": "sdk", "type": "api.call",
-            "subject": "c", "time": datetime.now(UTC).isoformat(), "tenantid": "acme"}
+            "subject": "cust-1", "time": datetime.now(UTC).isoformat(), "tenantid": "acme"}
     poison = [
         (b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', "too_large"),
         (b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed"),  # nesting beyond the parser's limit

@@ -1,0 +1,118 @@
+"""Enrich: tenant -> customer (by subject) -> subscription active at the event's time -> plan
+version -> the metrics this event type feeds, each with its exact quantity and cost rate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+import orjson
+
+from operators.schema_gate import json_path
+from schemas.billing import (
+    BillingContext,
+    CostRate,
+    Entitlement,
+    MetricDef,
+    MetricUse,
+    SubscriptionRef,
+    TenantInfo,
+)
+from schemas.record import Reason, Record, Status
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+
+
+class MetricValueError(ValueError):
+    pass
+
+
+def billing_period(event_us: int) -> str:
+    """Calendar month in UTC, YYYY-MM."""
+    return (_EPOCH + timedelta(microseconds=event_us)).strftime("%Y-%m")
+
+
+def active_subscription(ent: Entitlement, event_us: int) -> SubscriptionRef | None:
+    """The subscription whose [start, end) holds the event; the latest-starting one if several do."""
+    active = None
+    for s in ent.subscriptions:  # ordered by start
+        if s.starts_us <= event_us and (s.ends_us is None or event_us < s.ends_us):
+            active = s
+    return active
+
+
+def _number(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise MetricValueError(f"{where} must be a number, got {orjson.dumps(value).decode()[:50]}")
+    try:
+        # A JSON float arrives as a float; its shortest repr is the number that was written.
+        number = Decimal(repr(value) if isinstance(value, float) else value)
+    except InvalidOperation:
+        raise MetricValueError(f"{where} must be a number, got {value!r:.50}") from None
+    if not number.is_finite() or number < 0:
+        raise MetricValueError(f"{where} must be a finite, non-negative number, got {value!r:.50}")
+    return number
+
+
+def metric_value(m: MetricDef, data: Mapping) -> tuple[Decimal, object]:
+    """(the event's quantity for this metric, the raw value as sent)."""
+    if m.aggregation == "count":
+        return _ONE, None
+    where = f"metric {m.code}: {m.value_path}"
+    try:
+        raw = json_path(data, m.value_path)
+    except KeyError:
+        raise MetricValueError(f"{where} is missing from 'data'") from None
+    if m.aggregation == "unique_count":
+        if raw is None or isinstance(raw, dict | list):
+            raise MetricValueError(f"{where} must be a string or number to count distinct values")
+        return _ONE, raw
+    return _number(raw, where), raw
+
+
+def _dimension(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def unit_cost(rates: tuple[CostRate, ...], data: Mapping) -> Decimal:
+    """The first (most specific) cost rate whose match the event's data satisfies."""
+    for rate in rates:
+        if all(_dimension(data.get(k)) == v for k, v in rate.match.items()):
+            return rate.unit_cost
+    return _ZERO
+
+
+def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:
+    if rec.status is not None:  # rejected, duplicate, or late (held, not rated)
+        return rec
+    event = rec.event
+    if ent is None:
+        return rec.decide(Status.UNRESOLVED, Reason.UNKNOWN_CUSTOMER,
+                          f"tenant {tenant.id} has no customer {event['subject']!r}")
+    sub = active_subscription(ent, rec.event_us)
+    if sub is None:
+        return rec.decide(Status.UNRESOLVED, Reason.NO_SUBSCRIPTION,
+                          f"customer {ent.customer} has no subscription active at {event['time']}")
+    plan = (sub.plan, sub.plan_version)
+    ctx = BillingContext(ent.customer, sub.id, sub.plan, sub.plan_version,
+                         tenant.plan_currency.get(plan, tenant.currency), billing_period(rec.event_us))
+    rec.billing = ctx
+    metrics = tenant.metrics_by_type.get(event["type"], ())
+    if not metrics:
+        return rec.decide(Status.ACCEPTED, Reason.UNMETERED,
+                          f"no metric of tenant {tenant.id} uses event type {event['type']!r}")
+    data = event.get("data") or {}
+    for m in metrics:
+        try:
+            value, raw = metric_value(m, data)
+        except MetricValueError as exc:
+            return rec.decide(Status.UNRESOLVED, Reason.UNPRICEABLE, str(exc))
+        ctx.uses.append(MetricUse(m.code, m.aggregation, value, raw,
+                                  {g: _dimension(data.get(g)) for g in m.group_by},
+                                  unit_cost(tenant.costs.get(m.code, ()), data)))
+    return rec

@@ -1,0 +1,215 @@
+"""The catalog in Postgres: apply a catalog file, print it back, load what the flow needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import psycopg
+import yaml
+from psycopg.types.json import Jsonb
+
+from operators.pricing import parse_charge
+from schemas.billing import CostRate, Entitlement, MetricDef, SubscriptionRef, TenantInfo
+from schemas.catalog import Catalog
+
+
+class CatalogError(ValueError):
+    """The catalog cannot be applied; the message says why and what to do instead."""
+
+
+def read_catalog_file(path: Path) -> Catalog:
+    text = path.read_bytes()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        # YAML floats would be inexact; amounts must be quoted, which the model enforces.
+        data = yaml.safe_load(text)
+    else:
+        data = orjson.loads(text)
+    return Catalog.model_validate(data)
+
+
+def _us(t: datetime) -> int:
+    delta = t.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# Each upsert changes a row only when something differs, so re-applying a file is a no-op and
+# rowcount tells whether the catalog version must move.
+_UPSERTS = {
+    "tenants": ("INSERT INTO tenants (id, name, currency, idempotency_key) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, currency = excluded.currency,"
+                " idempotency_key = excluded.idempotency_key"
+                " WHERE (tenants.name, tenants.currency, tenants.idempotency_key) IS DISTINCT FROM"
+                " (excluded.name, excluded.currency, excluded.idempotency_key)"),
+    "metrics": ("INSERT INTO metrics (tenant, code, event_type, aggregation, value_path, group_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, code) DO UPDATE SET"
+                " event_type = excluded.event_type, aggregation = excluded.aggregation,"
+                " value_path = excluded.value_path, group_by = excluded.group_by"
+                " WHERE (metrics.event_type, metrics.aggregation, metrics.value_path, metrics.group_by)"
+                " IS DISTINCT FROM (excluded.event_type, excluded.aggregation, excluded.value_path,"
+                " excluded.group_by)"),
+    "customers": ("INSERT INTO customers (tenant, id, name) VALUES (%s, %s, %s)"
+                  " ON CONFLICT (tenant, id) DO UPDATE SET name = excluded.name"
+                  " WHERE customers.name IS DISTINCT FROM excluded.name"),
+    "subscriptions": ("INSERT INTO subscriptions (tenant, id, customer, plan, plan_version, starts_at,"
+                      " ends_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, id) DO UPDATE"
+                      " SET customer = excluded.customer, plan = excluded.plan,"
+                      " plan_version = excluded.plan_version, starts_at = excluded.starts_at,"
+                      " ends_at = excluded.ends_at WHERE (subscriptions.customer, subscriptions.plan,"
+                      " subscriptions.plan_version, subscriptions.starts_at, subscriptions.ends_at)"
+                      " IS DISTINCT FROM (excluded.customer, excluded.plan, excluded.plan_version,"
+                      " excluded.starts_at, excluded.ends_at)"),
+    "quotas": ('INSERT INTO quotas (tenant, subscription, metric, "limit") VALUES (%s, %s, %s, %s)'
+               ' ON CONFLICT (tenant, subscription, metric) DO UPDATE SET "limit" = excluded."limit"'
+               ' WHERE quotas."limit" IS DISTINCT FROM excluded."limit"'),
+    "costs": ("INSERT INTO costs (tenant, metric, match, unit_cost) VALUES (%s, %s, %s, %s)"
+              " ON CONFLICT (tenant, metric, match) DO UPDATE SET unit_cost = excluded.unit_cost"
+              " WHERE costs.unit_cost IS DISTINCT FROM excluded.unit_cost"),
+}
+
+
+def apply_catalog(conn: psycopg.Connection, catalog: Catalog) -> dict[str, int]:
+    """Upsert everything in the file (entries not in it are kept); return rows changed per kind.
+
+    A published plan version is immutable: different charges for an existing (tenant, plan,
+    version) are refused, and nothing of the file is applied.
+    """
+    c = catalog
+    rows = {
+        "tenants": [(t.id, t.name, t.currency, t.idempotency_key) for t in c.tenants],
+        "metrics": [(m.tenant, m.code, m.event_type, m.aggregation, m.value, Jsonb(m.group_by))
+                    for m in c.metrics],
+        "customers": [(x.tenant, x.id, x.name) for x in c.customers],
+        "subscriptions": [(s.tenant, s.id, s.customer, s.plan, s.plan_version, s.start, s.end)
+                          for s in c.subscriptions],
+        "quotas": [(q.tenant, q.subscription, q.metric, q.limit) for q in c.quotas],
+        "costs": [(x.tenant, x.metric, Jsonb(x.match), x.unit_cost) for x in c.costs],
+    }
+    changed: dict[str, int] = {}
+    try:
+        with conn.transaction():
+            conn.execute("LOCK TABLE catalog_state IN EXCLUSIVE MODE")
+            for kind in ("tenants", "metrics"):
+                changed[kind] = _upsert(conn, kind, rows[kind])
+            changed["plans"] = _publish_plans(conn, c)
+            for kind in ("customers", "subscriptions", "quotas", "costs"):
+                changed[kind] = _upsert(conn, kind, rows[kind])
+            if any(changed.values()):
+                conn.execute("UPDATE catalog_state SET version = version + 1")
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise CatalogError(f"the catalog refers to something that does not exist: "
+                           f"{exc.diag.message_detail}") from None
+    return changed
+
+
+def _upsert(conn: psycopg.Connection, kind: str, rows: list[tuple]) -> int:
+    n = 0
+    with conn.cursor() as cur:
+        for row in rows:
+            cur.execute(_UPSERTS[kind], row)
+            n += cur.rowcount
+    return n
+
+
+def _publish_plans(conn: psycopg.Connection, c: Catalog) -> int:
+    n = 0
+    for p in c.plans:
+        cur = conn.execute(
+            "INSERT INTO plans (tenant, code, version, currency, charges) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING", (p.tenant, p.code, p.version, p.currency, Jsonb(p.charges)))
+        if cur.rowcount:
+            n += 1
+            continue
+        same = conn.execute(
+            "SELECT charges = %s AND currency = %s FROM plans WHERE tenant = %s AND code = %s"
+            " AND version = %s", (Jsonb(p.charges), p.currency, p.tenant, p.code, p.version)).fetchone()[0]
+        if not same:
+            raise CatalogError(
+                f"plan {p.tenant}/{p.code} version {p.version} is published and immutable; "
+                f"publish the new charges as version {_next_version(conn, p.tenant, p.code)}")
+    return n
+
+
+def _next_version(conn: psycopg.Connection, tenant: str, code: str) -> int:
+    return conn.execute("SELECT max(version) + 1 FROM plans WHERE tenant = %s AND code = %s",
+                        (tenant, code)).fetchone()[0]
+
+
+def show_catalog(conn: psycopg.Connection) -> dict:
+    """The stored catalog in the file's own shape."""
+    def rows(sql: str) -> list[dict]:
+        cur = conn.execute(sql)
+        names = [d.name for d in cur.description]
+        return [{k: v for k, v in zip(names, r, strict=True)} for r in cur]
+    return {
+        "tenants": rows("SELECT id, name, currency, idempotency_key FROM tenants ORDER BY id"),
+        "metrics": rows("SELECT tenant, code, event_type, aggregation, value_path AS value, group_by"
+                        " FROM metrics ORDER BY tenant, code"),
+        "plans": rows("SELECT tenant, code, version, currency, charges FROM plans"
+                      " ORDER BY tenant, code, version"),
+        "customers": rows("SELECT tenant, id, name FROM customers ORDER BY tenant, id"),
+        "subscriptions": rows("SELECT tenant, id, customer, plan, plan_version, starts_at AS start,"
+                              " ends_at AS end FROM subscriptions ORDER BY tenant, id"),
+        "quotas": rows('SELECT tenant, subscription, metric, "limit" FROM quotas'
+                       " ORDER BY tenant, subscription, metric"),
+        "costs": rows("SELECT tenant, metric, match, unit_cost FROM costs ORDER BY tenant, metric"),
+    }
+
+
+# --- what the flow loads -----------------------------------------------------------------------
+
+def catalog_state(conn: psycopg.Connection) -> tuple[str, int]:
+    """(catalog id, version): caches are keyed on both."""
+    return conn.execute("SELECT catalog_id, version FROM catalog_state").fetchone()
+
+
+def load_tenants(conn: psycopg.Connection) -> dict[str, TenantInfo]:
+    metrics: dict[str, dict[str, list[MetricDef]]] = {}
+    for tenant, code, event_type, agg, path, group_by in conn.execute(
+            "SELECT tenant, code, event_type, aggregation, value_path, group_by FROM metrics"
+            " ORDER BY tenant, code"):
+        metrics.setdefault(tenant, {}).setdefault(event_type, []).append(
+            MetricDef(code, agg, path, tuple(group_by)))
+    charges: dict[str, dict[tuple[str, int], dict]] = {}
+    currencies: dict[str, dict[tuple[str, int], str]] = {}
+    for tenant, code, version, currency, plan_charges in conn.execute(
+            "SELECT tenant, code, version, currency, charges FROM plans"):
+        charges.setdefault(tenant, {})[(code, version)] = {
+            ch["metric"]: parse_charge(ch) for ch in plan_charges}
+        currencies.setdefault(tenant, {})[(code, version)] = currency
+    costs: dict[str, dict[str, list[CostRate]]] = {}
+    for tenant, metric, match, unit_cost in conn.execute(
+            "SELECT tenant, metric, match, unit_cost FROM costs"
+            " ORDER BY tenant, metric, (SELECT count(*) FROM jsonb_object_keys(match)) DESC, match::text"):
+        costs.setdefault(tenant, {}).setdefault(metric, []).append(CostRate(match, Decimal(unit_cost)))
+    return {
+        tid: TenantInfo(
+            id=tid, currency=currency, idempotency_key=key,
+            metrics_by_type={t: tuple(ms) for t, ms in metrics.get(tid, {}).items()},
+            charges=charges.get(tid, {}), plan_currency=currencies.get(tid, {}),
+            costs={m: tuple(rates) for m, rates in costs.get(tid, {}).items()})
+        for tid, currency, key in conn.execute("SELECT id, currency, idempotency_key FROM tenants")
+    }
+
+
+def load_entitlements(conn: psycopg.Connection,
+                      wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Entitlement | None]:
+    """Customers and their subscriptions for (tenant, subject) pairs, in one query."""
+    wanted = list(wanted)
+    found: dict[tuple[str, str], list[SubscriptionRef]] = {}
+    rows = conn.execute(
+        "SELECT c.tenant, c.id, s.id, s.plan, s.plan_version, s.starts_at, s.ends_at"
+        " FROM unnest(%s::text[], %s::text[]) AS w(tenant, subject)"
+        " JOIN customers c ON c.tenant = w.tenant AND c.id = w.subject"
+        " LEFT JOIN subscriptions s ON s.tenant = c.tenant AND s.customer = c.id"
+        " ORDER BY c.tenant, c.id, s.starts_at, s.id",
+        ([t for t, _ in wanted], [s for _, s in wanted]))
+    for tenant, customer, sid, plan, version, starts, ends in rows:
+        subs = found.setdefault((tenant, customer), [])
+        if sid is not None:
+            subs.append(SubscriptionRef(sid, plan, version, _us(starts),
+                                        None if ends is None else _us(ends)))
+    return {key: (Entitlement(key[1], tuple(found[key])) if key in found else None) for key in wanted}
