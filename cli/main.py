@@ -6,7 +6,9 @@ import csv
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import click
 import orjson
@@ -169,6 +171,8 @@ def _jsonable(value):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
+    if isinstance(value, Decimal):
+        return str(value)  # exact, never a float
     return value
 
 
@@ -179,8 +183,8 @@ def _jsonable(value):
 @click.option("-o", "--output", type=click.File("w"), default="-")
 def export(tenant, status, fmt, output) -> None:
     """One line per ledger row."""
-    from sinks.ledger import EXPORT_COLUMNS, export_rows
     from sinks.postgres import connect
+    from sinks.reports import EXPORT_COLUMNS, export_rows
     with connect(_settings().database_url) as conn:
         rows = export_rows(conn, tenant, status)
         if fmt == "csv":
@@ -199,8 +203,8 @@ def export(tenant, status, fmt, output) -> None:
 @click.option("--id", "event_id", required=True)
 def show(tenant, source, event_id) -> None:
     """The full provenance chain of one event: every raw record that carried it."""
-    from sinks.ledger import event_chain
     from sinks.postgres import connect
+    from sinks.reports import event_chain
     with connect(_settings().database_url) as conn:
         chain = event_chain(conn, tenant, source, event_id)
     if not chain:
@@ -212,11 +216,133 @@ def show(tenant, source, event_id) -> None:
                                 option=orjson.OPT_INDENT_2).decode())
 
 
+# --- the catalog, pricing and revenue ------------------------------------------------------------
+
+@main.group()
+def catalog() -> None:
+    """Tenants, metrics, plans, customers, subscriptions, quotas and cost rates."""
+
+
+def apply_catalog_file(settings: config.Settings, path: Path) -> dict[str, int]:
+    from pydantic import ValidationError
+
+    from sinks.catalog import CatalogError, apply_catalog, read_catalog_file
+    from sinks.postgres import connect
+    try:
+        parsed = read_catalog_file(path)
+        with connect(settings.database_url) as conn:
+            return apply_catalog(conn, parsed)
+    except ValidationError as exc:
+        _fail(f"{path}: invalid catalog\n{exc}")
+    except (CatalogError, ValueError) as exc:
+        _fail(f"{path}: {exc}")
+
+
+@catalog.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def catalog_apply(file: Path) -> None:
+    """Declare the catalog in FILE (JSON or YAML). Applying the same file twice changes nothing."""
+    changed = apply_catalog_file(_settings(), file)
+    if any(changed.values()):
+        click.echo("changed: " + ", ".join(f"{n} {kind}" for kind, n in changed.items() if n))
+    else:
+        click.echo("catalog unchanged")
+
+
+@catalog.command("show")
+def catalog_show() -> None:
+    """Print the stored catalog, in the file's own shape."""
+    from sinks.catalog import show_catalog
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        stored = show_catalog(conn)
+    click.echo(orjson.dumps(stored, default=_jsonable, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+@click.option("--plan", "plan_file", required=True, type=click.File("rb"),
+              help="One charge object as in a catalog plan (JSON or YAML).")
+@click.option("--quantities", help="Comma-separated event quantities, priced in order.")
+@click.option("--events", "events_file", type=click.File("rb"),
+              help='NDJSON of {"quantity": ..., "group": {...}} events, priced in order.')
+def price(plan_file, quantities, events_file) -> None:
+    """Price events in order with the flow's own pricing code; print the total and each marginal."""
+    import yaml
+
+    from operators.pricing import PricingError, Unpriceable, parse_charge, price_sequence
+    if (quantities is None) == (events_file is None):
+        _fail("give exactly one of --quantities or --events")
+    try:
+        charge = parse_charge(yaml.safe_load(plan_file.read()))
+        if quantities is not None:
+            events = [(Decimal(q.strip()), None) for q in quantities.split(",") if q.strip()]
+        else:
+            events = [(Decimal(str(e["quantity"])), e.get("group"))
+                      for e in map(orjson.loads, filter(bytes.strip, events_file))]
+        total, marginals = price_sequence(charge, events)
+    except (PricingError, Unpriceable, TypeError, ArithmeticError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(orjson.dumps({"total": str(total), "marginals": [str(m) for m in marginals]}).decode())
+
+
+@main.command()
+@click.option("--tenant")
+@click.option("--period", help="YYYY-MM (UTC); defaults to the current month.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def revenue(tenant, period, fmt) -> None:
+    """Today, period to date, projected end of period, and revenue, cost and margin by customer."""
+    from operators.revenue import period_bounds, projected
+    from sinks.postgres import connect
+    from sinks.reports import revenue_between, revenue_by_customer
+    now = datetime.now(UTC)
+    period = period or now.strftime("%Y-%m")
+    try:
+        period_bounds(period)
+    except ValueError:
+        _fail(f"--period must be YYYY-MM, got {period!r}")
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    with connect(_settings().database_url) as conn:
+        customers = revenue_by_customer(conn, period, tenant)
+        today_rev = revenue_between(conn, today, today + timedelta(days=1), tenant)
+    totals: dict[str, Decimal] = {}
+    for c in customers:
+        totals[c["currency"]] = totals.get(c["currency"], Decimal(0)) + c["revenue"]
+    report = {
+        "period": period,
+        "today": {cur: str(v) for cur, v in today_rev.items()},
+        "period_to_date": {cur: str(v) for cur, v in totals.items()},
+        "projected_end_of_period": {cur: str(projected(v, period, now)) for cur, v in totals.items()},
+        "customers": [{**c, "events": int(c["events"]),
+                       **{k: str(c[k]) for k in ("revenue", "cost", "margin")}} for c in customers],
+    }
+    if fmt == "json":
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"period {period}")
+    for label, key in (("today", "today"), ("period to date", "period_to_date"),
+                       ("projected end of period", "projected_end_of_period")):
+        values = ", ".join(f"{v} {cur}" for cur, v in report[key].items()) or "0"
+        click.echo(f"  {label:<26} {values}")
+    click.echo(f"\n{'tenant':<10} {'customer':<12} {'events':>8} {'revenue':>16} {'cost':>14} "
+               f"{'margin':>16} {'margin %':>9}")
+    for c in customers:
+        pct = f"{c['margin'] / c['revenue'] * 100:.1f}" if c["revenue"] else "-"
+        flag = "  << negative margin" if c["margin"] < 0 else ""
+        click.echo(f"{c['tenant']:<10} {c['customer']:<12} {c['events']:>8} "
+                   f"{_money(c['revenue'], c['currency']):>16} {_money(c['cost'], c['currency']):>14} "
+                   f"{_money(c['margin'], c['currency']):>16} {pct:>9}{flag}")
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    """Display only: exact amounts are in the ledger and in --format json."""
+    return f"{amount.quantize(Decimal('0.0001'))} {currency}"
+
+
 # --- the demo -------------------------------------------------------------------------------------
 
 def print_summary(settings: config.Settings, since: datetime | None = None) -> None:
-    from sinks.ledger import status_counts
     from sinks.postgres import connect
+    from sinks.reports import status_counts
     with connect(settings.database_url) as conn:
         counts = status_counts(conn, settings.topics.raw, since)
     total = sum(n for *_, n in counts)
@@ -232,9 +358,10 @@ def print_summary(settings: config.Settings, since: datetime | None = None) -> N
 @main.command()
 @click.option("--events", "normal", default=2000, show_default=True, help="Normal events in the stream.")
 def demo(normal: int) -> None:
-    """Send the built-in demo stream, run the flow once, and summarise the ledger."""
-    from cli.demo import demo_stream
+    """Apply the demo catalog, send the demo stream, run the flow once, summarise the ledger."""
+    from cli.demo import CATALOG, demo_stream
     s = _settings()
+    apply_catalog_file(s, CATALOG)
     started = datetime.now(UTC)
     # a fresh seed per run: a second demo is new traffic, not a replay of the first
     lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
@@ -245,6 +372,9 @@ def demo(normal: int) -> None:
     elapsed = run_flow(s, once=True, workers=1)
     click.echo(f"metering flow processed the raw topic in {elapsed:.1f}s")
     print_summary(s, since=started)
+    click.echo("")
+    ctx = click.get_current_context()
+    ctx.invoke(revenue, tenant=None, period=None, fmt="table")
 
 
 @main.command()

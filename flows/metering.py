@@ -1,7 +1,7 @@
 """The metering dataflow, stage by stage:
 
-    raw topic -> parse -> schema_gate -> timestamp_gate -> dedup -> enrich -> revenue -> route
-              -> ledger (Postgres) + output topics (Kafka)
+    raw topic -> parse -> schema_gate -> timestamp_gate -> dedup -> in_order -> enrich
+              -> revenue -> route -> ledger (Postgres) + output topics (Kafka)
 
 Every stage is a call into `operators/`; this file only wires them and supplies each stage
 with what it reads (catalog, claim index).
@@ -22,6 +22,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from config import Settings
 from operators.dedup import Dedup, dedup_bucket
 from operators.enrich import enrich
+from operators.order import Reorder, Sequencer
 from operators.parse import parse
 from operators.revenue import SubscriptionRevenue
 from operators.route import route
@@ -48,6 +49,19 @@ class _DedupStep(StatefulBatchLogic[Record, Record, None]):
 
     def snapshot(self) -> None:
         return None
+
+
+class _InOrderStep(StatefulBatchLogic[Record, Record, Reorder]):
+    """Bytewax shell around one partition's Reorder."""
+
+    def __init__(self, state: Reorder | None):
+        self._reorder = state or Reorder()
+
+    def on_batch(self, values: list[Record]) -> tuple[list[Record], bool]:
+        return self._reorder.release(values), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> Reorder:
+        return self._reorder
 
 
 class _RevenueStep(StatefulBatchLogic[Record, Record, SubscriptionRevenue]):
@@ -97,16 +111,19 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
     raw_topic_id = topic_id(settings, topics.raw)
     claims = ClaimIndex(settings.database_url)
     catalog = CatalogCache(settings.database_url, settings.redis_url)
+    sequencer = Sequencer()
 
     flow = Dataflow("metering")
     raw = op.input("raw", flow, raw_source(settings, tail=not once))
-    parsed = op.map("parse", raw, lambda msg: parse(*to_record(msg, raw_topic_id)))
+    parsed = op.map("parse", raw, lambda msg: sequencer.tag(parse(*to_record(msg, raw_topic_id))))
     schema_checked = op.flat_map_batch("schema_gate", parsed, partial(_schema_gate_batch, catalog))
     timed = op.map("timestamp_gate", schema_checked, timestamp_gate)
     by_key = op.key_on("dedup_key", timed, partial(dedup_bucket, buckets=buckets))
     deduped = op.stateful_batch(
         "dedup", by_key, lambda _: _DedupStep(Dedup(claims.lookup, DEDUP_CACHE_KEYS // buckets)))
-    enriched = op.flat_map_batch("enrich", op.key_rm("unkey_dedup", deduped),
+    by_partition = op.key_on("partition", op.key_rm("unkey_dedup", deduped), lambda r: f"p{r.partition}")
+    in_order = op.stateful_batch("in_order", by_partition, _InOrderStep)
+    enriched = op.flat_map_batch("enrich", op.key_rm("unkey_in_order", in_order),
                                  partial(_enrich_batch, catalog))
     by_subscription = op.key_on("subscription", enriched, _subscription_key)
     rated = op.stateful_batch("revenue", by_subscription, partial(_RevenueStep, catalog))

@@ -13,6 +13,7 @@ flow after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from operators.pricing import Charge, GroupKey, Unpriceable, group_key, marginal
@@ -87,3 +88,24 @@ class SubscriptionRevenue:
             rec.lines.append(RevenueLine(use.metric, use.group, use.value, after, revenue, cost,
                                          t.events, t.usage, t.revenue, t.cost))
         return rec
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """[start, end) of a YYYY-MM billing period in UTC."""
+    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def projected(period_to_date: Decimal, period: str, now: datetime) -> Decimal:
+    """End-of-period revenue at the current pace: an upper-bound estimate for tier and allowance
+    plans (later units may be cheaper), shown to the cent. A closed period projects to itself."""
+    start, end = period_bounds(period)
+    elapsed_us = _us(min(max(now, start), end) - start)
+    if elapsed_us == 0 or now >= end:
+        return period_to_date
+    return (period_to_date * _us(end - start) / elapsed_us).quantize(Decimal("0.01"))
+
+
+def _us(d: timedelta) -> int:
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds

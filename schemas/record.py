@@ -58,6 +58,7 @@ class Record:
     payload_hash: bytes | None = None
     route: str | None = None
     validation_hash: str | None = None
+    prev_offset: int | None = None  # the record before this one in its partition, as read
     billing: BillingContext | None = None
     lines: list[RevenueLine] | None = None
 
