@@ -93,7 +93,9 @@ class SubscriptionRevenue:
 def period_bounds(period: str) -> tuple[datetime, datetime]:
     """[start, end) of a YYYY-MM billing period in UTC."""
     start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    if start.month == 12:
+        return start, start.replace(year=start.year + 1, month=1)
+    end = start.replace(month=start.month + 1)
     return start, end
 
 

@@ -17,7 +17,8 @@ from operators.pricing import PricingError, parse_charge
 
 def _exact(value: Any) -> Any:
     if isinstance(value, float):
-        raise ValueError(f"{value!r} is a float; write amounts as strings (e.g. \"{value}\") so they stay exact")
+        raise ValueError(f"{value!r} is a float; write amounts as strings (e.g. \"{value}\") "
+                         "so they stay exact")
     return value
 
 

@@ -23,11 +23,8 @@ class CatalogError(ValueError):
 
 def read_catalog_file(path: Path) -> Catalog:
     text = path.read_bytes()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        # YAML floats would be inexact; amounts must be quoted, which the model enforces.
-        data = yaml.safe_load(text)
-    else:
-        data = orjson.loads(text)
+    # YAML or JSON floats would be inexact: amounts must be quoted, which the model enforces.
+    data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else orjson.loads(text)
     return Catalog.model_validate(data)
 
 
