@@ -111,9 +111,24 @@ def _upsert(conn: psycopg.Connection, kind: str, rows: list[tuple]) -> int:
     return n
 
 
+def _check_charges_fit_metrics(conn: psycopg.Connection, p) -> None:
+    """Every charge prices a metric of its tenant; a matrix reads dimensions the metric groups by."""
+    group_by = dict(conn.execute("SELECT code, group_by FROM metrics WHERE tenant = %s", (p.tenant,)))
+    for charge in p.charges:
+        metric = charge["metric"]
+        if metric not in group_by:
+            raise CatalogError(f"plan {p.tenant}/{p.code} version {p.version} prices metric {metric!r}, "
+                               f"which tenant {p.tenant} does not have")
+        missing = set(charge.get("dimensions", ())) - set(group_by[metric])
+        if charge["model"] == "matrix" and missing:
+            raise CatalogError(f"plan {p.tenant}/{p.code} version {p.version}: matrix dimensions "
+                               f"{sorted(missing)} are not in metric {metric}'s group_by")
+
+
 def _publish_plans(conn: psycopg.Connection, c: Catalog) -> int:
     n = 0
     for p in c.plans:
+        _check_charges_fit_metrics(conn, p)
         cur = conn.execute(
             "INSERT INTO plans (tenant, code, version, currency, charges) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING", (p.tenant, p.code, p.version, p.currency, Jsonb(p.charges)))

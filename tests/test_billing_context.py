@@ -12,6 +12,7 @@ from decimal import Decimal
 import orjson
 import psycopg
 import pytest
+import yaml
 from click.testing import CliRunner
 from integration import env_of, ledger, outcomes, send
 from test_revenue import CHARGES
@@ -84,8 +85,8 @@ def test_flow_and_aforo_price_agree_to_the_last_digit_for_every_model(settings, 
 def test_catalog_apply_is_idempotent_and_published_plans_are_immutable(settings, tmp_path):
     env = env_of(settings)
     runner = CliRunner()
-    path = tmp_path / "catalog.json"
-    path.write_text(json.dumps(pricing_catalog()))
+    path = tmp_path / "catalog.yaml"  # YAML as well as JSON
+    path.write_text(yaml.safe_dump(pricing_catalog()))
     first = runner.invoke(main, ["catalog", "apply", str(path)], env=env)
     assert first.exit_code == 0 and "changed" in first.output
     with connect(settings.database_url) as conn:
@@ -98,6 +99,7 @@ def test_catalog_apply_is_idempotent_and_published_plans_are_immutable(settings,
     changed = pricing_catalog()
     changed["plans"][0]["charges"][1]["unit_price"] = "0.004"
     changed["customers"].append({"tenant": "p", "id": "c2"})
+    path = tmp_path / "catalog.json"
     path.write_text(json.dumps(changed))
     refused = runner.invoke(main, ["catalog", "apply", str(path)], env=env)
     assert refused.exit_code == 1
@@ -116,6 +118,14 @@ def test_catalog_errors_are_clear(settings):
     bad = pricing_catalog()
     bad["subscriptions"][0]["customer"] = "nobody"
     with pytest.raises(CatalogError, match="does not exist"):
+        apply(settings, bad)
+    bad = pricing_catalog()
+    bad["metrics"] = [m for m in bad["metrics"] if m["code"] != "matrix"]
+    with pytest.raises(CatalogError, match="prices metric 'matrix', which tenant p does not have"):
+        apply(settings, bad)
+    bad = pricing_catalog()
+    bad["metrics"][-1]["group_by"] = []
+    with pytest.raises(CatalogError, match=r"matrix dimensions \['g'\] are not in metric matrix's group_by"):
         apply(settings, bad)
     with pytest.raises(ValueError, match="float"):
         Catalog.model_validate({"costs": [{"tenant": "p", "metric": "m", "unit_cost": 0.1}]})
