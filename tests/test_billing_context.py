@@ -181,3 +181,17 @@ def test_revenue_report_adds_up_to_the_ledger(settings):
     assert len(per_customer) == 5
     table = CliRunner().invoke(main, ["revenue"], env=env_of(settings))
     assert "period to date" in table.output and "cust-a" in table.output
+
+
+def test_a_tenant_configured_idempotency_key_replaces_source_and_id(settings):
+    apply(settings, {"tenants": [{"id": "acme", "name": "Acme", "currency": "USD",
+                                  "idempotency_key": "$.request_id"}]})
+    now = datetime.now(UTC).isoformat()
+
+    def ev(i, data):
+        return orjson.dumps({"specversion": "1.0", "id": f"x{i}", "source": f"s{i}", "type": "api.call",
+                             "subject": "cust-1", "tenantid": "acme", "time": now, "data": data})
+    send(settings, [ev(0, {"request_id": "r-1"}), ev(1, {"request_id": "r-1"}), ev(2, {})])
+    run(settings, once=True)
+    assert [(r[2], r[3]) for r in ledger(settings)] == [
+        ("accepted", None), ("duplicate", "conflict"), ("rejected", "schema")]
