@@ -14,6 +14,7 @@ and everything before them is already durable in the index.
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -48,46 +49,82 @@ def dedup_bucket(rec: Record, buckets: int) -> str:
     return f"k{zlib.crc32(rec.dedup_key.encode()) % buckets}"
 
 
-class Dedup:
-    def __init__(self, lookup: ClaimLookup, max_cached: int):
-        self._lookup = lookup
-        self._max_cached = max_cached
-        self._claims: dict[str, Claim] = {}
+class ClaimCache:
+    """Claims packed into bytes under a 16-byte digest of their key: about 150 bytes a key, and
+    invisible to the cyclic garbage collector (bytes and str-free dicts are not tracked).
+    Insertion-ordered, so the oldest claims are evicted first."""
+
+    _PACKED = struct.Struct(">Hiqq")  # topic id index, partition, offset, ingested ms
+
+    def __init__(self, max_keys: int):
+        self._max_keys = max_keys
+        self._claims: dict[bytes, bytes] = {}
+        self._topic_ids: list[str] = []
+        self._topic_index: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._claims)
+
+    @staticmethod
+    def digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode(), digest_size=16).digest()
+
+    def get(self, digest: bytes) -> Claim | None:
+        packed = self._claims.get(digest)
+        if packed is None:
+            return None
+        topic, partition, offset, ingested_ms = self._PACKED.unpack_from(packed)
+        return Claim(self._topic_ids[topic], partition, offset, packed[self._PACKED.size:], ingested_ms)
+
+    def put(self, digest: bytes, c: Claim) -> None:
+        topic = self._topic_index.get(c.topic_id)
+        if topic is None:
+            topic = self._topic_index[c.topic_id] = len(self._topic_ids)
+            self._topic_ids.append(c.topic_id)
+        self._claims.pop(digest, None)  # re-inserting moves it to the young end
+        self._claims[digest] = self._PACKED.pack(topic, c.partition, c.offset, c.ingested_ms) + c.payload_hash
+
+    def evict(self) -> None:
+        # Oldest claims first; the ones in flight are the newest, so they are never evicted
+        # while the cache holds more than an epoch's worth of keys.
+        excess = len(self._claims) - self._max_keys
+        if excess > 0:
+            for digest in list(islice(self._claims, excess + self._max_keys // 10)):
+                del self._claims[digest]
+
+
+class Dedup:
+    def __init__(self, lookup: ClaimLookup, max_cached: int):
+        self._lookup = lookup
+        self._cache = ClaimCache(max_cached)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def decide(self, batch: list[Record]) -> list[Record]:
         pending = [r for r in batch if r.pending]
         if not pending:
             return batch
-        claims = self._claims
-        misses = {r.dedup_key for r in pending} - claims.keys()
+        cache, digest = self._cache, ClaimCache.digest
+        digests = [digest(r.dedup_key) for r in pending]
+        misses = {r.dedup_key for r, d in zip(pending, digests, strict=True) if cache.get(d) is None}
         if misses:
-            claims.update(self._lookup(misses))
-        for rec in pending:
+            for key, claim in self._lookup(misses).items():
+                cache.put(digest(key), claim)
+        for rec, d in zip(pending, digests, strict=True):
             rec.payload_hash = h = payload_hash(rec.event)
-            key = rec.dedup_key
-            first = claims.get(key)
+            first = cache.get(d)
             if (first is None
                     or first.ingested_ms * 1000 < rec.ingested_ms * 1000 - HORIZON_US
                     or (first.topic_id, first.partition, first.offset) == rec.coords):
-                claims[key] = Claim(rec.topic_id, rec.partition, rec.offset, h, rec.ingested_ms)
+                cache.put(d, Claim(rec.topic_id, rec.partition, rec.offset, h, rec.ingested_ms))
             elif first.payload_hash == h:
                 rec.decide(Status.DUPLICATE, Reason.SAME_PAYLOAD, _first_ref(first))
             else:
                 rec.decide(Status.DUPLICATE, Reason.CONFLICT,
                            "payload differs from the first one; " + _first_ref(first))
-        self._evict()
+        cache.evict()
         return batch
-
-    def _evict(self) -> None:
-        # Oldest claims first; the ones in flight are the newest, so they are never evicted
-        # while the cache holds more than an epoch's worth of keys.
-        excess = len(self._claims) - self._max_cached
-        if excess > 0:
-            for key in list(islice(self._claims, excess + self._max_cached // 10)):
-                del self._claims[key]
 
 
 def _first_ref(c: Claim) -> str:

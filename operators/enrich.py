@@ -30,9 +30,17 @@ class MetricValueError(ValueError):
     pass
 
 
+_DAY_US = 86_400_000_000
+_period_of_day: dict[int, str] = {}
+
+
 def billing_period(event_us: int) -> str:
-    """Calendar month in UTC, YYYY-MM."""
-    return (_EPOCH + timedelta(microseconds=event_us)).strftime("%Y-%m")
+    """Calendar month in UTC, YYYY-MM (memoised by day: it runs for every event)."""
+    day = event_us // _DAY_US
+    period = _period_of_day.get(day)
+    if period is None:
+        period = _period_of_day[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m")
+    return period
 
 
 def active_subscription(ent: Entitlement, event_us: int) -> SubscriptionRef | None:

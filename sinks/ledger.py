@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from psycopg.types.json import Jsonb
 
 from operators.dedup import Claim
 from schemas.record import Record, Status
 from sinks.postgres import connect
 
+# (column, type) of what the sink writes: binary COPY with declared types is about twice as fast
+# as text COPY to format.
 _LEDGER_COLUMNS = (
-    "raw_topic", "raw_topic_id", "raw_partition", "raw_offset", "raw_key", "raw", "ingested_at",
-    "status", "reason", "detail", "tenantid", "source", "event_id", "type", "subject",
-    "event_time", "dedup_key", "payload_hash", "route", "validation_hash", "customer", "subscription",
-    "plan", "plan_version", "currency", "period", "revenue", "cost", "margin",
+    ("raw_topic", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
+    ("raw_key", "bytea"), ("raw", "bytea"), ("ingested_at", "timestamptz"), ("status", "text"),
+    ("reason", "text"), ("detail", "text"), ("tenantid", "text"), ("source", "text"),
+    ("event_id", "text"), ("type", "text"), ("subject", "text"), ("event_time", "timestamptz"),
+    ("dedup_key", "text"), ("payload_hash", "bytea"), ("route", "text"), ("validation_hash", "text"),
+    ("customer", "text"), ("subscription", "text"), ("plan", "text"), ("plan_version", "int4"),
+    ("currency", "text"), ("period", "text"), ("revenue", "numeric"), ("cost", "numeric"),
+    ("margin", "numeric"),
 )
-_LINE_COLUMNS = ("raw_topic_id", "raw_partition", "raw_offset", "metric", "grp", "quantity",
-                 "total_after", "revenue", "cost", "margin")
-_CLAIM_COLUMNS = ("dedup_key", "raw_topic_id", "raw_partition", "raw_offset", "payload_hash",
-                  "ingested_at")
-_COPY_LEDGER = "COPY {} (" + ", ".join(_LEDGER_COLUMNS) + ") FROM STDIN"
-_COPY_CLAIMS = "COPY {} (" + ", ".join(_CLAIM_COLUMNS) + ") FROM STDIN"
-_COPY_LINES = "COPY {} (" + ", ".join(_LINE_COLUMNS) + ") FROM STDIN"
+_LINE_COLUMNS = (
+    ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"), ("metric", "text"),
+    ("grp", "jsonb"), ("quantity", "numeric"), ("total_after", "numeric"), ("revenue", "numeric"),
+    ("cost", "numeric"), ("margin", "numeric"),
+)
+_CLAIM_COLUMNS = (
+    ("dedup_key", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
+    ("payload_hash", "bytea"), ("ingested_at", "timestamptz"),
+)
 _CREATE_STAGES = """
 CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims) ON COMMIT DELETE ROWS;
@@ -62,6 +71,7 @@ DELETE FROM dedup_claims
 WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 days'
 """
 _PURGE_EVERY = 1000  # batches; claims past the horizon can never match again
+_QUEUED_BATCHES = 4  # backpressure: the flow waits when the writer falls this far behind
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CLAIMING = (Status.ACCEPTED, Status.LATE)
 _ZERO = Decimal(0)
@@ -115,13 +125,14 @@ def revenue_rows(records: list[Record]) -> list[tuple]:
     return list(newest.values())
 
 
-def claim_row(r: Record) -> tuple:
-    return (r.dedup_key, r.topic_id, r.partition, r.offset, r.payload_hash,
-            _EPOCH + timedelta(milliseconds=r.ingested_ms))
+def claim_row(r: Record, ledger_row: tuple) -> tuple:
+    return (r.dedup_key, r.topic_id, r.partition, r.offset, r.payload_hash, ledger_row[6])
 
 
-def _copy(cur: psycopg.Cursor, sql: str, rows: list[tuple]) -> None:
-    with cur.copy(sql) as copy:
+def _copy(cur: psycopg.Cursor, table: str, columns: tuple[tuple[str, str], ...], rows: list[tuple]) -> None:
+    names = ", ".join(name for name, _ in columns)
+    with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([pg_type for _, pg_type in columns])
         for row in rows:
             copy.write_row(row)
 
@@ -134,47 +145,97 @@ def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
     does the batch go through stage tables and insert just what is new.
     """
     rows = [ledger_row(r) for r in records]
-    claims = [claim_row(r) for r in records if r.status in _CLAIMING]
+    claims = [claim_row(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
     lines = [line for r in records if r.lines for line in line_rows(r)]
     totals = revenue_rows(records)
     try:
         with conn.transaction(), conn.cursor() as cur:
-            _copy(cur, _COPY_LEDGER.format("ledger"), rows)
-            _copy(cur, _COPY_CLAIMS.format("dedup_claims"), claims)
-            _copy(cur, _COPY_LINES.format("ledger_lines"), lines)
+            _copy(cur, "ledger", _LEDGER_COLUMNS, rows)
+            _copy(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
+            _copy(cur, "ledger_lines", _LINE_COLUMNS, lines)
             cur.executemany(_UPSERT_REVENUE, totals)
     except psycopg.errors.UniqueViolation:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_CREATE_STAGES)
-            _copy(cur, _COPY_LEDGER.format("ledger_stage"), rows)
-            _copy(cur, _COPY_CLAIMS.format("claims_stage"), claims)
-            _copy(cur, _COPY_LINES.format("lines_stage"), lines)
+            _copy(cur, "ledger_stage", _LEDGER_COLUMNS, rows)
+            _copy(cur, "claims_stage", _CLAIM_COLUMNS, claims)
+            _copy(cur, "lines_stage", _LINE_COLUMNS, lines)
             cur.execute(_INSERT_NEW_LEDGER_ROWS)
             cur.execute(_INSERT_NEW_CLAIMS)
             cur.executemany(_UPSERT_REVENUE, totals)
 
 
-class _LedgerPartition(StatelessSinkPartition[Record]):
+class _LedgerPartition(StatefulSinkPartition[Record, None]):
+    """Writes on a background thread, so the flow keeps processing while Postgres commits.
+
+    Bytewax calls snapshot() when an epoch closes and commits the epoch only after it returns,
+    so waiting there for every queued write keeps the guarantee a synchronous sink gives: no
+    epoch is marked done before its ledger rows are durable.
+    """
+
     def __init__(self, url: str):
         self._conn = connect(url)
+        self._queue: queue.Queue[list[Record] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self._failure: BaseException | None = None
         self._batches = 0
+        self._thread = threading.Thread(target=self._write_queued, name="ledger-writer", daemon=True)
+        self._thread.start()
 
-    def write_batch(self, items: list[Record]) -> None:
-        write_ledger(self._conn, items)
+    def _write_queued(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                if self._failure is None:
+                    self._write(batch)
+            except BaseException as exc:  # re-raised on the worker thread, which crashes the flow
+                self._failure = exc
+            finally:
+                self._queue.task_done()
+
+    def _write(self, batch: list[Record]) -> None:
+        write_ledger(self._conn, batch)
         self._batches += 1
         if self._batches % _PURGE_EVERY == 0:
             with self._conn.transaction():
                 self._conn.execute(_PURGE_CLAIMS)
 
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError("writing the ledger failed") from self._failure
+
+    def write_batch(self, values: list[Record]) -> None:
+        self._raise_failure()
+        self._queue.put(values)
+
+    def snapshot(self) -> None:
+        self._queue.join()
+        self._raise_failure()
+
     def close(self) -> None:
+        self._queue.join()
+        self._queue.put(None)
+        self._thread.join()
         self._conn.close()
+        self._raise_failure()
 
 
-class LedgerSink(DynamicSink[Record]):
-    def __init__(self, url: str):
+class LedgerSink(FixedPartitionedSink[Record, None]):
+    """Items are (raw partition, record); each sink partition owns a writer thread and connection.
+    A subscription's events share a raw partition, so one writer keeps its revenue rows."""
+
+    def __init__(self, url: str, parts: int = 2):
         self._url = url
+        self._parts = [f"ledger-{i}" for i in range(parts)]
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LedgerPartition:
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LedgerPartition:
         return _LedgerPartition(self._url)
 
 
