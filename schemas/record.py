@@ -49,6 +49,7 @@ class Record:
     ingested_ms: int  # the raw record's Kafka timestamp: the only clock decisions may use
     raw: bytes
     key: bytes | None = None
+    tier: str | None = None  # the ingestion tier that received it (Kafka header aforo-tier)
     event: dict[str, Any] | None = None
     event_us: int | None = None  # event `time` as microseconds since the Unix epoch
     status: Status | None = None

@@ -64,11 +64,15 @@ def topic_id(settings: Settings, topic: str) -> str:
     return str(future.result(timeout=10).topic_id)
 
 
+TIER_HEADER = "aforo-tier"  # which front door received the event: sdk, rest, upload, webhook, ...
+
+
 def to_record(msg: KafkaSourceMessage, raw_topic_id: str) -> tuple[Record, int]:
     """A raw Kafka message as a Record, with the Kafka timestamp type for the parse step."""
     ts_type, ts_ms = msg.timestamp
+    tier = next((v for k, v in msg.headers if k == TIER_HEADER), None)
     return (Record(msg.topic, raw_topic_id, msg.partition, msg.offset, ts_ms, msg.value or b"",
-                   key=msg.key), ts_type)
+                   key=msg.key, tier=tier.decode(errors="replace") if tier else None), ts_type)
 
 
 def produce(producer: Producer, topic: str, value: bytes, **kwargs) -> None:
@@ -93,9 +97,10 @@ def record_key(line: bytes) -> bytes | None:
 class RawProducer:
     """Produces raw lines verbatim with an idempotent producer; counts acknowledgements."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, tier: str = "sdk"):
         self._producer = Producer(producer_config(settings))
         self._topic = settings.topics.raw
+        self._headers = [(TIER_HEADER, tier.encode())]
         self.acked = 0
         self.errors: list[str] = []
 
@@ -109,7 +114,7 @@ class RawProducer:
         """Produce each line; yields the running count of lines handed to the producer."""
         n = 0
         for line in lines:
-            produce(self._producer, self._topic, line, key=record_key(line),
+            produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
                     timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
             n += 1
             if n % 1000 == 0:
@@ -129,7 +134,8 @@ def routed_message(rec: Record) -> bytes:
         "detail": rec.detail,
         "provenance": {
             "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition,
-            "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "dedup_key": rec.dedup_key,
+            "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "tier": rec.tier,
+            "dedup_key": rec.dedup_key,
             "validation_hash": rec.validation_hash, "route": rec.route,
         },
     }

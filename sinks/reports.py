@@ -12,7 +12,7 @@ EXPORT_COLUMNS = (
     "tenantid", "source", "id", "type", "subject", "time", "status", "reason", "detail",
     "ingested_at", "processed_at", "topic", "partition", "offset", "route", "dedup_key",
     "validation_hash", "customer", "subscription", "plan", "plan_version", "currency", "period",
-    "metric", "quantity", "revenue", "cost", "margin",
+    "metric", "quantity", "revenue", "cost", "margin", "tier",
 )
 # One line per ledger row, or per metric line where an event feeds several metrics.
 _EXPORT_SELECT = """
@@ -20,7 +20,7 @@ SELECT l.tenantid, l.source, l.event_id, l.type, l.subject, l.event_time, l.stat
        l.detail, l.ingested_at, l.processed_at, l.raw_topic, l.raw_partition, l.raw_offset, l.route,
        l.dedup_key, l.validation_hash, l.customer, l.subscription, l.plan, l.plan_version, l.currency,
        l.period, x.metric, x.quantity, coalesce(x.revenue, l.revenue), coalesce(x.cost, l.cost),
-       coalesce(x.margin, l.margin)
+       coalesce(x.margin, l.margin), l.tier
 FROM ledger l
 LEFT JOIN ledger_lines x USING (raw_topic_id, raw_partition, raw_offset)
 """
@@ -49,7 +49,8 @@ def event_chain(conn: psycopg.Connection, tenant: str, source: str, event_id: st
     cur = conn.execute(
         "SELECT raw_topic, raw_topic_id, raw_partition, raw_offset, raw_key, raw, ingested_at,"
         " processed_at, status, reason, detail, tenantid, source, event_id, type, subject,"
-        " event_time, dedup_key, payload_hash, route, validation_hash FROM ledger"
+        " event_time, dedup_key, payload_hash, route, validation_hash, tier, customer, subscription,"
+        " plan, plan_version, currency, period, revenue, cost, margin FROM ledger"
         " WHERE tenantid = %s AND source = %s AND event_id = %s"
         " ORDER BY ingested_at, raw_partition, raw_offset", (tenant, source, event_id))
     names = [d.name for d in cur.description]

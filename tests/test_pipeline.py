@@ -105,8 +105,10 @@ def test_export_and_show(settings):
     dupes = [orjson.loads(line) for line in out.output.splitlines()]
     assert len(dupes) == 5 and all(d["status"] == "duplicate" for d in dupes)
     for column in ("tenantid", "source", "id", "type", "subject", "time", "status", "reason",
-                   "ingested_at", "topic", "partition", "offset", "validation_hash"):
+                   "ingested_at", "topic", "partition", "offset", "validation_hash", "customer",
+                   "subscription", "metric", "period", "quantity", "revenue", "cost", "margin"):
         assert column in dupes[0]
+    assert {d["tier"] for d in dupes} == {"sdk"}  # `aforo send` is the SDK-style door
 
     csv_out = runner.invoke(main, ["events", "export", "--format", "csv", "--tenant", "acme"], env=env)
     assert csv_out.exit_code == 0
