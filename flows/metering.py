@@ -22,10 +22,10 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config import Settings
 from operators.dedup import Dedup, dedup_bucket
-from operators.enrich import enrich
+from operators.enrich import enrich_batch
 from operators.order import Reorder, Sequencer
 from operators.parse import parse
-from operators.revenue import SubscriptionRevenue
+from operators.revenue import SubscriptionRevenue, revenue_key
 from operators.route import route
 from operators.schema_gate import schema_gate
 from operators.timestamp_gate import timestamp_gate
@@ -74,13 +74,7 @@ class _RevenueStep(StatefulBatchLogic[Record, Record, SubscriptionRevenue]):
         self._revenue = state or SubscriptionRevenue()
 
     def on_batch(self, values: list[Record]) -> tuple[list[Record], bool]:
-        tenants = self._catalog.tenants()
-        for rec in values:
-            if rec.status is None:
-                ctx = rec.billing
-                charges = tenants[rec.event["tenantid"]].charges.get((ctx.plan, ctx.plan_version), {})
-                self._revenue.rate(rec, charges)
-        return values, StatefulBatchLogic.RETAIN
+        return self._revenue.rate_batch(values, self._catalog.tenants()), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> SubscriptionRevenue:
         return self._revenue
@@ -89,23 +83,6 @@ class _RevenueStep(StatefulBatchLogic[Record, Record, SubscriptionRevenue]):
 def _schema_gate_batch(catalog: CatalogCache, batch: list[Record]) -> list[Record]:
     key_paths = catalog.key_paths()
     return [schema_gate(r, key_paths) for r in batch]
-
-
-def _enrich_batch(catalog: CatalogCache, batch: list[Record]) -> list[Record]:
-    tenants = catalog.tenants()
-    pending = {(r.event["tenantid"], r.event["subject"]) for r in batch if r.status is None}
-    entitlements = catalog.entitlements(pending) if pending else {}
-    for r in batch:
-        if r.status is None:
-            key = (r.event["tenantid"], r.event["subject"])
-            enrich(r, tenants[key[0]], entitlements[key])
-    return batch
-
-
-def _subscription_key(rec: Record) -> str:
-    if rec.status is None:
-        return f"s{rec.event['tenantid']}\x1f{rec.billing.subscription}"
-    return f"p{rec.partition}"  # nothing to rate: any key will do, this one keeps partitions apart
 
 
 def build(settings: Settings, *, once: bool) -> Dataflow:
@@ -126,8 +103,8 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
     by_partition = op.key_on("partition", op.key_rm("unkey_dedup", deduped), lambda r: f"p{r.partition}")
     in_order = op.stateful_batch("in_order", by_partition, _InOrderStep)
     enriched = op.flat_map_batch("enrich", op.key_rm("unkey_in_order", in_order),
-                                 partial(_enrich_batch, catalog))
-    by_subscription = op.key_on("subscription", enriched, _subscription_key)
+                                 partial(enrich_batch, catalog))
+    by_subscription = op.key_on("subscription", enriched, revenue_key)
     rated = op.stateful_batch("revenue", by_subscription, partial(_RevenueStep, catalog))
     routed = op.map("route", op.key_rm("unkey_revenue", rated),
                     partial(route, topics=topics, secret=secret))

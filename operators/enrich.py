@@ -3,9 +3,10 @@ version -> the metrics this event type feeds, each with its exact quantity and c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
 import orjson
 
@@ -93,6 +94,29 @@ def unit_cost(rates: tuple[CostRate, ...], data: Mapping) -> Decimal:
         if all(_dimension(data.get(k)) == v for k, v in rate.match.items()):
             return rate.unit_cost
     return _ZERO
+
+
+Subject = tuple[str, str]  # (tenant, subject)
+
+
+class Catalog(Protocol):
+    """What enrichment reads: tenants whole, entitlements in bulk (sinks/entitlements.py)."""
+
+    def tenants(self) -> dict[str, TenantInfo]: ...
+
+    def entitlements(self, wanted: Iterable[tuple[str, str]]) -> dict[Subject, Entitlement | None]: ...
+
+
+def enrich_batch(catalog: Catalog, batch: list[Record]) -> list[Record]:
+    """Enrich every still-eligible record, with one entitlement lookup for the whole batch."""
+    tenants = catalog.tenants()
+    pending = {(r.event["tenantid"], r.event["subject"]) for r in batch if r.status is None}
+    entitlements = catalog.entitlements(pending) if pending else {}
+    for r in batch:
+        if r.status is None:
+            key = (r.event["tenantid"], r.event["subject"])
+            enrich(r, tenants[key[0]], entitlements[key])
+    return batch
 
 
 def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:

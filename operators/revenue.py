@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from operators.pricing import Charge, GroupKey, Unpriceable, group_key, marginal
-from schemas.billing import MetricUse, RevenueLine
+from schemas.billing import MetricUse, RevenueLine, TenantInfo
 from schemas.record import Reason, Record, Status
 
 _ZERO = Decimal(0)
@@ -51,9 +51,24 @@ def next_total(t: PeriodTotals, gk: GroupKey, use: MetricUse, event_us: int) -> 
     raise ValueError(f"unknown aggregation {agg!r}")
 
 
+def revenue_key(rec: Record) -> str:
+    """Records are rated by subscription; the rest pass through under their partition's key."""
+    if rec.status is None:
+        return f"s{rec.event['tenantid']}\x1f{rec.billing.subscription}"
+    return f"p{rec.partition}"
+
+
 class SubscriptionRevenue:
     def __init__(self) -> None:
         self.totals: dict[tuple[str, str], PeriodTotals] = {}
+
+    def rate_batch(self, records: list[Record], tenants: dict[str, TenantInfo]) -> list[Record]:
+        """Rate the enriched records among these (in order); pass the others through."""
+        for rec in records:
+            if rec.status is None:
+                ctx = rec.billing
+                self.rate(rec, tenants[rec.event["tenantid"]].charges.get((ctx.plan, ctx.plan_version), {}))
+        return records
 
     def rate(self, rec: Record, charges: dict[str, Charge]) -> Record:
         """Price every metric use of an enriched event; all or nothing, so an unpriceable
