@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import click
@@ -336,6 +337,77 @@ def revenue(tenant, period, fmt) -> None:
 def _money(amount: Decimal, currency: str) -> str:
     """Display only: exact amounts are in the ledger and in --format json."""
     return f"{amount.quantize(Decimal('0.0001'))} {currency}"
+
+
+# --- auditability ------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--tenant", required=True)
+@click.option("--period", required=True, help="YYYY-MM (UTC)")
+@click.option("--source", type=click.Choice(["archive", "topic"]), default="archive", show_default=True,
+              help="The raw payloads archived in the ledger, or the raw topic (scanned to its end).")
+@click.option("--apply", "apply_", is_flag=True, help="Replace the live ledger rows of the period.")
+def replay(tenant, period, source, apply_) -> None:
+    """Re-derive a period from its raw events into a shadow ledger and compare it with the live one.
+
+    Exit code 0 when they are identical, 1 when they differ (also with --apply, which then makes
+    them identical)."""
+    from flows.replay import in_scope, rederive
+    from operators.revenue import period_bounds
+    from operators.timestamp_gate import to_us
+    from sinks.entitlements import CatalogCache
+    from sinks.postgres import connect
+    from sinks.replay import (
+        Ledger,
+        Scope,
+        apply_shadow,
+        archived_records,
+        digest,
+        figures,
+        finish_replay,
+        status_changes,
+        topic_records,
+        write_shadow,
+    )
+    s = _settings()
+    try:
+        start, end = period_bounds(period)
+    except ValueError:
+        _fail(f"--period must be YYYY-MM, got {period!r}")
+    scope = Scope(tenant, start, end)
+    catalog = CatalogCache(s.database_url, s.redis_url)
+    with connect(s.database_url) as conn:
+        if source == "archive":
+            records = archived_records(conn, scope)
+        else:
+            records = list(topic_records(s, partial(in_scope, tenant, to_us(start), to_us(end))))
+        shadow = rederive(records, catalog, catalog.key_paths(), s.topics, s.secret)
+        replay_id = write_shadow(conn, scope, period, source, shadow)
+        live, replayed = Ledger.live(scope), Ledger.shadow(replay_id)
+        live_digest, shadow_digest = digest(conn, live), digest(conn, replayed)
+        finish_replay(conn, replay_id, shadow_digest, live_digest)
+        live_figures, shadow_figures = figures(conn, live), figures(conn, replayed)
+        changes = status_changes(conn, scope, replay_id)
+        identical = live_digest == shadow_digest
+        click.echo(f"replay {replay_id}: {tenant} {period} from {source}, {len(shadow)} raw events")
+        click.echo(f"  live ledger digest     {live_digest}")
+        click.echo(f"  replayed ledger digest {shadow_digest}")
+        click.echo(f"\n{'customer':<14} {'metric':<14} {'events live/replay':>20} "
+                   f"{'quantity live/replay':>28} {'revenue live/replay':>32}")
+        for key in sorted(live_figures.keys() | shadow_figures.keys(), key=str):
+            a, b = live_figures.get(key, (0, 0, 0)), shadow_figures.get(key, (0, 0, 0))
+            mark = "" if a == b else "  <> differs"
+            click.echo(f"{key[0] or '-':<14} {key[1]:<14} {f'{a[0]}/{b[0]}':>20} {f'{a[1]}/{b[1]}':>28}"
+                       f" {f'{a[2]}/{b[2]}':>32}{mark}")
+        if changes:
+            click.echo(f"\n{len(changes)} events differ (source id partition/offset: live -> replayed):")
+            for src, eid, p, o, st, rs, rev, st2, rs2, rev2 in changes[:50]:
+                click.echo(f"  {src} {eid} {p}/{o}: {st}/{rs or '-'} {rev} -> {st2}/{rs2 or '-'} {rev2}")
+        click.echo("\nidentical" if identical else "\nDIFFERENT")
+        if apply_ and not identical:
+            apply_shadow(conn, scope, period, replay_id)
+            click.echo(f"applied: the live ledger of {tenant} {period} is now replay {replay_id}")
+    sys.exit(0 if identical else 1)
 
 
 # --- the demo -------------------------------------------------------------------------------------

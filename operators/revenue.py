@@ -13,10 +13,11 @@ flow after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from operators.pricing import Charge, GroupKey, Unpriceable, group_key, marginal
+from operators.timestamp_gate import to_us
 from schemas.billing import MetricUse, RevenueLine, TenantInfo
 from schemas.record import Reason, Record, Status
 
@@ -118,11 +119,7 @@ def projected(period_to_date: Decimal, period: str, now: datetime) -> Decimal:
     """End-of-period revenue at the current pace: an upper-bound estimate for tier and allowance
     plans (later units may be cheaper), shown to the cent. A closed period projects to itself."""
     start, end = period_bounds(period)
-    elapsed_us = _us(min(max(now, start), end) - start)
+    elapsed_us = to_us(min(max(now, start), end)) - to_us(start)
     if elapsed_us == 0 or now >= end:
         return period_to_date
-    return (period_to_date * _us(end - start) / elapsed_us).quantize(Decimal("0.01"))
-
-
-def _us(d: timedelta) -> int:
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+    return (period_to_date * (to_us(end) - to_us(start)) / elapsed_us).quantize(Decimal("0.01"))

@@ -101,13 +101,23 @@ def check_event(event: Mapping, key_paths: Mapping[str, str | None]) -> tuple[in
     return event_us, idempotency_key(event, key_paths[tenant])
 
 
+def event_time(event: Mapping) -> int | None:
+    """The event's `time` in µs when it is a valid RFC 3339 string, whatever else is wrong."""
+    try:
+        return parse_time(event["time"]) if isinstance(event.get("time"), str) else None
+    except SchemaError:
+        return None
+
+
 def schema_gate(rec: Record, key_paths: Mapping[str, str | None]) -> Record:
     if rec.status is not None:
         return rec
     try:
         rec.event_us, rec.dedup_key = check_event(rec.event, key_paths)
-    except SchemaError as exc:
-        return rec.decide(Status.REJECTED, Reason.SCHEMA, str(exc))
-    except UnknownTenant as exc:
-        return rec.decide(Status.REJECTED, Reason.UNKNOWN_TENANT, str(exc))
+    except (SchemaError, UnknownTenant) as exc:
+        # A rejected event keeps its time where it has one: provenance, and it places the
+        # record in its billing period for replay.
+        rec.event_us = event_time(rec.event)
+        reason = Reason.SCHEMA if isinstance(exc, SchemaError) else Reason.UNKNOWN_TENANT
+        return rec.decide(Status.REJECTED, reason, str(exc))
     return rec

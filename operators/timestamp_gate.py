@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from schemas.record import Reason, Record, Status
 
 MINUTE_US = 60 * 1_000_000
 MAX_SKEW_US = 5 * MINUTE_US          # accepted up to exactly 5 minutes ahead
 LATE_AFTER_US = 24 * 60 * MINUTE_US  # older than 24 hours: held for reconciliation
 HORIZON_US = 90 * 24 * 60 * MINUTE_US  # older than 90 days: rejected; also the dedup horizon
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(t: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (no float on the way)."""
+    d = t - EPOCH
+    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def timestamp_gate(rec: Record) -> Record:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import yaml
 from psycopg.types.json import Jsonb
 
 from operators.pricing import parse_charge
+from operators.timestamp_gate import to_us
 from schemas.billing import CostRate, Entitlement, MetricDef, SubscriptionRef, TenantInfo
 from schemas.catalog import Catalog
 
@@ -26,11 +26,6 @@ def read_catalog_file(path: Path) -> Catalog:
     # YAML or JSON floats would be inexact: amounts must be quoted, which the model enforces.
     data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else orjson.loads(text)
     return Catalog.model_validate(data)
-
-
-def _us(t: datetime) -> int:
-    delta = t.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 # Each upsert changes a row only when something differs, so re-applying a file is a no-op and
@@ -222,6 +217,6 @@ def load_entitlements(conn: psycopg.Connection,
     for tenant, customer, sid, plan, version, starts, ends in rows:
         subs = found.setdefault((tenant, customer), [])
         if sid is not None:
-            subs.append(SubscriptionRef(sid, plan, version, _us(starts),
-                                        None if ends is None else _us(ends)))
+            subs.append(SubscriptionRef(sid, plan, version, to_us(starts),
+                                        None if ends is None else to_us(ends)))
     return {key: (Entitlement(key[1], tuple(found[key])) if key in found else None) for key in wanted}

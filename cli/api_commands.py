@@ -1,0 +1,201 @@
+"""`aforo serve`, `aforo keys`, `aforo upload`, `aforo webhooks`: the HTTP front doors' commands."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+import config
+from api.webhooks.signatures import PROVIDERS
+
+_FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+def _settings() -> config.Settings:
+    return config.load()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--rate", default=100.0, show_default=True,
+              help="Requests per second per API key or webhook source.")
+@click.option("--burst", default=200.0, show_default=True, help="Requests a source may send at once.")
+def serve(host: str, port: int, rate: float, burst: float) -> None:
+    """Run the HTTP API (OpenAPI document at /openapi.json)."""
+    from api.server import serve as run_server
+    from api.services import ApiOptions
+    try:
+        run_server(host, port, ApiOptions(rate=rate, burst=burst))
+    except config.NotConfigured as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+@click.group()
+def keys() -> None:
+    """Per-tenant API keys (stored hashed; a key is shown once)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+def keys_create(tenant: str) -> None:
+    """Create a key for TENANT and print it once."""
+    import psycopg
+
+    from api.keys import create_key
+    from sinks.postgres import connect
+    try:
+        with connect(_settings().database_url) as conn:
+            key_id, key = create_key(conn, tenant)
+    except psycopg.errors.ForeignKeyViolation:
+        raise click.ClickException(f"tenant {tenant!r} is not in the catalog") from None
+    click.echo(f"key id: {key_id}\nkey:    {key}")
+    click.echo("Store the key now: it is not shown again (only its SHA-256 is kept).", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (effective within 5 s on running servers)."""
+    from api.keys import revoke_key
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        if not revoke_key(conn, key_id):
+            raise click.ClickException(f"no live key {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+@keys.command("list")
+@click.option("--tenant")
+def keys_list(tenant: str | None) -> None:
+    """Every key's id, tenant, creation and revocation time (never the key)."""
+    from api.keys import list_keys
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        stored = list_keys(conn, tenant)
+    click.echo(f"{'id':<18} {'tenant':<12} {'created':<26} revoked")
+    for k in stored:
+        revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
+        click.echo(f"{k.id:<18} {k.tenant:<12} {k.created_at.isoformat(timespec='seconds'):<26} {revoked}")
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+class _Progress(io.RawIOBase):
+    """A file that advances a progress bar by the bytes read from it."""
+
+    def __init__(self, raw, bar):
+        self._raw, self._bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer)
+        self._bar.update(n or 0)
+        return n
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "ndjson"]),
+              help="Default: from the file's extension (.csv, .json, .ndjson, .jsonl).")
+@click.option("--mapping", "mapping_file", type=click.File("rb"),
+              help="CSV column mapping (JSON, see README).")
+@click.option("--tenant", help="Fill a missing tenantid with T and refuse rows of other tenants.")
+def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> None:
+    """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line."""
+    from api.producer import RawTopicProducer
+    from api.uploads import UploadError, parse_csv_mapping, rows_of, run_upload
+    from sinks.kafka import ensure_topics
+    fmt = fmt or _FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise click.ClickException(f"cannot tell the format of {file.name}: give --format")
+    settings = _settings()
+    try:
+        mapping = parse_csv_mapping(orjson.loads(mapping_file.read())) if mapping_file else None
+    except (orjson.JSONDecodeError, UploadError) as exc:
+        raise click.ClickException(f"--mapping: {exc}") from None
+    ensure_topics(settings)
+    producer = RawTopicProducer(settings)
+    try:
+        with file.open("rb", buffering=0) as raw, click.progressbar(
+                length=file.stat().st_size, label="uploading", file=sys.stderr) as bar:
+            stream = io.BufferedReader(_Progress(raw, bar), 256 * 1024)
+            report = run_upload(rows_of(stream, fmt, mapping), fmt, tenant, producer)
+    except UploadError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        producer.close()
+    click.echo(orjson.dumps(report.model_dump(), option=orjson.OPT_INDENT_2).decode())
+    if report.not_acknowledged or report.stopped:
+        raise click.ClickException(f"{report.produced} of {report.rows} rows produced; see the report")
+
+
+# --- webhook sources -----------------------------------------------------------------------------
+
+@click.group()
+def webhooks() -> None:
+    """Webhook sources: provider, signing secret, tenant and payload mapping."""
+
+
+@webhooks.command("add")
+@click.argument("name")
+@click.option("--provider", required=True,
+              type=click.Choice(PROVIDERS))
+@click.option("--tenant",
+              help="The tenant of its events (default: the X-Aforo-Tenant header of each request).")
+@click.option("--secret", prompt=True, hide_input=True,
+              help="Signing secret (SendGrid: the verification public key). Prompted when not given.")
+@click.option("--mapping", "mapping_file", type=click.File("rb"),
+              help="JSONPath mapping (JSON); default: the provider's template (`aforo webhooks template`).")
+def webhooks_add(name: str, provider: str, tenant: str | None, secret: str, mapping_file) -> None:
+    """Add webhook source NAME, received at POST /v1/webhooks/<provider>/NAME."""
+    from api.webhooks.mapping import MappingError
+    from api.webhooks.store import add_source
+    from sinks.postgres import connect
+    try:
+        mapping = orjson.loads(mapping_file.read()) if mapping_file else None
+        with connect(_settings().database_url) as conn:
+            source = add_source(conn, name, provider, secret, tenant, mapping)
+    except (orjson.JSONDecodeError, MappingError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"POST /v1/webhooks/{source.provider}/{source.name} -> tenant {source.tenant or '(header)'}")
+
+
+@webhooks.command("list")
+def webhooks_list() -> None:
+    """Every source with its provider, tenant and mapping (never its secret)."""
+    from api.webhooks.store import list_sources
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        sources = list_sources(conn)
+    for s in sources:
+        click.echo(f"{s.name:<20} {s.provider:<9} {s.tenant or '(header)':<12} "
+                   f"{orjson.dumps(s.mapping.to_json()).decode()}")
+
+
+@webhooks.command("remove")
+@click.argument("name")
+def webhooks_remove(name: str) -> None:
+    """Remove webhook source NAME."""
+    from api.webhooks.store import remove_source
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        if not remove_source(conn, name):
+            raise click.ClickException(f"no webhook source {name!r}")
+    click.echo(f"removed {name}")
+
+
+@webhooks.command("template")
+@click.argument("provider", type=click.Choice(PROVIDERS))
+def webhooks_template(provider: str) -> None:
+    """Print PROVIDER's ready mapping, to edit and pass to `webhooks add --mapping`."""
+    from api.webhooks.templates import TEMPLATES
+    click.echo(orjson.dumps(TEMPLATES[provider], option=orjson.OPT_INDENT_2).decode())

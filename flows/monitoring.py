@@ -1,0 +1,124 @@
+"""The monitoring dataflow, stage by stage:
+
+    enriched topic -> parse -> dedup -> anomaly ------> alerts (Postgres `alerts` + <prefix>.alerts)
+                                     `-> quota_pacing -'
+
+A second flow rather than more steps of the metering flow: the metering hot path stays as it is,
+monitoring runs, fails and recovers on its own, and it can be replayed from the enriched topic at
+any time without touching the ledger. Every stateful step is keyed by (tenant, customer): a
+customer's events keep the enriched topic's order, which is their raw partition's order, and
+every decision depends on that order and the events' data only, never on the wall clock or on
+how the input happened to be batched.
+
+Every stage is a call into `operators/`; this file only wires them and supplies the quotas.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax._bytewax import cli_main
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from config import Settings
+from operators.anomaly import Alert, CustomerMonitor, FirstDelivery, Usage, parse_enriched
+from operators.quota_pacing import QuotaPacing
+from sinks.alerts import AlertSink, QuotaCatalog, ensure_alerts_topic
+from sinks.kafka import ensure_topics, topic_id
+
+RECOVERY_PARTITIONS = 4
+
+
+class _DedupStep(StatefulBatchLogic[Usage, Usage, FirstDelivery]):
+    """Bytewax shell around one customer's FirstDelivery."""
+
+    def __init__(self, state: FirstDelivery | None):
+        self._first = state or FirstDelivery()
+
+    def on_batch(self, values: list[Usage]) -> tuple[list[Usage], bool]:
+        return [u for u in values if self._first.first(u)], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> FirstDelivery:
+        return self._first
+
+
+class _AnomalyStep(StatefulBatchLogic[Usage, Alert, CustomerMonitor]):
+    """Bytewax shell around one customer's hourly and weekly detectors."""
+
+    def __init__(self, state: CustomerMonitor | None):
+        self._monitor = state or CustomerMonitor()
+
+    def on_batch(self, values: list[Usage]) -> tuple[list[Alert], bool]:
+        # One event at a time: the outcome must not depend on where the batches happen to split.
+        return [a for u in values for a in self._monitor.observe(u)], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> CustomerMonitor:
+        return self._monitor
+
+
+class _QuotaPacingStep(StatefulBatchLogic[Usage, Alert, QuotaPacing]):
+    """Bytewax shell around one customer's quota pacing."""
+
+    def __init__(self, quotas: QuotaCatalog, state: QuotaPacing | None):
+        self._quotas = quotas
+        self._pacing = state or QuotaPacing()
+
+    def on_batch(self, values: list[Usage]) -> tuple[list[Alert], bool]:
+        quotas = self._quotas.current()
+        alerts = [a for u in values
+                  for a in self._pacing.observe(u, quotas.get((u.tenant, u.subscription), {}))]
+        return alerts, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> QuotaPacing:
+        return self._pacing
+
+
+def _customer_key(u: Usage) -> str:
+    return f"{u.tenant}\x1f{u.customer}"
+
+
+def build(settings: Settings, *, once: bool) -> Dataflow:
+    source = KafkaSource([settings.kafka_bootstrap], [settings.topics.enriched], tail=not once,
+                         batch_size=settings.batch_size)
+    flow = Dataflow("monitoring")
+    messages = op.input("enriched", flow, source)
+    usage = op.filter_map("parse", messages, lambda msg: parse_enriched(msg.value or b""))
+    by_customer = op.key_on("customer", usage, _customer_key)
+    firsts = op.stateful_batch("dedup", by_customer, _DedupStep)
+    anomalies = op.stateful_batch("anomaly", firsts, _AnomalyStep)
+    pacing = op.stateful_batch("quota_pacing", firsts,
+                               partial(_QuotaPacingStep, QuotaCatalog(settings.database_url)))
+    alerts = op.key_rm("unkey", op.merge("alerts", anomalies, pacing))
+    op.output("alerts_out", alerts, AlertSink(settings))
+    return flow
+
+
+def recovery_dir(settings: Settings) -> Path:
+    """Recovery state belongs to one incarnation of the enriched topic; a new one starts fresh
+    (and replays it whole, which the idempotent alert sink absorbs)."""
+    db_dir = settings.recovery_dir / f"monitoring-{topic_id(settings, settings.topics.enriched)}"
+    if not db_dir.exists():
+        staging = db_dir.with_name(db_dir.name + ".init")  # never leave a half-made dir behind
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        init_db_dir(staging, RECOVERY_PARTITIONS)
+        staging.rename(db_dir)
+    return db_dir
+
+
+def run(settings: Settings, *, once: bool) -> None:
+    """Run the flow with recovery: after a crash it resumes from its last snapshot. With once,
+    it reads the enriched topic to its end and exits; open windows stay open until later events
+    close them (end of input is not event time)."""
+    ensure_topics(settings)
+    ensure_alerts_topic(settings)
+    flow = build(settings, once=once)
+    cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=settings.epoch_interval_s),
+             recovery_config=RecoveryConfig(recovery_dir(settings)))

@@ -1,0 +1,161 @@
+"""Alerts out: the Postgres `alerts` table and the `<prefix>.alerts` topic; quotas in; reports.
+
+Both outputs are idempotent on the alert's deterministic key. A batch is inserted with
+ON CONFLICT DO NOTHING in one transaction; only the rows that were new are produced to Kafka, and
+the transaction commits after the broker acknowledged them. So a replay (epochs after the last
+snapshot, or a reprocess from scratch) adds no row and no message, and a crash between the
+acknowledgement and the commit at worst produces an alert twice, with the same key in the
+`aforo-alert` header for consumers to drop it.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from decimal import Decimal
+
+import orjson
+import psycopg
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg.types.json import Jsonb
+
+from config import Settings
+from operators.anomaly import Alert, utc
+from operators.quota_pacing import Quota
+from sinks.catalog import catalog_state
+from sinks.kafka import produce, producer_config
+from sinks.postgres import connect
+
+ALERT_HEADER = "aforo-alert"
+KINDS = ("spike", "dip", "weekly_drop", "quota_projected", "quota_actual")
+_LEVELS = ("max", "latest")  # aggregations whose usage is a level: never extrapolated
+
+
+def alerts_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.alerts"
+
+
+def ensure_alerts_topic(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    name = alerts_topic(settings)
+    if name in admin.list_topics(timeout=10).topics:
+        return
+    [future] = admin.create_topics([NewTopic(name, 1, 1)], operation_timeout=10).values()
+    try:
+        future.result()
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise RuntimeError(f"cannot create topic {name}: {exc}") from None
+
+
+def alert_key(alert: Alert) -> bytes:
+    """The key as a JSON array: unambiguous whatever characters the ids contain."""
+    return orjson.dumps(list(alert.key))
+
+
+def alert_message(alert: Alert) -> bytes:
+    return orjson.dumps({
+        "key": list(alert.key), "kind": alert.kind, "tenant": alert.tenant, "customer": alert.customer,
+        "subscription": alert.subscription, "metric": alert.metric, "window": alert.window_id,
+        "threshold": alert.threshold, "window_start": utc(alert.window_start_us),
+        "window_end": utc(alert.window_end_us), "event_time": utc(alert.event_us),
+        "details": alert.details})
+
+
+class QuotaCatalog:
+    """The catalog's quotas, reloaded when the catalog version moves. Shared by the worker
+    threads of a process, each with its own connection."""
+
+    def __init__(self, database_url: str):
+        self._database_url = database_url
+        self._local = threading.local()
+        self._version: tuple[str, int] | None = None
+        self._quotas: dict[tuple[str, str], dict[str, Quota]] = {}
+
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = connect(self._database_url, autocommit=True)
+        return conn
+
+    def current(self) -> dict[tuple[str, str], dict[str, Quota]]:
+        """(tenant, subscription) -> metric -> quota."""
+        conn = self._conn()
+        state = catalog_state(conn)
+        if state != self._version:
+            quotas: dict[tuple[str, str], dict[str, Quota]] = {}
+            for tenant, sub, metric, limit, aggregation in conn.execute(
+                    'SELECT q.tenant, q.subscription, q.metric, q."limit", m.aggregation FROM quotas q'
+                    " JOIN metrics m ON m.tenant = q.tenant AND m.code = q.metric"):
+                quota = Quota(Decimal(limit), extrapolate=aggregation not in _LEVELS)
+                quotas.setdefault((tenant, sub), {})[metric] = quota
+            self._version, self._quotas = state, quotas
+        return self._quotas
+
+
+_INSERT = """
+INSERT INTO alerts (kind, tenant, customer, subscription, metric, window_id, threshold, window_start,
+    window_end, event_time, details)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+
+class _AlertPartition(StatelessSinkPartition[Alert]):
+    def __init__(self, settings: Settings):
+        self._conn = connect(settings.database_url)
+        self._producer = Producer(producer_config(settings))
+        self._topic = alerts_topic(settings)
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err, _msg) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write_batch(self, items: list[Alert]) -> None:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            for a in items:
+                cur.execute(_INSERT, (*a.key, utc(a.window_start_us), utc(a.window_end_us),
+                                      utc(a.event_us), Jsonb(a.details)))
+                if cur.rowcount:  # new: not written by an earlier run
+                    key = alert_key(a)
+                    produce(self._producer, self._topic, alert_message(a),
+                            key=f"{a.tenant}/{a.customer}".encode(), headers=[(ALERT_HEADER, key)],
+                            on_delivery=self._on_delivery)
+            self._producer.flush()
+            if self._errors:  # roll back: the replay after the crash writes them again
+                errors, self._errors = self._errors, []
+                raise RuntimeError(f"producing alerts failed: {errors[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush()
+        self._conn.close()
+
+
+class AlertSink(DynamicSink[Alert]):
+    def __init__(self, settings: Settings):
+        self._settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertPartition:
+        return _AlertPartition(self._settings)
+
+
+# --- reading them back ---------------------------------------------------------------------------
+
+_COLUMNS = ("kind", "tenant", "customer", "subscription", "metric", "window_id", "threshold",
+            "window_start", "window_end", "event_time", "details", "detected_at")
+
+
+def list_alerts(conn: psycopg.Connection, tenant: str | None = None, kind: str | None = None,
+                since: datetime | None = None) -> list[dict]:
+    """Alerts by event time, oldest first; `since` compares with their event time."""
+    rows = conn.execute(
+        f"SELECT {', '.join(_COLUMNS)} FROM alerts"
+        " WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
+        " AND (%(kind)s::text IS NULL OR kind = %(kind)s)"
+        " AND (%(since)s::timestamptz IS NULL OR event_time >= %(since)s)"
+        " ORDER BY event_time, kind, tenant, customer, metric, threshold",
+        {"tenant": tenant, "kind": kind, "since": since})
+    return [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
