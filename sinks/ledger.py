@@ -12,8 +12,10 @@ import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from psycopg.types.json import Jsonb
 
+from operators.audit import row_hash
 from operators.dedup import Claim
 from schemas.record import Record, Status
+from sinks.audit import append_to_chains, store_entries
 from sinks.postgres import connect
 
 # (column, type) of what the sink writes: binary COPY with declared types is about twice as fast
@@ -37,15 +39,10 @@ _CLAIM_COLUMNS = (
     ("dedup_key", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
     ("payload_hash", "bytea"), ("ingested_at", "timestamptz"),
 )
-_CREATE_STAGES = """
-CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS lines_stage (LIKE ledger_lines INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-"""
-_INSERT_NEW_LEDGER_ROWS = """
-INSERT INTO ledger SELECT * FROM ledger_stage ON CONFLICT DO NOTHING;
-INSERT INTO ledger_lines SELECT * FROM lines_stage ON CONFLICT DO NOTHING;
-"""
+_LEDGER_NAMES = tuple(name for name, _ in _LEDGER_COLUMNS)
+_SEALED_COLUMNS = (*_LEDGER_COLUMNS, ("audit_seq", "int8"))
+_CREATE_CLAIMS_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims)"
+                        " ON COMMIT DELETE ROWS")
 # Totals only move forward: a replayed batch carries older totals (fewer events) and loses.
 _UPSERT_REVENUE = """
 INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
@@ -137,32 +134,64 @@ def _copy(cur: psycopg.Cursor, table: str, columns: tuple[tuple[str, str], ...],
             copy.write_row(row)
 
 
-def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
-    """Write terminal records and their dedup claims in one transaction. Safe to repeat.
+def _line_values(r: Record) -> list[dict]:
+    return [{"metric": x.metric, "grp": x.group, "quantity": x.quantity, "total_after": x.total_after,
+             "revenue": x.revenue, "cost": x.cost, "margin": x.margin} for x in r.lines or ()]
 
-    The common case is a straight COPY into both tables. Only when that meets a row that is
-    already there (the epochs replayed after a crash, or a key reclaimed after the horizon)
-    does the batch go through stage tables and insert just what is new.
+
+def _seal(cur: psycopg.Cursor, records: list[Record], rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Append every new row to its tenant's audit chain: (chain entries, rows with their entry's seq)."""
+    tenant_at = _LEDGER_NAMES.index("tenantid")
+    items = [(row[tenant_at] or "", r.coords, row_hash(dict(zip(_LEDGER_NAMES, row, strict=True)),
+                                                        _line_values(r)))
+             for r, row in zip(records, rows, strict=True)]
+    entries, seqs = append_to_chains(cur, "insert", items)
+    return entries, [(*row, seq) for row, seq in zip(rows, seqs, strict=True)]
+
+
+def _new_only(cur: psycopg.Cursor, records: list[Record]) -> list[Record]:
+    """The records not in the ledger yet (a replayed epoch repeats some that are)."""
+    existing = set(cur.execute(
+        "SELECT raw_topic_id, raw_partition, raw_offset FROM ledger"
+        " WHERE (raw_topic_id, raw_partition, raw_offset) IN"
+        " (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]))",
+        ([r.topic_id for r in records], [r.partition for r in records], [r.offset for r in records])))
+    return [r for r in records if r.coords not in existing]
+
+
+def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
+    """Write terminal records, their lines, dedup claims, revenue totals and audit entries in one
+    transaction. Safe to repeat.
+
+    The common case is a straight COPY into every table. When that meets a row that is already
+    there (the epochs replayed after a crash, or a dedup key reclaimed after the horizon), the
+    batch is retried with only its new records and the claims go through an upsert.
     """
-    rows = [ledger_row(r) for r in records]
-    claims = [claim_row(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
-    lines = [line for r in records if r.lines for line in line_rows(r)]
-    totals = revenue_rows(records)
     try:
         with conn.transaction(), conn.cursor() as cur:
-            _copy(cur, "ledger", _LEDGER_COLUMNS, rows)
-            _copy(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
-            _copy(cur, "ledger_lines", _LINE_COLUMNS, lines)
-            cur.executemany(_UPSERT_REVENUE, totals)
+            _write(cur, records, replayed=False)
     except psycopg.errors.UniqueViolation:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_CREATE_STAGES)
-            _copy(cur, "ledger_stage", _LEDGER_COLUMNS, rows)
-            _copy(cur, "claims_stage", _CLAIM_COLUMNS, claims)
-            _copy(cur, "lines_stage", _LINE_COLUMNS, lines)
-            cur.execute(_INSERT_NEW_LEDGER_ROWS)
-            cur.execute(_INSERT_NEW_CLAIMS)
-            cur.executemany(_UPSERT_REVENUE, totals)
+            fresh = _new_only(cur, records)
+            if fresh:
+                _write(cur, fresh, replayed=True)
+            cur.executemany(_UPSERT_REVENUE, revenue_rows(records))
+
+
+def _write(cur: psycopg.Cursor, records: list[Record], replayed: bool) -> None:
+    rows = [ledger_row(r) for r in records]
+    claims = [claim_row(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
+    entries, sealed = _seal(cur, records, rows)
+    _copy(cur, "ledger", _SEALED_COLUMNS, sealed)
+    _copy(cur, "ledger_lines", _LINE_COLUMNS, [line for r in records if r.lines for line in line_rows(r)])
+    store_entries(cur, entries)
+    if replayed:
+        cur.execute(_CREATE_CLAIMS_STAGE)
+        _copy(cur, "claims_stage", _CLAIM_COLUMNS, claims)
+        cur.execute(_INSERT_NEW_CLAIMS)
+    else:
+        _copy(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
+        cur.executemany(_UPSERT_REVENUE, revenue_rows(records))
 
 
 class _LedgerPartition(StatefulSinkPartition[Record, None]):

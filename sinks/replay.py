@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from config import Settings
 from schemas.record import Record
+from sinks.audit import reseal
 from sinks.kafka import TIER_HEADER, topic_id
 from sinks.ledger import _LEDGER_COLUMNS, _LINE_COLUMNS, _copy, ledger_row, line_rows
 
@@ -177,8 +178,9 @@ def status_changes(conn: psycopg.Connection, scope: Scope, replay_id: int) -> li
 
 
 def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id: int) -> None:
-    """Replace the live rows of the scope with the shadow's, in one transaction, and rebuild the
-    period's revenue totals from the replaced lines."""
+    """Replace the live rows of the scope with the shadow's, in one transaction: the new rows are
+    appended to the audit chain (the old entries stay), and the period's revenue totals are
+    rebuilt from the new lines."""
     where, params = scope.where()
     where_l, params_l = scope.where("l")
     with conn.transaction():
@@ -192,6 +194,8 @@ def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id:
                      " WHERE replay_id = %s", (replay_id,))
         conn.execute(f"INSERT INTO ledger_lines ({line_columns}) SELECT {line_columns} FROM replay_lines"
                      " WHERE replay_id = %s", (replay_id,))
+        with conn.cursor() as cur:  # the replaced rows join the audit chain as new entries
+            reseal(cur, "replay", where_l, params_l)
         conn.execute("DELETE FROM revenue WHERE tenant = %s AND period = %s", (scope.tenant, period))
         conn.execute(_REBUILD_REVENUE, {"tenant": scope.tenant, "period": period})
         conn.execute("UPDATE replays SET applied = true WHERE id = %s", (replay_id,))

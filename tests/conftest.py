@@ -9,7 +9,9 @@ applied) and its own AFORO_HOME.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -36,14 +38,17 @@ def _with_db(url: str, db: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> config.Settings:
+def stack() -> config.Settings:
     base = config.load()
     if base.external:
         yield base
         return
     from stack.embedded import down, up
+    # Not under pytest's basetemp: every pytest session resets that tree to mode 0700, which
+    # would lock the Postgres system account out of a stack another session is running.
+    home = Path(tempfile.mkdtemp(prefix="aforo-test-stack-"))
     settings = dataclasses.replace(
-        base, home=tmp_path_factory.mktemp("aforo-home"),
+        base, home=home,
         embedded_kafka_port=_free_port(), embedded_postgres_port=_free_port(),
         embedded_redis_port=_free_port())
     up(settings)
@@ -54,6 +59,7 @@ def stack(tmp_path_factory) -> config.Settings:
         yield resolved
     finally:
         down(settings)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
