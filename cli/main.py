@@ -415,12 +415,78 @@ def audit() -> None:
     """The tamper-evident audit trail."""
 
 
-@audit.command("verify")
+@audit.command("export")
 @click.option("--tenant", required=True)
-def audit_verify(tenant) -> None:
-    """Recompute every row hash and chain link of a tenant; exit 1 at the first broken row."""
+@click.option("--customer")
+@click.option("--period", help="YYYY-MM")
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def audit_export(tenant, customer, period, fmt, output: Path) -> None:
+    """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
+    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chain's head."""
+    import hashlib
+
+    from operators.audit import AUDIT_COLUMNS
+    from sinks.audit import chain_head, export_rows
+    from sinks.postgres import connect
+    totals: dict[str, dict[str, Decimal]] = {}
+    rows = 0
+    with connect(_settings().database_url) as conn, output.open("w", newline="") as out:
+        writer = None
+        for row in export_rows(conn, tenant, customer, period):
+            rows += 1
+            for line in row["lines"]:
+                t = totals.setdefault(line["metric"], {"quantity": Decimal(0), "revenue": Decimal(0),
+                                                       "cost": Decimal(0)})
+                for k in t:
+                    t[k] += Decimal(line[k])
+            if fmt == "ndjson":
+                out.write(orjson.dumps(row).decode() + "\n")
+                continue
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=[*AUDIT_COLUMNS, "lines", "audit_seq", "row_hash",
+                                                         "prev_chain_hash", "chain_hash"])
+                writer.writeheader()
+            writer.writerow({**row, "lines": orjson.dumps(row["lines"]).decode()})
+        seq, head = chain_head(conn, tenant)
+    manifest = {
+        "file": output.name, "format": fmt, "tenant": tenant, "customer": customer, "period": period,
+        "rows": rows, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
+        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+        "chain_head": {"seq": seq, "chain_hash": head},
+        "exported_at": datetime.now(UTC).isoformat(),
+    }
+    manifest_path = output.with_name(output.name + ".manifest.json")
+    manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
+
+
+@audit.command("verify")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", help="Verify the live ledger of this tenant instead of an export.")
+def audit_verify(file: Path | None, tenant) -> None:
+    """Recompute every row hash and chain link (of a tenant in Postgres, or of an NDJSON export and
+    its manifest); print OK, or the first broken row and why; exit 1 on failure."""
+    from operators.audit import verify_exported
     from sinks.audit import verify_tenant
     from sinks.postgres import connect
+    if (file is None) == (tenant is None):
+        _fail("give an exported FILE or --tenant")
+    if file is not None:
+        manifest_path = file.with_name(file.name + ".manifest.json")
+        if manifest_path.exists():
+            import hashlib
+            manifest = orjson.loads(manifest_path.read_bytes())
+            if hashlib.sha256(file.read_bytes()).hexdigest() != manifest["sha256"]:
+                click.echo(f"BROKEN: {file}: its SHA-256 differs from the manifest's: the file was changed")
+                sys.exit(1)
+        with file.open("rb") as f:
+            checked, problem = verify_exported(map(orjson.loads, filter(bytes.strip, f)))
+        if problem:
+            click.echo(f"BROKEN: {problem}")
+            sys.exit(1)
+        click.echo(f"OK: {file}: {checked} rows match their hashes and chain links")
+        return
     with connect(_settings().database_url) as conn:
         entries, problems = verify_tenant(conn, tenant)
     if not problems:

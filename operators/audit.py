@@ -46,6 +46,7 @@ def _normal(value: object) -> object:
 
 
 def row_hash(row: Mapping[str, object], lines: Iterable[Mapping[str, object]]) -> bytes:
+    """Works on Python values and on their normalised form alike (normalising is idempotent)."""
     canonical = [_normal(row[c]) for c in AUDIT_COLUMNS]
     canonical.append(sorted(([_normal(line[c]) for c in AUDIT_LINE_COLUMNS] for line in lines),
                             key=lambda x: x[0]))
@@ -63,3 +64,30 @@ def chain(previous: bytes, row_hashes: Sequence[bytes]) -> list[bytes]:
         previous = chain_hash(previous, h)
         out.append(previous)
     return out
+
+
+def normal_row(row: Mapping[str, object], lines: Iterable[Mapping[str, object]]) -> dict:
+    """A row and its lines in the normalised form its hash is computed over (what exports carry)."""
+    out = {c: _normal(row[c]) for c in AUDIT_COLUMNS}
+    out["lines"] = sorted(({c: _normal(line[c]) for c in AUDIT_LINE_COLUMNS} for line in lines),
+                          key=lambda x: x["metric"])
+    return out
+
+
+def verify_exported(rows: Iterable[Mapping]) -> tuple[int, str | None]:
+    """Check an NDJSON audit export: every row against its hash, every entry against its link,
+    consecutive entries against each other. Returns (rows checked, the first problem or None)."""
+    n, previous = 0, None
+    for n, row in enumerate(rows, start=1):
+        label = (f"line {n} (raw {row['raw_partition']}/{row['raw_offset']}, "
+                 f"{row['source']} {row['event_id']})")
+        if row_hash(row, row["lines"]).hex() != row["row_hash"]:
+            return n, f"{label}: the row does not match its hash: edited"
+        if chain_hash(bytes.fromhex(row["prev_chain_hash"]), bytes.fromhex(row["row_hash"])).hex() \
+                != row["chain_hash"]:
+            return n, f"{label}: the chain hash does not follow from the previous entry"
+        if previous is not None and previous["audit_seq"] + 1 == row["audit_seq"] \
+                and previous["chain_hash"] != row["prev_chain_hash"]:
+            return n, f"{label}: does not link to the row before it"
+        previous = row
+    return n, None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from operators.audit import AUDIT_COLUMNS, AUDIT_LINE_COLUMNS, GENESIS, chain_hash, row_hash
+from operators.audit import AUDIT_COLUMNS, AUDIT_LINE_COLUMNS, GENESIS, chain_hash, normal_row, row_hash
 
 Coords = tuple[str, int, int]  # raw topic id, partition, offset
 
@@ -115,3 +115,31 @@ def verify_tenant(conn: psycopg.Connection, tenant: str) -> tuple[int, list[Prob
         problems.append(Problem(f"raw {coords[1]}/{coords[2]}",
                                 f"entry {latest[coords][0]} has no row: deleted"))
     return expected_seq - 1, problems
+
+
+def export_rows(conn: psycopg.Connection, tenant: str, customer: str | None,
+                period: str | None) -> Iterator[dict]:
+    """Every ledger row behind the selection, in chain order, normalised as hashed, with its audit
+    entry (seq, row hash, the previous entry's chain hash, chain hash)."""
+    where, params = "coalesce(l.tenantid, '') = %s", [tenant]
+    if customer is not None:
+        where += " AND l.customer = %s"
+        params.append(customer)
+    if period is not None:
+        where += " AND l.period = %s"
+        params.append(period)
+    entries = {seq: (bytes(h), bytes(c), bytes(p) if p is not None else GENESIS)
+               for seq, h, c, p in conn.execute(
+                   "SELECT e.seq, e.row_hash, e.chain_hash, p.chain_hash FROM audit_chain e"
+                   " LEFT JOIN audit_chain p ON p.tenant = e.tenant AND p.seq = e.seq - 1"
+                   " WHERE e.tenant = %s AND e.seq IN (SELECT l.audit_seq FROM ledger l"
+                   f" WHERE {where})", (tenant, *params))}
+    for row, lines in ledger_rows(conn, where, tuple(params)):
+        h, c, p = entries[row["audit_seq"]]
+        yield {**normal_row(row, lines), "audit_seq": row["audit_seq"], "row_hash": h.hex(),
+               "prev_chain_hash": p.hex(), "chain_hash": c.hex()}
+
+
+def chain_head(conn: psycopg.Connection, tenant: str) -> tuple[int, str]:
+    head = conn.execute("SELECT seq, chain_hash FROM audit_heads WHERE tenant = %s", (tenant,)).fetchone()
+    return (0, GENESIS.hex()) if head is None else (head[0], bytes(head[1]).hex())

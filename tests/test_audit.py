@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from integration import env_of, send
@@ -86,3 +88,30 @@ def test_removing_a_chain_entry_breaks_the_chain(metered):
         conn.execute("DELETE FROM audit_chain WHERE tenant = 'acme' AND seq = 5")
     broken = verify(metered)
     assert broken.exit_code == 1 and "entry 5: missing" in broken.output
+
+
+def test_export_with_manifest_verifies_and_a_doctored_export_does_not(metered, tmp_path):
+    runner, env = CliRunner(), env_of(metered)
+    out = tmp_path / "acme.ndjson"
+    exported = runner.invoke(main, ["audit", "export", "--tenant", "acme", "-o", str(out)], env=env)
+    assert exported.exit_code == 0, exported.output
+    manifest = orjson.loads((tmp_path / "acme.ndjson.manifest.json").read_bytes())
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert manifest["rows"] == len(rows) > 0
+    assert manifest["chain_head"]["chain_hash"] == rows[-1]["chain_hash"]
+    with connect(metered.database_url) as conn:
+        assert Decimal(manifest["totals"]["api_calls"]["revenue"]) == conn.execute(
+            "SELECT sum(x.revenue) FROM ledger_lines x JOIN ledger l USING (raw_topic_id, raw_partition,"
+            " raw_offset) WHERE x.metric = 'api_calls' AND l.tenantid = 'acme'").fetchone()[0]
+    assert runner.invoke(main, ["audit", "verify", str(out)], env=env).exit_code == 0
+
+    rows[3]["revenue"] = "1000000"  # doctor one row, and the manifest's hash to match the file
+    out.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    (tmp_path / "acme.ndjson.manifest.json").unlink()
+    broken = runner.invoke(main, ["audit", "verify", str(out)], env=env)
+    assert broken.exit_code == 1 and "line 4" in broken.output and "edited" in broken.output
+
+    csv_out = tmp_path / "acme.csv"
+    assert runner.invoke(main, ["audit", "export", "--tenant", "acme", "--format", "csv", "--customer",
+                                "cust-1", "-o", str(csv_out)], env=env).exit_code == 0
+    assert csv_out.read_text().startswith("raw_topic,raw_topic_id")
