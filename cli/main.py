@@ -242,12 +242,20 @@ def apply_catalog_file(settings: config.Settings, path: Path) -> dict[str, int]:
 @catalog.command("apply")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def catalog_apply(file: Path) -> None:
-    """Declare the catalog in FILE (JSON or YAML). Applying the same file twice changes nothing."""
-    changed = apply_catalog_file(_settings(), file)
-    if any(changed.values()):
-        click.echo("changed: " + ", ".join(f"{n} {kind}" for kind, n in changed.items() if n))
-    else:
+    """Declare the catalog in FILE (JSON or YAML). Applying the same file twice changes nothing.
+    Unresolved events the new catalog can resolve are released for re-processing."""
+    s = _settings()
+    changed = apply_catalog_file(s, file)
+    if not any(changed.values()):
         click.echo("catalog unchanged")
+        return
+    click.echo("changed: " + ", ".join(f"{n} {kind}" for kind, n in changed.items() if n))
+    from sinks.postgres import connect
+    from sinks.reconcile import resolvable
+    with connect(s.database_url) as conn:
+        ids = resolvable(conn)
+    if ids:
+        _approve(s, ids, actor="catalog", note="resolvable after a catalog change")
 
 
 @catalog.command("show")
@@ -408,6 +416,84 @@ def replay(tenant, period, source, apply_) -> None:
             apply_shadow(conn, scope, period, replay_id)
             click.echo(f"applied: the live ledger of {tenant} {period} is now replay {replay_id}")
     sys.exit(0 if identical else 1)
+
+
+@main.group()
+def reconcile() -> None:
+    """Held events (late, unresolved): list, approve (re-inject), reject."""
+
+
+@reconcile.command("list")
+@click.option("--tenant")
+@click.option("--reason", type=click.Choice(["late", "unresolved"]))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def reconcile_list(tenant, reason, fmt) -> None:
+    """Held events awaiting a decision."""
+    from sinks.postgres import connect
+    from sinks.reconcile import undecided
+    with connect(_settings().database_url) as conn:
+        held = undecided(conn, tenant, reason)
+    if fmt == "json":
+        click.echo(orjson.dumps([{**h.__dict__, "ref": h.ref} for h in held], default=_jsonable,
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{'id':>8} {'status':<11} {'reason':<17} {'tenant':<8} {'customer':<10} {'event':<28} time")
+    for h in held:
+        event = f"{h.source or '-'} {h.event_id or '-'}"
+        click.echo(f"{h.id:>8} {h.status:<11} {h.reason or '-':<17} {h.tenant or '-':<8} "
+                   f"{h.subject or '-':<10} {event:<28} {_jsonable(h.event_time)}")
+    click.echo(f"{len(held)} held")
+
+
+def _ids(settings: config.Settings, ids: tuple[int, ...], all_: bool, tenant, reason) -> list[int]:
+    from sinks.postgres import connect
+    from sinks.reconcile import undecided
+    if bool(ids) == all_:
+        _fail("give ids, or --all (with --tenant/--reason to narrow it)")
+    if ids:
+        return list(ids)
+    with connect(settings.database_url) as conn:
+        return [h.id for h in undecided(conn, tenant, reason)]
+
+
+def _approve(settings: config.Settings, ids: list[int], actor: str, note: str | None) -> None:
+    from sinks.postgres import connect
+    from sinks.reconcile import awaiting_reinjection, decide, reinject
+    with connect(settings.database_url) as conn:
+        approved, skipped = decide(conn, ids, "approve", actor, note)
+        # also retries any approval whose re-injection did not reach the pipeline before
+        pending = awaiting_reinjection(conn, ids)
+    reinject(settings, pending)
+    click.echo(f"approved {len(approved)}, re-injected {len(pending)}"
+               + (f"; not held or already decided: {', '.join(map(str, skipped))}" if skipped else ""))
+
+
+@reconcile.command("approve")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True,
+              help="Every undecided held event (narrow with --tenant/--reason).")
+@click.option("--tenant")
+@click.option("--reason", type=click.Choice(["late", "unresolved"]))
+@click.option("--note")
+def reconcile_approve(ids, all_, tenant, reason, note) -> None:
+    """Re-inject held events with their original provenance; they are rated exactly once, however
+    often this is called. Run the flow to process them."""
+    s = _settings()
+    _approve(s, _ids(s, ids, all_, tenant, reason), s.actor, note)
+
+
+@reconcile.command("reject")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--note", required=True, help="Why: kept with the event's history.")
+def reconcile_reject(ids, note) -> None:
+    """Reject held events for good, recording who, when and why."""
+    from sinks.postgres import connect
+    from sinks.reconcile import decide
+    s = _settings()
+    with connect(s.database_url) as conn:
+        rejected, skipped = decide(conn, list(ids), "reject", s.actor, note)
+    click.echo(f"rejected {len(rejected)}"
+               + (f"; not held or already decided: {', '.join(map(str, skipped))}" if skipped else ""))
 
 
 @main.group()

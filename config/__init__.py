@@ -52,6 +52,7 @@ class Settings:
     epoch_interval_s: float = 2.0
     dedup_buckets: int = 16
     batch_size: int = 2000
+    actor: str = "unknown"  # who reconciliation decisions are recorded as
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -71,6 +72,7 @@ class Settings:
             epoch_interval_s=float(e.get("AFORO_EPOCH_INTERVAL") or 2.0),
             dedup_buckets=_int(e, "AFORO_DEDUP_BUCKETS", 16),
             batch_size=_int(e, "AFORO_BATCH_SIZE", 2000),
+            actor=e.get("AFORO_ACTOR") or e.get("USER") or "unknown",
         )
 
     # --- topics -------------------------------------------------------------------------

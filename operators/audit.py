@@ -27,7 +27,7 @@ AUDIT_COLUMNS = (
     "raw_topic", "raw_topic_id", "raw_partition", "raw_offset", "raw_key", "raw", "ingested_at",
     "status", "reason", "detail", "tenantid", "source", "event_id", "type", "subject", "event_time",
     "dedup_key", "payload_hash", "route", "validation_hash", "customer", "subscription", "plan",
-    "plan_version", "currency", "period", "revenue", "cost", "margin", "tier",
+    "plan_version", "currency", "period", "revenue", "cost", "margin", "tier", "reinject_of",
 )
 AUDIT_LINE_COLUMNS = ("metric", "grp", "quantity", "total_after", "revenue", "cost", "margin")
 GENESIS = bytes(32)

@@ -114,9 +114,12 @@ class Dedup:
         for rec, d in zip(pending, digests, strict=True):
             rec.payload_hash = h = payload_hash(rec.event)
             first = cache.get(d)
+            claimant = (first.topic_id, first.partition, first.offset) if first else None
             if (first is None
                     or first.ingested_ms * 1000 < rec.ingested_ms * 1000 - HORIZON_US
-                    or (first.topic_id, first.partition, first.offset) == rec.coords):
+                    or claimant == rec.coords
+                    # an approved held event takes over the claim of the record it re-injects
+                    or (rec.reinject_of is not None and "/".join(map(str, claimant)) == rec.reinject_of)):
                 cache.put(d, Claim(rec.topic_id, rec.partition, rec.offset, h, rec.ingested_ms))
             elif first.payload_hash == h:
                 rec.decide(Status.DUPLICATE, Reason.SAME_PAYLOAD, _first_ref(first))

@@ -22,7 +22,9 @@ def to_us(t: datetime) -> int:
 
 
 def timestamp_gate(rec: Record) -> Record:
-    if rec.status is not None:
+    # An approved held event was judged on its original ingestion time; approval is the
+    # reconciliation the lateness rule asks for.
+    if rec.status is not None or rec.reinject_of is not None:
         return rec
     ingested_us = rec.ingested_ms * 1000
     t = rec.event_us

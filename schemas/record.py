@@ -50,6 +50,9 @@ class Record:
     raw: bytes
     key: bytes | None = None
     tier: str | None = None  # the ingestion tier that received it (Kafka header aforo-tier)
+    # For an approved held event re-injected by `aforo reconcile approve`: the raw record it
+    # re-injects, as "topic id/partition/offset" (Kafka header aforo-reinject-of).
+    reinject_of: str | None = None
     event: dict[str, Any] | None = None
     event_us: int | None = None  # event `time` as microseconds since the Unix epoch
     status: Status | None = None

@@ -65,14 +65,20 @@ def topic_id(settings: Settings, topic: str) -> str:
 
 
 TIER_HEADER = "aforo-tier"  # which front door received the event: sdk, rest, upload, webhook, ...
+REINJECT_HEADER = "aforo-reinject-of"  # an approved held event, re-injected: its original record
+
+
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+    value = next((v for k, v in headers or () if k == name), None)
+    return value.decode(errors="replace") if value else None
 
 
 def to_record(msg: KafkaSourceMessage, raw_topic_id: str) -> tuple[Record, int]:
     """A raw Kafka message as a Record, with the Kafka timestamp type for the parse step."""
     ts_type, ts_ms = msg.timestamp
-    tier = next((v for k, v in msg.headers if k == TIER_HEADER), None)
     return (Record(msg.topic, raw_topic_id, msg.partition, msg.offset, ts_ms, msg.value or b"",
-                   key=msg.key, tier=tier.decode(errors="replace") if tier else None), ts_type)
+                   key=msg.key, tier=_header(msg.headers, TIER_HEADER),
+                   reinject_of=_header(msg.headers, REINJECT_HEADER)), ts_type)
 
 
 def produce(producer: Producer, topic: str, value: bytes, **kwargs) -> None:

@@ -28,7 +28,7 @@ _LEDGER_COLUMNS = (
     ("dedup_key", "text"), ("payload_hash", "bytea"), ("route", "text"), ("validation_hash", "text"),
     ("customer", "text"), ("subscription", "text"), ("plan", "text"), ("plan_version", "int4"),
     ("currency", "text"), ("period", "text"), ("revenue", "numeric"), ("cost", "numeric"),
-    ("margin", "numeric"), ("tier", "text"),
+    ("margin", "numeric"), ("tier", "text"), ("reinject_of", "text"),
 )
 _LINE_COLUMNS = (
     ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"), ("metric", "text"),
@@ -63,12 +63,17 @@ ON CONFLICT (dedup_key) DO UPDATE SET
     ingested_at = excluded.ingested_at
 WHERE dedup_claims.ingested_at < excluded.ingested_at - interval '90 days'
 """
+_TAKE_OVER_CLAIM = """
+UPDATE dedup_claims SET raw_topic_id = %s, raw_partition = %s, raw_offset = %s
+WHERE dedup_key = %s AND (raw_topic_id, raw_partition, raw_offset) = (%s, %s::int, %s::bigint)
+"""
 _PURGE_CLAIMS = """
 DELETE FROM dedup_claims
 WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 days'
 """
 _PURGE_EVERY = 1000  # batches; claims past the horizon can never match again
 _QUEUED_BATCHES = 4  # backpressure: the flow waits when the writer falls this far behind
+_RETRIES = 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CLAIMING = (Status.ACCEPTED, Status.LATE)
 _ZERO = Decimal(0)
@@ -98,7 +103,7 @@ def ledger_row(r: Record) -> tuple:
         None if r.event_us is None else _EPOCH + timedelta(microseconds=r.event_us),
         r.dedup_key, r.payload_hash, r.route, r.validation_hash,
         *((b.customer, b.subscription, b.plan, b.plan_version, b.currency, b.period) if b else (None,) * 6),
-        *money, _text(r.tier),
+        *money, _text(r.tier), r.reinject_of,
     )
 
 
@@ -180,7 +185,11 @@ def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
 
 def _write(cur: psycopg.Cursor, records: list[Record], replayed: bool) -> None:
     rows = [ledger_row(r) for r in records]
-    claims = [claim_row(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
+    claiming = [(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
+    claims = [claim_row(r, row) for r, row in claiming if r.reinject_of is None]
+    # An approved re-injection takes over the claim of the held record it stands for.
+    cur.executemany(_TAKE_OVER_CLAIM, [(*r.coords, r.dedup_key, *r.reinject_of.split("/"))
+                                       for r, _ in claiming if r.reinject_of is not None])
     entries, sealed = _seal(cur, records, rows)
     _copy(cur, "ledger", _SEALED_COLUMNS, sealed)
     _copy(cur, "ledger_lines", _LINE_COLUMNS, [line for r in records if r.lines for line in line_rows(r)])
@@ -206,6 +215,9 @@ class _LedgerPartition(StatefulSinkPartition[Record, None]):
         self._conn = connect(url)
         self._queue: queue.Queue[list[Record] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
         self._failure: BaseException | None = None
+        # Raised once: Bytewax closes partitions while unwinding from that error, and a second
+        # error there would abort the process instead of letting recovery take over.
+        self._failure_raised = False
         self._batches = 0
         self._thread = threading.Thread(target=self._write_queued, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -224,15 +236,24 @@ class _LedgerPartition(StatefulSinkPartition[Record, None]):
                 self._queue.task_done()
 
     def _write(self, batch: list[Record]) -> None:
-        write_ledger(self._conn, batch)
+        for attempt in range(_RETRIES):
+            try:
+                write_ledger(self._conn, batch)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                # writers of the same tenant's audit chain can collide; the write is all or
+                # nothing, so trying again is safe
+                if attempt == _RETRIES - 1:
+                    raise
         self._batches += 1
         if self._batches % _PURGE_EVERY == 0:
             with self._conn.transaction():
                 self._conn.execute(_PURGE_CLAIMS)
 
     def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise RuntimeError("writing the ledger failed") from self._failure
+        if self._failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise RuntimeError(f"writing the ledger failed: {self._failure!r}") from self._failure
 
     def write_batch(self, values: list[Record]) -> None:
         self._raise_failure()

@@ -76,8 +76,9 @@ def test_a_row_inserted_outside_the_pipeline_is_named(metered):
         partition, offset, _ = one_row(conn)
         conn.execute("CREATE TEMP TABLE forged AS SELECT * FROM ledger WHERE raw_partition = %s"
                      " AND raw_offset = %s", (partition, offset))
-        conn.execute("UPDATE forged SET raw_offset = raw_offset + 1000000, event_id = 'forged'")
-        conn.execute("INSERT INTO ledger SELECT * FROM forged")
+        conn.execute("UPDATE forged SET raw_offset = raw_offset + 1000000, event_id = 'forged',"
+                     " id = id + 1000000")
+        conn.execute("INSERT INTO ledger OVERRIDING SYSTEM VALUE SELECT * FROM forged")
     broken = verify(metered)
     assert broken.exit_code == 1
     assert f"raw {partition}/{offset + 1000000}" in broken.output and "no audit entry" in broken.output

@@ -1,0 +1,102 @@
+"""Held events: approved ones are rated exactly once, rejected ones keep who/when/why."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from integration import env_of, revenue_totals, send
+
+from cli.main import main
+from flows.metering import run
+from sinks.postgres import connect
+
+pytestmark = pytest.mark.integration
+
+
+def event(i: int, when: datetime, subject: str = "cust-1", **extra) -> bytes:
+    return orjson.dumps({"specversion": "1.0", "id": f"r{i}", "source": "rec", "type": "api.call",
+                         "subject": subject, "tenantid": "acme", "time": when.isoformat(), **extra})
+
+
+def cli(settings, *args):
+    result = CliRunner().invoke(main, list(args), env={**env_of(settings), "AFORO_ACTOR": "auditor"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def held(settings) -> list[dict]:
+    return json.loads(cli(settings, "reconcile", "list", "--format", "json"))
+
+
+def test_approved_late_event_is_rated_once_however_often_approved(settings):
+    now = datetime.now(UTC)
+    send(settings, [event(1, now - timedelta(hours=30)), event(2, now)])
+    run(settings, once=True)
+    [late] = held(settings)
+    assert (late["status"], late["reason"]) == ("late", "late_arrival")
+
+    assert "approved 1, re-injected 1" in cli(settings, "reconcile", "approve", str(late["id"]))
+    run(settings, once=True)
+    assert "approved 0, re-injected 0" in cli(settings, "reconcile", "approve", str(late["id"]))
+    assert held(settings) == []
+    with connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT event_id, status, reason, reinject_of, tier FROM ledger"
+                            " ORDER BY ingested_at").fetchall()
+        transitions = conn.execute("SELECT action, from_status, actor FROM ledger_transitions").fetchall()
+    original = f"{late['coords'][0]}/{late['coords'][1]}/{late['coords'][2]}"
+    assert sorted(rows, key=str) == sorted([("r1", "late", "late_arrival", None, "sdk"),
+                                            ("r2", "accepted", None, None, "sdk"),
+                                            ("r1", "accepted", None, original, "sdk")], key=str)
+    assert transitions == [("approve", "late", "auditor")]
+    [api_calls] = [r for r in revenue_totals(settings) if r[3] == "api_calls"]
+    assert api_calls[6] == 2  # both events counted once
+
+    # a retry of the late event's original payload is now a duplicate of the re-injection
+    send(settings, [event(1, now - timedelta(hours=30))])
+    run(settings, once=True)
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger WHERE status = 'duplicate'").fetchone()[0] == 1
+
+
+def test_a_repeated_reinjection_is_a_duplicate_not_a_second_charge(settings):
+    from sinks.reconcile import awaiting_reinjection, reinject
+    send(settings, [event(1, datetime.now(UTC) - timedelta(hours=30))])
+    run(settings, once=True)
+    [late] = held(settings)
+    cli(settings, "reconcile", "approve", str(late["id"]))
+    with connect(settings.database_url) as conn:  # as if the first acknowledgement had been lost
+        reinject(settings, awaiting_reinjection(conn, [late["id"]]))
+    run(settings, once=True)
+    with connect(settings.database_url) as conn:
+        statuses = sorted(s for (s,) in conn.execute("SELECT status FROM ledger WHERE event_id = 'r1'"))
+    assert statuses == ["accepted", "duplicate", "late"]
+
+
+def test_reject_records_who_and_why_and_unresolved_events_release_when_the_catalog_resolves_them(
+        settings, tmp_path):
+    now = datetime.now(UTC)
+    send(settings, [event(1, now, subject="cust-new"), event(2, now, subject="cust-gone")])
+    run(settings, once=True)
+    by_subject = {h["subject"]: h for h in held(settings)}
+    cli(settings, "reconcile", "reject", str(by_subject["cust-gone"]["id"]), "--note", "test traffic")
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT action, actor, note FROM ledger_transitions").fetchall() == [
+            ("reject", "auditor", "test traffic")]
+
+    catalog = tmp_path / "more.json"
+    catalog.write_text(json.dumps({
+        "customers": [{"tenant": "acme", "id": "cust-new"}],
+        "subscriptions": [{"tenant": "acme", "id": "sub-new", "customer": "cust-new", "plan": "pro",
+                           "plan_version": 1, "start": "2026-01-01T00:00:00Z"}]}))
+    out = cli(settings, "catalog", "apply", str(catalog))
+    assert "approved 1, re-injected 1" in out
+    run(dataclasses.replace(settings), once=True)
+    assert held(settings) == []
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT status, subscription FROM ledger WHERE reinject_of IS NOT NULL"
+                            ).fetchall() == [("accepted", "sub-new")]
