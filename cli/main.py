@@ -15,6 +15,7 @@ import click
 import orjson
 
 import config
+from cli.api_commands import keys, serve, upload, webhooks
 
 
 def _settings() -> config.Settings:
@@ -28,6 +29,10 @@ def _fail(message: str) -> None:
 @click.group()
 def main() -> None:
     """Aforo: financial-grade usage metering."""
+
+
+for _command in (serve, keys, upload, webhooks):  # the HTTP front doors (api/)
+    main.add_command(_command)
 
 
 # --- the local stack ------------------------------------------------------------------------------

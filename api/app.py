@@ -1,0 +1,88 @@
+"""The FastAPI application: routes, the JSON error shape, and the shared services' lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from api.errors import ApiError
+from api.routes import events, gateways, uploads, webhooks
+from api.services import ApiOptions, Services
+from config import Settings
+
+DESCRIPTION = """Aforo's front doors. Every door produces CloudEvents to the raw topic, stamped with
+the time of receipt, for the metering pipeline; semantic validation happens there, and every event
+that reached the raw topic ends in the ledger with a status and a reason."""
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+           **extra: object) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+
+
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
+    return _error(400, "bad_request", "; ".join(problems) or "invalid request")
+
+
+async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    return _error(503, "unavailable", f"the database is unavailable: {type(exc).__name__}",
+                  headers={"Retry-After": "5"})
+
+
+async def _disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
+    return _error(400, "client_disconnected", "the client closed the connection before the body was read")
+
+
+def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:
+    options = options or ApiOptions()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services = Services(settings, options)
+        try:
+            yield
+        finally:
+            app.state.services.close()
+
+    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(psycopg.OperationalError, _unavailable)
+    app.add_exception_handler(PoolTimeout, _unavailable)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
+    for module in (events, uploads, webhooks, gateways):
+        app.include_router(module.router)
+    app.openapi = lambda: _without_422(app)
+    return app
+
+
+def _without_422(app: FastAPI) -> dict:
+    """FastAPI documents 422 for every route with parameters; this API answers 400 instead."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,1 @@
+"""Thin HTTP routes: authenticate, bound, parse, call the plain functions, produce, answer."""

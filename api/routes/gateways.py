@@ -1,0 +1,67 @@
+"""POST /v1/gateways/{gateway}: API-gateway request-log exports -> `api.call` events (tier `gateway`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from api.accept import Accepted, json_response, produce_events
+from api.auth import Caller, GatewayCaller, authenticate
+from api.cloudevents import rfc3339_ms
+from api.errors import bad_request, documented
+from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
+from api.limits import MIB, decoded, parse_json, read_body
+from api.producer import now_ms
+from api.services import Services, Svc
+
+router = APIRouter(tags=["gateways"])
+
+MAX_EXPORT_BYTES = 16 * MIB  # Firehose buffers up to 64 MiB; configure its buffer at most this
+Gateway = Literal[GATEWAYS]
+EXPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}}}}
+_RESPONSES = documented(400, 401, 413, 415, 429, 503)
+
+
+class GatewayAccepted(Accepted):
+    # Kinesis Data Firehose requires its request id and a timestamp echoed in a 200 answer.
+    requestId: str | None = None  # Firehose's field name
+    timestamp: int | None = None
+
+
+async def _ingest(gateway: str, request: Request, caller: Caller, svc: Services,
+                  source: str | None) -> Response:
+    received = now_ms()
+    body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")),
+                           MAX_EXPORT_BYTES)
+    try:
+        events = export_events(FORMATS[gateway], parse_json(body), tenant=caller.tenant,
+                               source=source or f"gateway/{gateway}", received=rfc3339_ms(received))
+    except ExportError as exc:
+        raise bad_request(f"not a {gateway} log export: {exc}") from None
+    accepted = await produce_events(svc, events, "gateway", received)
+    firehose_id = request.headers.get("x-amz-firehose-request-id")
+    if firehose_id:
+        accepted.update(requestId=firehose_id, timestamp=received)
+    return json_response(accepted, 200)
+
+
+@router.post("/v1/gateways/{gateway}", response_model=GatewayAccepted,
+             openapi_extra=EXPORT_BODY, responses=_RESPONSES,
+             summary="Ingest a gateway's native request-log export: one api.call event per request")
+async def gateway_export(gateway: Gateway, request: Request, caller: GatewayCaller, svc: Svc,
+                         source: Annotated[str | None, Query(description="event source; default "
+                                                              "gateway/<name>")] = None) -> Response:
+    """200 (not 202: Firehose and Kong treat only 200 as delivered) once every event is acknowledged."""
+    return await _ingest(gateway, request, caller, svc, source)
+
+
+@router.post("/v1/gateways/mulesoft/{api_key}/v2/analytics/events", response_model=GatewayAccepted,
+             openapi_extra=EXPORT_BODY, responses=_RESPONSES,
+             summary="MuleSoft analytics event forwarding (base URI .../v1/gateways/mulesoft/<api key>)")
+async def mulesoft_forward(request: Request, api_key: Annotated[str, Path(description="a tenant API key")],
+                           svc: Svc) -> Response:
+    """The gateway posts to `<analytics base URI>/v2/analytics/events` and cannot add headers, so
+    the key is part of the configured base URI (keep that URI as secret as the key)."""
+    return await _ingest("mulesoft", request, await authenticate(svc, api_key), svc, None)

@@ -1,0 +1,20 @@
+"""Running the API on uvicorn (`aforo serve`)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+import config
+from api.app import create_app
+from api.services import ApiOptions
+from sinks.kafka import ensure_topics
+
+
+def serve(host: str, port: int, options: ApiOptions, access_log: bool = True) -> None:
+    """One process, one event loop: the handlers only wait (on the broker, on Postgres), and the
+    CPU-heavy parts (orjson, librdkafka) release the GIL or are short. Run more processes behind
+    a load balancer to scale out; they share nothing but Kafka and Postgres."""
+    settings = config.load()
+    ensure_topics(settings)  # fail fast, with the broker's error, before accepting traffic
+    uvicorn.run(create_app(settings, options), host=host, port=port, proxy_headers=True,
+                log_level="info", access_log=access_log, timeout_graceful_shutdown=10)

@@ -1,0 +1,358 @@
+"""Bulk uploads: CSV, a JSON array or NDJSON, read as a stream (never whole in memory), one raw
+record per row, each row keeping its own `time`. Tier `upload`.
+
+Rows are produced as they are read, so a bad row cannot hold back the good ones: it is skipped
+and reported with its line number and why. Only a problem that makes the rest of the file
+unreadable (an unreadable CSV header, a broken JSON array, invalid UTF-8) stops the upload, and
+the report says where.
+
+CSV column mapping (`mapping`, JSON):
+
+    {"columns": {"id": "event_id", "subject": "customer", "time": "ts", "type": "kind",
+                 "data.tokens": "tokens", "data.model": "model"},
+     "defaults": {"source": "billing-export", "type": "llm.completion"}}
+
+`columns` maps an event field (a CloudEvents attribute, or `data.<name>`) to a CSV column; only
+mapped columns are read. Without a mapping, columns named like an attribute (`id`, `source`,
+`type`, `subject`, `time`, `tenantid`, `specversion`) are that attribute, `data.<name>` columns
+are data fields, and every other column is a data field of its own name. `defaults` fill fields
+that are not mapped or whose cell is empty; `specversion` defaults to "1.0" and `source` to
+"upload". Empty cells are left out. Values stay strings (the pipeline's metrics read numbers
+from strings).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import orjson
+from pydantic import BaseModel
+
+from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit, encode
+from api.limits import check_depth
+from api.producer import MAX_KEPT_ERRORS, Acks, RawTopicProducer, now_ms
+
+FORMATS = ("csv", "json", "ndjson")
+MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/json": "json",
+               "application/x-ndjson": "ndjson", "application/ndjson": "ndjson",
+               "application/jsonl": "ndjson", "application/json-seq": "ndjson"}
+ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time", "tenantid")
+DEFAULTS = {"specversion": SPECVERSION, "source": "upload"}
+CHUNK = 256 * 1024
+MAX_LINE = MAX_EVENT_BYTES
+
+
+class UploadError(ValueError):
+    """The upload cannot start (the API answers 400 before producing anything)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # 1-based line where the row starts
+    value: object = None
+    error: str | None = None
+    fatal: bool = False  # the rest of the file cannot be read
+
+
+def format_of(fmt: str | None, content_type: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise UploadError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise UploadError(f"cannot tell the format from Content-Type {media!r}: give format=csv|json|ndjson")
+    return MEDIA_TYPES[media]
+
+
+def _parse(raw: bytes) -> tuple[object, str | None]:
+    try:
+        value = orjson.loads(raw)
+        check_depth(value)
+    except orjson.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc}"
+    except ValueError as exc:
+        return None, str(exc)
+    return value, None
+
+
+# --- NDJSON ------------------------------------------------------------------------------------
+
+def ndjson_rows(stream: BinaryIO) -> Iterator[Row]:
+    """One JSON value per line; blank lines are skipped; a line over 1 MiB is a bad row."""
+    number = 0
+    while line := stream.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while (rest := stream.readline(CHUNK)) and not rest.endswith(b"\n"):
+                pass  # discard the rest of the oversized line without holding it
+            yield Row(number, error=f"line is longer than {MAX_LINE} bytes")
+            continue
+        if line.strip():
+            value, error = _parse(line)
+            yield Row(number, value, error)
+
+
+# --- a JSON array, element by element ---------------------------------------------------------
+
+# A complete string (skipped whole, so brackets inside strings do not count), a structural
+# character, or a lone quote: a string that continues past the buffer.
+_TOKEN = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[\]{},"]', re.DOTALL)
+_WS = b" \t\r\n"
+
+
+@dataclass
+class _ArrayScanner:
+    stream: BinaryIO
+    buf: bytes = b""
+    pos: int = 0
+    eof: bool = False
+    line: int = 1  # line number at `counted`
+    counted: int = 0
+
+    def fill(self) -> bool:
+        """Read more, dropping what was consumed; False at end of stream."""
+        if self.eof:
+            return False
+        chunk = self.stream.read(CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.line_at(self.pos)
+        self.buf, self.counted = self.buf[self.pos:] + chunk, 0
+        self.pos = 0
+        return True
+
+    def line_at(self, pos: int) -> int:
+        self.line += self.buf.count(b"\n", self.counted, pos)
+        self.counted = pos
+        return self.line
+
+    def peek(self) -> int | None:
+        """The next non-whitespace byte (not consumed), None at end of stream."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _WS:
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return None
+
+    def element_end(self) -> int | None:
+        """Position of the `,` or `]` ending the element at pos; None if the buffer ends first."""
+        depth = 0
+        for m in _TOKEN.finditer(self.buf, self.pos):
+            tok = m.group()
+            if tok == b'"':
+                return None
+            if tok in (b"[", b"{"):
+                depth += 1
+            elif tok in (b"]", b"}"):
+                if depth == 0 and tok == b"]":
+                    return m.start()
+                depth = max(0, depth - 1)
+            elif tok == b"," and depth == 0:
+                return m.start()
+        return None
+
+
+def json_array_rows(stream: BinaryIO) -> Iterator[Row]:
+    """The elements of a top-level JSON array, each with the line it starts on."""
+    s = _ArrayScanner(stream)
+    while len(s.buf) < 3 and s.fill():
+        pass
+    if s.buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+        s.pos = 3
+    if s.peek() != ord("["):
+        yield Row(s.line_at(s.pos), error="a JSON upload must be an array of events", fatal=True)
+        return
+    s.pos += 1
+    if s.peek() == ord("]"):
+        s.pos += 1
+    else:
+        while True:
+            if s.peek() is None:
+                yield Row(s.line_at(s.pos), error="the JSON array is not closed", fatal=True)
+                return
+            end = s.element_end()
+            while end is None:
+                if len(s.buf) - s.pos > MAX_LINE:
+                    yield Row(s.line_at(s.pos), fatal=True,
+                              error=f"an element is larger than {MAX_LINE} bytes")
+                    return
+                if not s.fill():
+                    yield Row(s.line_at(s.pos), error="the JSON array is not closed", fatal=True)
+                    return
+                end = s.element_end()
+            line = s.line_at(s.pos)
+            value, error = _parse(s.buf[s.pos:end])
+            yield Row(line, value, error)
+            closing = s.buf[end] == ord("]")
+            s.pos = end + 1
+            if closing:
+                break
+    if s.peek() is not None:
+        yield Row(s.line_at(s.pos), error="data after the end of the JSON array", fatal=True)
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CsvMapping:
+    columns: dict[str, str]  # event field -> CSV column
+    defaults: dict[str, str] = field(default_factory=dict)
+
+
+def _field_ok(name: str) -> bool:
+    return name in ATTRIBUTES or (name.startswith("data.") and len(name) > 5)
+
+
+def parse_csv_mapping(doc: object) -> CsvMapping:
+    """UploadError naming the first problem."""
+    if not isinstance(doc, dict) or set(doc) - {"columns", "defaults"}:
+        raise UploadError('a CSV mapping is {"columns": {field: column}, "defaults": {field: value}}')
+    columns, defaults = doc.get("columns", {}), doc.get("defaults", {})
+    for what, entries in (("columns", columns), ("defaults", defaults)):
+        if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+            raise UploadError(f"mapping {what} must be an object of strings")
+        bad = [k for k in entries if not _field_ok(k)]
+        if bad:
+            raise UploadError(f"mapping {what}: {bad[0]!r} is not an event field "
+                              f"({', '.join(ATTRIBUTES)} or data.<name>)")
+    return CsvMapping(columns, defaults)
+
+
+def default_mapping(header: list[str]) -> CsvMapping:
+    return CsvMapping({(c if _field_ok(c) else f"data.{c}"): c for c in header if c})
+
+
+def _event(values: dict[str, str], defaults: dict[str, str]) -> dict:
+    event: dict = {}
+    data: dict = {}
+    for name, value in {**DEFAULTS, **defaults, **values}.items():
+        if name.startswith("data."):
+            data[name[5:]] = value
+        else:
+            event[name] = value
+    if data:
+        event["data"] = data
+    return event
+
+
+def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
+    number = 0
+    while line := text.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE:
+            raise UploadError(f"line {number} is longer than {MAX_LINE} characters")
+        yield line
+
+
+def csv_rows(stream: BinaryIO, mapping: CsvMapping | None) -> Iterator[Row]:
+    """The header first (UploadError when the mapping names a column it lacks), then one event per
+    record, empty cells left out."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(_bounded_lines(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UploadError("the CSV file is empty: it needs a header line") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise UploadError(f"the CSV header cannot be read: {exc}") from None
+    mapping = mapping or default_mapping(header)
+    missing = [c for c in mapping.columns.values() if c not in header]
+    if missing:
+        raise UploadError(f"mapped column {missing[0]!r} is not in the CSV header")
+    index = {name: header.index(column) for name, column in mapping.columns.items()}
+    start = reader.line_num + 1
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Row(start, error=f"CSV: {exc}")
+            start = reader.line_num + 1
+            continue
+        except (UploadError, UnicodeDecodeError) as exc:
+            yield Row(start, error=str(exc), fatal=True)
+            return
+        line, start = start, reader.line_num + 1
+        if not any(record):
+            continue  # blank line
+        if len(record) != len(header):
+            yield Row(line, error=f"the row has {len(record)} fields, the header {len(header)}")
+            continue
+        yield Row(line, _event({n: record[i] for n, i in index.items() if record[i] != ""}, mapping.defaults))
+
+
+def rows_of(stream: BinaryIO, fmt: str, mapping: CsvMapping | None) -> Iterator[Row]:
+    if fmt == "csv":
+        return csv_rows(stream, mapping)
+    if mapping is not None:
+        raise UploadError("a column mapping applies to CSV uploads only")
+    return json_array_rows(stream) if fmt == "json" else ndjson_rows(stream)
+
+
+# --- producing ---------------------------------------------------------------------------------
+
+class BadRow(BaseModel):
+    line: int
+    error: str
+
+
+class UploadReport(BaseModel):
+    """What became of an upload: rows read, produced (acknowledged by the broker) and refused."""
+
+    format: str
+    rows: int = 0
+    produced: int = 0
+    bad_rows: int = 0
+    errors: list[BadRow] = []  # the first 1000 bad rows
+    stopped: BadRow | None = None  # the problem that made the rest of the file unreadable
+    not_acknowledged: int = 0
+    not_acknowledged_rows: list[BadRow] = []  # may be uploaded again: the pipeline dedups by id
+
+    def refuse(self, line: int, error: str) -> None:
+        self.bad_rows += 1
+        if len(self.errors) < MAX_KEPT_ERRORS:
+            self.errors.append(BadRow(line=line, error=error))
+
+
+def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawTopicProducer,
+               tier: str = "upload") -> UploadReport:
+    """Produce every good row as it is read (stamped with the time it was read); blocks until the
+    broker has reported on each. `tenant` None (the CLI without --tenant) leaves rows as they are."""
+    report = UploadReport(format=fmt)
+    reported = threading.Event()
+    acks = Acks(reported.set, keep_coords=False)
+    for row in rows:
+        if row.fatal:
+            report.stopped = BadRow(line=row.line, error=row.error or "")
+            break
+        report.rows += 1
+        if row.error is not None:
+            report.refuse(row.line, row.error)
+            continue
+        try:
+            raw = encode(admit(row.value, tenant))
+        except (ValueError, PermissionError) as exc:
+            report.refuse(row.line, str(exc))
+            continue
+        if len(raw) > MAX_EVENT_BYTES:
+            report.refuse(row.line, f"the event is larger than {MAX_EVENT_BYTES} bytes")
+            continue
+        producer.send_stream(acks, raw, tier, now_ms(), ref=row.line)
+    acks.seal()
+    reported.wait(producer.delivery_timeout_s + 30)
+    report.produced = acks.acked
+    report.not_acknowledged = acks.sent - acks.acked
+    report.not_acknowledged_rows = [BadRow(line=line, error=error)
+                                    for line, error in sorted(acks.errors.items())]
+    return report

@@ -1,0 +1,226 @@
+"""POST /v1/events and GET /v1/events/{source}/{id}: structure checks, tenants, keys, limits,
+acknowledgements, and events through the pipeline with their tier in the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import socket
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+from test_api_helpers import new_key, open_api, raw_count
+
+from api.app import create_app
+from api.cache import TtlCache
+from api.cloudevents import admit, admit_batch, batch_of, to_rfc3339
+from api.errors import ApiError
+from api.jsonpath import PathError, find, first
+from api.keys import key_id_of, revoke_key
+from api.keys import new_key as make_key
+from api.limits import RateLimiter, check_depth, gunzip
+from api.services import ApiOptions
+from flows.metering import run
+from sinks.postgres import connect
+
+
+def _event(i: int = 1, **extra) -> dict:
+    return {"specversion": "1.0", "id": f"e-{i}", "source": "sdk/test", "type": "api.call",
+            "subject": "cust-1", "time": datetime.now(UTC).isoformat(), **extra}
+
+
+# --- plain functions ---------------------------------------------------------------------------
+
+def test_admit_fills_the_tenant_and_refuses_another():
+    assert admit({"id": "x"}, "acme") == {"id": "x", "tenantid": "acme"}
+    assert admit({"id": "x", "tenantid": "acme"}, "acme") == {"id": "x", "tenantid": "acme"}
+    with pytest.raises(PermissionError, match="globex"):
+        admit({"tenantid": "globex"}, "acme")
+    with pytest.raises(ValueError, match="JSON object"):
+        admit([1], "acme")
+
+
+def test_a_batch_is_refused_whole_naming_each_bad_event():
+    with pytest.raises(ApiError) as refused:
+        admit_batch([_event(1), 7, _event(3, tenantid="globex"), "x"], "acme")
+    assert refused.value.status == 400
+    assert [e["index"] for e in refused.value.extra["events"]] == [1, 3]
+    with pytest.raises(ApiError) as foreign:
+        admit_batch([_event(1), _event(2, tenantid="globex")], "acme")
+    assert foreign.value.status == 403 and foreign.value.extra["events"][0]["index"] == 1
+
+
+@pytest.mark.parametrize("doc, content_type, status", [
+    (5, "application/json", 400), ([], "application/json", 400), ([{}], "application/cloudevents+json", 400),
+    ({}, "application/cloudevents-batch+json", 400), ([{}] * 1001, "application/json", 413),
+])
+def test_batch_shapes(doc, content_type, status):
+    with pytest.raises(ApiError) as refused:
+        batch_of(doc, content_type)
+    assert refused.value.status == status
+
+
+def test_jsonpath_subset():
+    doc = {"a": {"b": [1, {"c": 2}]}, "x-y": 3, "Status Code": 200, "list": [{"n": 1}, {"n": 2}]}
+    assert first(doc, "$.a.b[1].c") == 2
+    assert first(doc, "$['x-y']") == 3 and first(doc, '$["Status Code"]') == 200
+    assert find(doc, "$.list[*].n") == [1, 2] and find(doc, "$") == [doc]
+    assert first(doc, "$.a.missing") is None and first(doc, "$.a.b[9]") is None
+    for bad in ("a.b", "$..a", "$.a[", "$[-1]"):
+        with pytest.raises(PathError):
+            find(doc, bad)
+
+
+def test_limits():
+    check_depth({"a": [[1]]}, max_depth=3)
+    with pytest.raises(ValueError, match="deeper"):
+        check_depth({"a": [[{}]]}, max_depth=3)
+    assert gunzip(gzip.compress(b"x" * 100), 100) == b"x" * 100
+    with pytest.raises(ValueError, match="more than"):
+        gunzip(gzip.compress(b"\0" * 10_000_000), 1000)  # a small bomb is refused, not inflated
+    now = [0.0]
+    limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.check("k")
+    with pytest.raises(ApiError) as limited:
+        limiter.check("k")
+    assert limited.value.status == 429 and limited.value.headers == {"Retry-After": "1"}
+    limiter.check("other")  # per source
+    now[0] = 0.5
+    limiter.check("k")  # one token back after half a second at 2/s
+
+
+def test_times():
+    assert to_rfc3339(1764512587) == "2025-11-30T14:23:07.000Z"
+    assert to_rfc3339(1764512587412) == "2025-11-30T14:23:07.412Z"
+    assert to_rfc3339("1764512587") == "2025-11-30T14:23:07.000Z"
+    assert to_rfc3339("2026-01-01T00:00:00Z") == "2026-01-01T00:00:00Z"
+    assert to_rfc3339(10**30) == str(10**30)  # the timestamp gate rejects it with its reason
+
+
+def test_key_format():
+    key_id, key = make_key()
+    assert key_id_of(key) == key_id and key_id_of(key + "x") is None and key_id_of("afk_zz") is None
+
+
+async def _cache_sequence() -> list[str]:
+    calls = []
+
+    async def lookup(name):
+        calls.append(name)
+        return name.upper() if name != "missing" else None
+
+    now = [0.0]
+    cache = TtlCache(lookup, ttl_s=5, clock=lambda: now[0])
+    assert [await cache.get("a"), await cache.get("a"), await cache.get("missing")] == ["A", "A", None]
+    now[0] = 6
+    await cache.get("a")
+    return calls
+
+
+def test_cache_keeps_hits_for_its_ttl_and_never_misses():
+    assert asyncio.run(_cache_sequence()) == ["a", "missing", "a"]
+
+
+# --- through the API and the pipeline -----------------------------------------------------------
+
+@pytest.fixture
+def api_app(settings):
+    yield from open_api(settings)
+
+
+@pytest.mark.integration
+def test_events_end_to_end_with_tier_and_provenance(api_app):
+    client, s = api_app.client, api_app.settings
+    single = client.post("/v1/events", content=orjson.dumps(_event(1)),
+                         headers={**api_app.auth, "Content-Type": "application/cloudevents+json"})
+    assert single.status_code == 202, single.text
+    [receipt] = single.json()["events"]
+    assert receipt["id"] == "e-1" and receipt["partition"] is not None and receipt["offset"] is not None
+    batch = [_event(i, tenantid="acme") for i in range(2, 102)]
+    r = client.post("/v1/events", content=orjson.dumps(batch),
+                    headers={**api_app.auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert r.status_code == 202 and r.json()["accepted"] == 100
+    r = client.post("/v1/events", content=gzip.compress(orjson.dumps([_event(102), _event(1)])),
+                    headers={**api_app.auth, "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 202  # e-1 again: a retry the pipeline marks duplicate
+    assert client.get("/v1/events/sdk/test/e-1", headers=api_app.auth).status_code == 404  # not processed yet
+
+    run(s, once=True)
+
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT tier, status, count(*) FROM ledger GROUP BY 1, 2 ORDER BY 2").fetchall()
+    assert rows == [("rest", "accepted", 102), ("rest", "duplicate", 1)]
+    status = client.get("/v1/events/sdk/test/e-1", headers=api_app.auth).json()
+    assert status["status"] == "accepted" and status["id"] == "e-1" and status["source"] == "sdk/test"
+    records = status["records"]
+    assert [(r["status"], r["tier"]) for r in records] == [("accepted", "rest"), ("duplicate", "rest")]
+    assert records[0]["raw_partition"] == receipt["partition"]
+    assert records[0]["raw_offset"] == receipt["offset"]
+    assert orjson.loads(records[0]["raw"])["tenantid"] == "acme"  # filled from the key
+    # another tenant's key sees nothing of acme's events
+    _, globex_key = new_key(s, "globex")
+    globex = {"Authorization": f"Bearer {globex_key}"}
+    assert client.get("/v1/events/sdk/test/e-1", headers=globex).status_code == 404
+
+
+@pytest.mark.integration
+def test_refused_requests_produce_nothing(api_app):
+    client, s = api_app.client, api_app.settings
+    auth_json = {**api_app.auth, "Content-Type": "application/json"}
+
+    def post(body: bytes, headers: dict[str, str] = auth_json):
+        return client.post("/v1/events", content=body, headers=headers)
+
+    _, revoked_key = new_key(s, "acme")
+    with connect(s.database_url) as conn:
+        revoke_key(conn, key_id_of(revoked_key))
+    one = orjson.dumps(_event())
+    cases = {
+        "not json": (post(b"{nope"), 400),
+        "scalar in batch": (post(b'[{"id": "1"}, 5]'), 400),
+        "too deep": (post(b'{"data":' * 40 + b"1" + b"}" * 40), 400),
+        "other tenant": (post(orjson.dumps([_event(1), _event(2, tenantid="globex")])), 403),
+        "no key": (post(one, {"Content-Type": "application/json"}), 401),
+        "unknown key": (post(one, {**auth_json, "Authorization": f"Bearer afk_{'0' * 16}_{'A' * 43}"}), 401),
+        "revoked key": (post(one, {**auth_json, "Authorization": f"Bearer {revoked_key}"}), 401),
+        "too large": (post(b"[" + b" " * (1024 * 1024) + b"]"), 413),
+        "too many": (post(orjson.dumps([_event(i) for i in range(1001)])), 413),
+        "media type": (post(one, {**api_app.auth, "Content-Type": "text/plain"}), 415),
+        "bad gzip": (post(b"not gzip", {**auth_json, "Content-Encoding": "gzip"}), 400),
+        "unknown route": (client.get("/v1/nothing", headers=api_app.auth), 404),
+    }
+    for name, (response, status) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        body = response.json()
+        assert body["error"] and body["message"], name
+    assert cases["other tenant"][0].json()["events"][0]["index"] == 1
+    assert raw_count(s) == 0
+
+
+@pytest.mark.integration
+def test_rate_limit_answers_429_with_retry_after(settings):
+    for limited in open_api(settings, ApiOptions(rate=0.1, burst=2)):
+        statuses = [limited.client.post("/v1/events", content=orjson.dumps(_event(i)), headers={
+            **limited.auth, "Content-Type": "application/json"}) for i in range(3)]
+        assert [r.status_code for r in statuses] == [202, 202, 429]
+        assert int(statuses[2].headers["Retry-After"]) >= 1 and statuses[2].json()["error"] == "rate_limited"
+
+
+@pytest.mark.integration
+def test_a_broker_that_does_not_acknowledge_gets_503_naming_the_events(settings):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    down = dataclasses.replace(settings, kafka_bootstrap_env=dead)
+    _, key = new_key(settings, "acme")
+    with TestClient(create_app(down, ApiOptions(delivery_timeout_s=1.5))) as client:
+        r = client.post("/v1/events", content=orjson.dumps([_event(1), _event(2)]),
+                        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["error"] == "not_acknowledged" and body["accepted"] == []
+    assert [(m["index"], m["id"]) for m in body["not_acknowledged"]] == [(0, "e-1"), (1, "e-2")]
