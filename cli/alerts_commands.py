@@ -50,11 +50,11 @@ def _summary(row: dict) -> str:
 
 
 def print_alert_table(rows: list[dict]) -> None:
-    click.echo(f"{'event time':<21} {'kind':<16} {'tenant':<8} {'customer':<10} {'metric':<11} "
-               f"{'window':<18} {'thr':>4}  summary")
+    click.echo(f"{'event time':<21} {'kind':<16} {'tenant':<8} {'customer/subscription':<22} "
+               f"{'metric':<11} {'window':<18} {'thr':>4}  summary")
     for r in rows:
         who = f"{r['customer']}/{r['subscription']}" if r["subscription"] else r["customer"]
-        click.echo(f"{_iso(r['event_time'])[:19] + 'Z':<21} {r['kind']:<16} {r['tenant']:<8} {who:<10} "
+        click.echo(f"{_iso(r['event_time'])[:19] + 'Z':<21} {r['kind']:<16} {r['tenant']:<8} {who:<22} "
                    f"{r['metric']:<11} {r['window_id']:<18} {r['threshold']:>4}  {_summary(r)}")
 
 
@@ -70,6 +70,8 @@ def alerts() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def list_cmd(tenant, kind, since, fmt) -> None:
     """Alerts by event time, oldest first."""
+    import psycopg
+
     from sinks.alerts import list_alerts
     from sinks.postgres import connect
     try:
@@ -77,6 +79,8 @@ def list_cmd(tenant, kind, since, fmt) -> None:
             rows = list_alerts(conn, tenant, kind, _since(since))
     except config.NotConfigured as exc:
         raise click.ClickException(str(exc)) from None
+    except psycopg.errors.UndefinedTable:
+        raise click.ClickException("no alerts table: run `aforo migrate`") from None
     if fmt == "json":
         click.echo(orjson.dumps([{k: _iso(v) if isinstance(v, datetime) else v for k, v in r.items()}
                                  for r in rows], option=orjson.OPT_INDENT_2).decode())
@@ -94,8 +98,10 @@ def run_monitoring(settings: config.Settings, once: bool = True) -> float:
 @click.command()
 @click.option("--once", is_flag=True, help="Process what is in the enriched topic, then exit.")
 def monitor(once: bool) -> None:
-    """Run the monitoring flow: usage anomalies and quota pacing on the enriched topic, alerts to
-    Postgres and the alerts topic (with crash recovery: it resumes where it stopped)."""
+    """Run the monitoring flow: usage anomalies and quota pacing.
+
+    Reads the enriched topic; writes alerts to Postgres and the alerts topic. With crash
+    recovery: it resumes where it stopped."""
     try:
         elapsed = run_monitoring(config.load(), once)
     except config.NotConfigured as exc:

@@ -15,6 +15,7 @@ import click
 import orjson
 
 import config
+from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
 
 
@@ -31,7 +32,8 @@ def main() -> None:
     """Aforo: financial-grade usage metering."""
 
 
-for _command in (serve, keys, upload, webhooks):  # the HTTP front doors (api/)
+for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
+                 monitor, alerts):  # the monitoring flow and its alerts
     main.add_command(_command)
 
 
@@ -610,20 +612,26 @@ def print_summary(settings: config.Settings, since: datetime | None = None) -> N
 @main.command()
 @click.option("--events", "normal", default=2000, show_default=True, help="Normal events in the stream.")
 def demo(normal: int) -> None:
-    """Apply the demo catalog, send the demo stream, run the flow once, summarise the ledger."""
+    """Apply the demo catalog, send the demo stream, run both flows once, print the summary, the
+    alerts and revenue."""
+    from cli.alerts_commands import demo_monitoring_lines, print_demo_alerts, run_monitoring
     from cli.demo import CATALOG, demo_stream
     s = _settings()
     apply_catalog_file(s, CATALOG)
     started = datetime.now(UTC)
     # a fresh seed per run: a second demo is new traffic, not a replay of the first
     lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
+    # the monitoring scenarios go first: the detectors read each customer's events in event-time order
+    lines = demo_monitoring_lines(started, seed=int(started.timestamp())) + lines
     acked = send_lines(s, lines, total=len(lines))
     click.echo(f"sent {acked} raw records "
                f"({sum(v for k, v in expected.items() if not k.startswith('accepted'))} of them "
                "duplicates, conflicts, late, future, too old, malformed or schema-broken)")
     elapsed = run_flow(s, once=True, workers=1)
     click.echo(f"metering flow processed the raw topic in {elapsed:.1f}s")
+    click.echo(f"monitoring flow processed the enriched topic in {run_monitoring(s):.1f}s")
     print_summary(s, since=started)
+    print_demo_alerts(s, started)
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(revenue, tenant=None, period=None, fmt="table")

@@ -1,7 +1,7 @@
 """The monitoring dataflow, stage by stage:
 
-    enriched topic -> parse -> dedup -> anomaly ------> alerts (Postgres `alerts` + <prefix>.alerts)
-                                     `-> quota_pacing -'
+    enriched topic -> parse -> dedup -> anomaly -----------------> alerts (Postgres `alerts`
+                                     `-> quotas -> quota_pacing -'       and <prefix>.alerts)
 
 A second flow rather than more steps of the metering flow: the metering hot path stays as it is,
 monitoring runs, fails and recovers on its own, and it can be replayed from the enriched topic at
@@ -10,7 +10,8 @@ customer's events keep the enriched topic's order, which is their raw partition'
 every decision depends on that order and the events' data only, never on the wall clock or on
 how the input happened to be batched.
 
-Every stage is a call into `operators/`; this file only wires them and supplies the quotas.
+Every stage is a call into `operators/`; this file only wires them and supplies the quotas
+(one catalog check per batch: they travel with each event to its customer's pacing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config import Settings
 from operators.anomaly import Alert, CustomerMonitor, FirstDelivery, Usage, parse_enriched
-from operators.quota_pacing import QuotaPacing
+from operators.quota_pacing import Quota, QuotaPacing
 from sinks.alerts import AlertSink, QuotaCatalog, ensure_alerts_topic
 from sinks.kafka import ensure_topics, topic_id
 
@@ -63,21 +64,24 @@ class _AnomalyStep(StatefulBatchLogic[Usage, Alert, CustomerMonitor]):
         return self._monitor
 
 
-class _QuotaPacingStep(StatefulBatchLogic[Usage, Alert, QuotaPacing]):
-    """Bytewax shell around one customer's quota pacing."""
+class _QuotaPacingStep(StatefulBatchLogic[tuple[Usage, dict[str, Quota]], Alert, QuotaPacing]):
+    """Bytewax shell around one customer's quota pacing; each event comes with its
+    subscription's quotas."""
 
-    def __init__(self, quotas: QuotaCatalog, state: QuotaPacing | None):
-        self._quotas = quotas
+    def __init__(self, state: QuotaPacing | None):
         self._pacing = state or QuotaPacing()
 
-    def on_batch(self, values: list[Usage]) -> tuple[list[Alert], bool]:
-        quotas = self._quotas.current()
-        alerts = [a for u in values
-                  for a in self._pacing.observe(u, quotas.get((u.tenant, u.subscription), {}))]
-        return alerts, StatefulBatchLogic.RETAIN
+    def on_batch(self, values: list[tuple[Usage, dict[str, Quota]]]) -> tuple[list[Alert], bool]:
+        return [a for u, quotas in values for a in self._pacing.observe(u, quotas)], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> QuotaPacing:
         return self._pacing
+
+
+def _with_quotas(catalog: QuotaCatalog, batch: list[Usage]) -> list[tuple[Usage, dict[str, Quota]]]:
+    """One catalog check per batch, not one per customer."""
+    quotas = catalog.current()
+    return [(u, quotas.get((u.tenant, u.subscription), {})) for u in batch]
 
 
 def _customer_key(u: Usage) -> str:
@@ -93,8 +97,10 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
     by_customer = op.key_on("customer", usage, _customer_key)
     firsts = op.stateful_batch("dedup", by_customer, _DedupStep)
     anomalies = op.stateful_batch("anomaly", firsts, _AnomalyStep)
-    pacing = op.stateful_batch("quota_pacing", firsts,
-                               partial(_QuotaPacingStep, QuotaCatalog(settings.database_url)))
+    with_quotas = op.flat_map_batch("quotas", op.key_rm("unkey_dedup", firsts),
+                                    partial(_with_quotas, QuotaCatalog(settings.database_url)))
+    by_customer_quotas = op.key_on("customer_quotas", with_quotas, lambda x: _customer_key(x[0]))
+    pacing = op.stateful_batch("quota_pacing", by_customer_quotas, _QuotaPacingStep)
     alerts = op.key_rm("unkey", op.merge("alerts", anomalies, pacing))
     op.output("alerts_out", alerts, AlertSink(settings))
     return flow

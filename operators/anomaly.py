@@ -7,9 +7,12 @@ the sum of the reported values, a measure of activity). Hours without events cou
 
 Clock. Every series runs on its customer's own event time: the watermark is the latest event
 time seen for the (tenant, customer) minus ALLOWED_LATENESS, and an hour closes once the
-watermark passes its end. One customer's events come from one raw partition in order, so a
-partition that lags behind the others never makes its customers' events late; nothing here reads
-the wall clock, so replaying the same events gives the same alerts. An event older than the
+watermark passes its end. A customer's events come from one raw partition, and the metering
+flow rates each subscription's in that partition's order, so they reach the enriched topic in
+order and a partition that lags behind the others never makes its customers' events late (a
+customer with two subscriptions active at once can see them interleaved within one metering
+batch: the lateness absorbs that). Nothing here reads the wall clock, so replaying the same
+events gives the same alerts. An event older than the
 watermark allows still counts in the ledger; it just does not reopen a closed hour. A customer
 that goes completely silent closes no hours until its next event, whose clock then closes the
 silent hours as zeros (and they fire as a dip). Events can only be late this way when they arrive
@@ -17,8 +20,11 @@ out of order by more than the lateness: an hour is judged an hour after it ends,
 
 Baseline of an hour: the series' trailing closed hours, at most HISTORY_HOURS (7 x 24).
 * from MIN_HISTORY_HOURS (18) until the window is full: mean and sample standard deviation of
-  all of it ("flat"). A daily cycle inflates that sigma, so a normal cycle does not fire; spikes
-  well above the day's range do.
+  all of it ("flat"). A daily cycle inflates that sigma, so a smooth cycle does not fire; spikes
+  well above the day's range do. So does, in this first week, a short peak that recurs daily
+  (a nightly batch job, say): it fires once a day until the seasonal baseline knows it. And in
+  the first day, a partial day is the whole baseline: a business-hours customer that starts in
+  the evening may fire once the next morning.
 * with the full 7 days ("seasonal"): the expected value is the mean of the 7 like hours of the
   day (same UTC hour on each of the last 7 days), and sigma is the pooled standard deviation of
   every hour around its own hour-of-day mean (168 values, 24 means estimated). So a normal daily
@@ -32,8 +38,9 @@ hour opens an episode that lasts while the following hours stay more than 1 sigm
 way; it fires once, at its first hour, so an outage or a step change raises one alert rather
 than one per hour until the baseline adapts (the 1-sigma hysteresis keeps an outage hovering
 around 2 sigma from firing again and again). Anomalous hours stay in the history, so a lasting
-level shift becomes the new normal; but the hour that fires enters the history clipped to the
-2-sigma band, or one outlier among the few like hours would make them look anomalous all week.
+level shift becomes the new normal. With 7 like hours, one outlier among them cannot make the
+others fire: it moves their mean by 1/7 of its excess but inflates sigma more (|z| tends to 1.73
+at most); with 5 it could, which is why the seasonal baseline waits for the full week.
 
 Weekly drop: weeks are ISO weeks (Monday 00:00 UTC); when a week's last hour closes, its total
 is compared with the previous week's, and the week fires when it is 50% or more below it. Both
@@ -61,7 +68,6 @@ HOUR_US = 3_600_000_000
 ALLOWED_LATENESS_US = HOUR_US
 HISTORY_HOURS = 7 * 24
 MIN_HISTORY_HOURS = 18
-SEASONAL_HOURS = 3 * 24  # from 3 days on, every hour of the day has 3 like hours to compare with
 Z_THRESHOLD = 2.0
 EPISODE_END_Z = 1.0
 SIGMA_FLOOR_SHARE = 0.10
@@ -95,16 +101,19 @@ class Usage:
     period: str  # YYYY-MM of the event time
     event_us: int
     raw: tuple[str, int, int]  # raw topic id, partition, offset: which raw record it is
-    lines: tuple[UsageLine, ...]  # empty for an unmetered event, which still moves the clocks
+    lines: tuple[UsageLine, ...]  # one per metric the event feeds
 
 
 def parse_enriched(value: bytes) -> Usage | None:
-    """An enriched-topic message (sinks/kafka.py `routed_message`) as Usage. A message the
-    monitors cannot read is logged and skipped: one bad message must not stop monitoring."""
+    """An enriched-topic message (sinks/kafka.py `routed_message`) as Usage, or None for one
+    without usage. Unmetered events (no lines) are left out on purpose: the metering flow emits
+    them outside their subscription's rating order, so their event times would move the clocks
+    out of order (and FirstDelivery relies on that order). A message the monitors cannot read is
+    logged and skipped: one bad message must not stop monitoring."""
     try:
         body = orjson.loads(value)
         billing = body.get("billing")
-        if body.get("status") != "accepted" or billing is None:
+        if body.get("status") != "accepted" or billing is None or not billing["lines"]:
             return None
         event, prov = body["event"], body["provenance"]
         lines = tuple(
@@ -124,10 +133,12 @@ class FirstDelivery:
     """Drops repeats of enriched messages (after a crash the metering flow produces the epochs
     since its last snapshot again), for one customer's events.
 
-    The metering flow rates a subscription's events in the order of their raw partition, so its
-    accepted records reach the enriched topic in raw offset order; a message whose offset is not
-    above the highest seen for its (subscription, raw topic id, raw partition) is a repeat. That
-    is exact with three integers per subscription instead of a set of every reference seen.
+    The metering flow rates a subscription's events in the order of their raw partition (its
+    revenue step is keyed by subscription), so its metered records reach the enriched topic in
+    raw offset order, and a replay after a crash produces a stretch of them again in the same
+    order: a message whose offset is not above the highest seen for its (subscription, raw topic
+    id, raw partition) is a repeat. That is exact with one integer per subscription and
+    partition instead of a set of every reference ever seen.
     """
 
     def __init__(self) -> None:
@@ -171,29 +182,47 @@ def utc(us: int) -> datetime:
 
 # --- the detectors ------------------------------------------------------------------------------
 
-def baseline(history: list[float] | deque[float], hour: int) -> tuple[float, float, str] | None:
-    """(expected, sigma before its floor, mode) of `hour` from the closed hours just before it
-    (oldest first), or None while the history is too short.
+class HourlyHistory:
+    """A series' closed hours of the last HISTORY_HOURS, kept by hour of the day with each one's
+    mean and sum of squared deviations. Closing an hour recomputes the stats of its hour of the
+    day only (at most 7 values), so judging an hour costs 24 steps rather than 168: an idle
+    series still closes every hour, and a replay closes a month of them per series."""
 
-    The expected value is itself the mean of k noisy hours, so the deviation of a new hour from
-    it has variance sigma^2 (1 + 1/k): that is the sigma an hour is judged by.
-    """
-    n = len(history)
-    if n < MIN_HISTORY_HOURS:
-        return None
-    values = list(history)
-    if n < SEASONAL_HOURS:
-        mean = math.fsum(values) / n
-        variance = math.fsum((x - mean) ** 2 for x in values) / (n - 1)
-        return mean, math.sqrt(variance * (1 + 1 / n)), "flat"
-    squares = []
-    for r in range(24):  # values[r::24] are one hour of the day; values[n % 24::24] is this hour's
-        like = values[r::24]
+    def __init__(self) -> None:
+        self.like: list[deque[float]] = [deque(maxlen=HISTORY_HOURS // 24) for _ in range(24)]
+        self.means = [0.0] * 24
+        self.squares = [0.0] * 24  # sum of squared deviations from the mean, per hour of the day
+        self.count = 0
+
+    def push(self, hour: int, value: float) -> None:
+        """The next closed hour (hours arrive consecutively, so the value a full hour of the
+        day drops is the same hour a week earlier)."""
+        g = hour % 24
+        like = self.like[g]
+        self.count += len(like) < like.maxlen
+        like.append(value)
         mean = math.fsum(like) / len(like)
-        squares += [(x - mean) ** 2 for x in like]
-    like = values[n % 24::24]
-    variance = math.fsum(squares) / (n - 24)  # 24 means estimated
-    return math.fsum(like) / len(like), math.sqrt(variance * (1 + 1 / len(like))), "seasonal"
+        self.means[g], self.squares[g] = mean, math.fsum([(x - mean) ** 2 for x in like])
+
+    def baseline(self, hour: int) -> tuple[float, float, str] | None:
+        """(expected, sigma before its floor, mode) of `hour`, the hour after the last one
+        pushed, or None while the history is too short.
+
+        The expected value is itself the mean of k noisy hours, so the deviation of a new hour
+        from it has variance sigma^2 (1 + 1/k): that is the sigma an hour is judged by.
+        """
+        n = self.count
+        if n < MIN_HISTORY_HOURS:
+            return None
+        if n < HISTORY_HOURS:  # flat: all hours around their overall mean (ANOVA decomposition)
+            counts = [len(like) for like in self.like]
+            mean = math.fsum([k * m for k, m in zip(counts, self.means, strict=True)]) / n
+            between = math.fsum([k * (m - mean) ** 2 for k, m in zip(counts, self.means, strict=True)])
+            variance = (math.fsum(self.squares) + between) / (n - 1)
+            return mean, math.sqrt(variance * (1 + 1 / n)), "flat"
+        g = hour % 24
+        variance = math.fsum(self.squares) / (n - 24)  # pooled: 24 means estimated
+        return self.means[g], math.sqrt(variance * (1 + 1 / len(self.like[g]))), "seasonal"
 
 
 def _hour_id(hour: int) -> str:
@@ -223,7 +252,7 @@ class MetricSeries:
     next_hour: int | None = None  # the first hour not closed; None until the series (re)starts
     first_hour: int | None = None  # where the current history starts
     last_active: int | None = None  # the latest hour with a line
-    history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_HOURS))
+    history: HourlyHistory = field(default_factory=HourlyHistory)
     weeks: dict[int, Decimal] = field(default_factory=dict)  # week -> total of its closed hours
     episode: str | None = None  # "spike" or "dip" while consecutive hours deviate that way
 
@@ -249,13 +278,13 @@ class MetricSeries:
 
     def _restart(self) -> None:
         self.next_hour = self.first_hour = self.episode = None
-        self.history.clear()
+        self.history = HourlyHistory()
         self.weeks.clear()
 
     def _close(self, hour: int) -> list[_Finding]:
         usage = self.open.pop(hour, _ZERO)
-        found, kept = self._judge_hour(hour, usage)
-        self.history.append(kept)
+        found = self._judge_hour(hour, usage)
+        self.history.push(hour, float(usage))
         week, hour_in_week = divmod(hour - WEEK0_HOUR, WEEK_HOURS)
         self.weeks[week] = self.weeks.get(week, _ZERO) + usage
         if hour_in_week == WEEK_HOURS - 1:  # the week's last hour: the week is complete
@@ -263,25 +292,22 @@ class MetricSeries:
             self.weeks = {week: self.weeks[week]}
         return found
 
-    def _judge_hour(self, hour: int, usage: Decimal) -> tuple[list[_Finding], float]:
-        """What the hour fires, and the value it enters the history with."""
-        observed = float(usage)
-        base = baseline(self.history, hour)
+    def _judge_hour(self, hour: int, usage: Decimal) -> list[_Finding]:
+        base = self.history.baseline(hour)
         if base is None:
-            return [], observed
+            return []
         expected, measured, mode = base
         sigma = max(measured, 1.0, math.sqrt(max(expected, 0.0)), SIGMA_FLOOR_SHARE * abs(expected))
-        z = (observed - expected) / sigma
+        z = (float(usage) - expected) / sigma
         if (self.episode == "spike" and z > EPISODE_END_Z) or (self.episode == "dip" and z < -EPISODE_END_Z):
-            return [], observed  # the episode goes on
+            return []  # the episode goes on
         self.episode = None if abs(z) <= Z_THRESHOLD else ("spike" if z > 0 else "dip")
         if self.episode is None:
-            return [], observed
-        finding = _Finding(self.episode, _hour_id(hour), f"{Z_THRESHOLD:g}", hour, 1, {
+            return []
+        return [_Finding(self.episode, _hour_id(hour), f"{Z_THRESHOLD:g}", hour, 1, {
             "observed": str(usage), "baseline": f"{expected:.4f}", "sigma": f"{sigma:.4f}",
             "sigma_measured": f"{measured:.4f}", "z": f"{z:.3f}", "baseline_mode": mode,
-            "history_hours": str(len(self.history))})
-        return [finding], expected + math.copysign(Z_THRESHOLD * sigma, z)
+            "history_hours": str(self.history.count)})]
 
     def _judge_week(self, week: int) -> list[_Finding]:
         previous = self.weeks.get(week - 1)
@@ -326,5 +352,8 @@ class CustomerMonitor:
                                         start_us, end_us, end_us, f.details))
         if not late:  # a late event is still in the ledger; it just does not reopen its hour
             for line in u.lines:
-                self.series.setdefault(line.metric, MetricSeries()).add(hour, line.quantity)
+                s = self.series.get(line.metric)
+                if s is None:
+                    s = self.series[line.metric] = MetricSeries()
+                s.add(hour, line.quantity)
         return alerts

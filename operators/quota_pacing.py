@@ -1,19 +1,20 @@
 """QuotaPacingProjectionService: warns before a quota runs out, and when it has.
 
-For every quota (subscription, metric, limit) of the catalog, on every accepted event of the
+For every quota (subscription, metric, limit) of the catalog, on every metered event of the
 subscription:
 * used = the (subscription, metric, period) usage after the event: the sum over the metric's
   groups of each group's latest running total (`total_after` of its lines), the same number the
   metering flow bills on;
 * elapsed = how far the period is, in EVENT time: the latest event time seen for the
-  subscription, relative to the billing period (a calendar month in UTC, `period_bounds`);
+  subscription (of its metered events, the only ones read), relative to the billing period (a
+  calendar month in UTC, `period_bounds`);
 * projected end-of-period usage = used / elapsed fraction. A `max` or `latest` metric is a level,
   not an accumulation, so it is never extrapolated: only its actual usage is checked.
 
 Thresholds: 80%, 100% and 120% of the limit, each for the projected and for the actual usage,
 each firing at most once per (subscription, metric, period), on the first event at which it
-holds. Projections are only trusted once 5% of the period has elapsed (MIN_PROGRESS): before
-that, a handful of early events extrapolates to nonsense. Actual usage is a fact, not an
+holds. Projections are only trusted once 5% of the period has elapsed (MIN_PROGRESS_PERCENT):
+before that, a handful of early events extrapolates to nonsense. Actual usage is a fact, not an
 estimate, so an actual threshold fires whenever it is reached, even on the first day.
 
 The limit is the catalog's when the event is processed; the alert key carries the threshold in
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 
 from operators.anomaly import Alert, Usage
 from operators.revenue import period_bounds
@@ -42,6 +44,7 @@ class Quota:
     extrapolate: bool  # False for levels (max, latest): projecting them linearly means nothing
 
 
+@cache  # a handful of periods, parsed once each: this runs for every event
 def _bounds_us(period: str) -> tuple[int, int]:
     start, end = period_bounds(period)
     return to_us(start), to_us(end)

@@ -19,7 +19,6 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from psycopg.types.json import Jsonb
 
 from config import Settings
 from operators.anomaly import Alert, utc
@@ -29,7 +28,6 @@ from sinks.kafka import produce, producer_config
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
-KINDS = ("spike", "dip", "weekly_drop", "quota_projected", "quota_actual")
 _LEVELS = ("max", "latest")  # aggregations whose usage is a level: never extrapolated
 
 
@@ -95,11 +93,16 @@ class QuotaCatalog:
         return self._quotas
 
 
+# One statement per batch; RETURNING says which alerts are new (ON CONFLICT skips the others).
 _INSERT = """
 INSERT INTO alerts (kind, tenant, customer, subscription, metric, window_id, threshold, window_start,
     window_end, event_time, details)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT k, t, c, s, m, w, h, ws, we, et, d::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::text[])
+    AS a(k, t, c, s, m, w, h, ws, we, et, d)
 ON CONFLICT DO NOTHING
+RETURNING kind, tenant, customer, subscription, metric, window_id, threshold
 """
 
 
@@ -115,14 +118,18 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
             self._errors.append(str(err))
 
     def write_batch(self, items: list[Alert]) -> None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        if not items:
+            return
+        columns = [list(c) for c in zip(*(
+            (*a.key, utc(a.window_start_us), utc(a.window_end_us), utc(a.event_us),
+             orjson.dumps(a.details).decode()) for a in items), strict=True)]
+        with self._conn.transaction():
+            new = set(self._conn.execute(_INSERT, columns).fetchall())  # not written by an earlier run
             for a in items:
-                cur.execute(_INSERT, (*a.key, utc(a.window_start_us), utc(a.window_end_us),
-                                      utc(a.event_us), Jsonb(a.details)))
-                if cur.rowcount:  # new: not written by an earlier run
-                    key = alert_key(a)
+                if a.key in new:
+                    new.discard(a.key)
                     produce(self._producer, self._topic, alert_message(a),
-                            key=f"{a.tenant}/{a.customer}".encode(), headers=[(ALERT_HEADER, key)],
+                            key=f"{a.tenant}/{a.customer}".encode(), headers=[(ALERT_HEADER, alert_key(a))],
                             on_delivery=self._on_delivery)
             self._producer.flush()
             if self._errors:  # roll back: the replay after the crash writes them again
