@@ -23,7 +23,7 @@ from typing import NamedTuple
 import orjson
 
 from operators.timestamp_gate import HORIZON_US
-from schemas.record import Reason, Record, Status
+from schemas.record import Reason, Record, Status, parse_ref
 
 
 class Claim(NamedTuple):
@@ -119,7 +119,7 @@ class Dedup:
                     or first.ingested_ms * 1000 < rec.ingested_ms * 1000 - HORIZON_US
                     or claimant == rec.coords
                     # an approved held event takes over the claim of the record it re-injects
-                    or (rec.reinject_of is not None and "/".join(map(str, claimant)) == rec.reinject_of)):
+                    or (rec.reinject_of is not None and parse_ref(rec.reinject_of) == claimant)):
                 cache.put(d, Claim(rec.topic_id, rec.partition, rec.offset, h, rec.ingested_ms))
             elif first.payload_hash == h:
                 rec.decide(Status.DUPLICATE, Reason.SAME_PAYLOAD, _first_ref(first))

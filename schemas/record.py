@@ -71,6 +71,11 @@ class Record:
         return (self.topic_id, self.partition, self.offset)
 
     @property
+    def ref(self) -> str:
+        """The raw record as "topic id/partition/offset", as headers and detail texts carry it."""
+        return "/".join(map(str, self.coords))
+
+    @property
     def pending(self) -> bool:
         """Still in the running for a dedup claim: not rejected or already deduplicated."""
         return self.status is None or self.status is Status.LATE
@@ -78,3 +83,9 @@ class Record:
     def decide(self, status: Status, reason: Reason | None, detail: str | None = None) -> Record:
         self.status, self.reason, self.detail = status, reason, detail
         return self
+
+
+def parse_ref(ref: str) -> tuple[str, int, int]:
+    """The coordinates in a raw reference; topic ids are base64 and may contain "/" themselves."""
+    topic_id, partition, offset = ref.rsplit("/", 2)
+    return topic_id, int(partition), int(offset)

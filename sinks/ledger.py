@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from operators.audit import row_hash
 from operators.dedup import Claim
-from schemas.record import Record, Status
+from schemas.record import Record, Status, parse_ref
 from sinks.audit import append_to_chains, store_entries
 from sinks.postgres import connect
 
@@ -65,7 +65,7 @@ WHERE dedup_claims.ingested_at < excluded.ingested_at - interval '90 days'
 """
 _TAKE_OVER_CLAIM = """
 UPDATE dedup_claims SET raw_topic_id = %s, raw_partition = %s, raw_offset = %s
-WHERE dedup_key = %s AND (raw_topic_id, raw_partition, raw_offset) = (%s, %s::int, %s::bigint)
+WHERE dedup_key = %s AND (raw_topic_id, raw_partition, raw_offset) = (%s, %s, %s)
 """
 _PURGE_CLAIMS = """
 DELETE FROM dedup_claims
@@ -188,7 +188,7 @@ def _write(cur: psycopg.Cursor, records: list[Record], replayed: bool) -> None:
     claiming = [(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
     claims = [claim_row(r, row) for r, row in claiming if r.reinject_of is None]
     # An approved re-injection takes over the claim of the held record it stands for.
-    cur.executemany(_TAKE_OVER_CLAIM, [(*r.coords, r.dedup_key, *r.reinject_of.split("/"))
+    cur.executemany(_TAKE_OVER_CLAIM, [(*r.coords, r.dedup_key, *parse_ref(r.reinject_of))
                                        for r, _ in claiming if r.reinject_of is not None])
     entries, sealed = _seal(cur, records, rows)
     _copy(cur, "ledger", _SEALED_COLUMNS, sealed)

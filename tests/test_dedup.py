@@ -129,3 +129,17 @@ def test_same_key_always_lands_in_the_same_bucket():
     unkeyed = rec(0, partition=3)
     unkeyed.dedup_key = None
     assert dedup_bucket(unkeyed, 16) == "p3"
+
+
+def test_a_reinjection_takes_over_the_claim_of_the_record_it_stands_for_and_only_that():
+    d = Dedup(no_durable_claims, 100)
+    held = rec(0)
+    held.topic_id = "ab/c+d/=="  # base64 topic ids may contain "/"
+    d.decide([held])
+    again = rec(5)
+    again.reinject_of = held.ref
+    other = rec(6)
+    other.reinject_of = held.ref  # a second re-injection of the same held record
+    d.decide([again, other])
+    assert outcome(again) == (None, None)
+    assert outcome(other) == (Status.DUPLICATE, Reason.SAME_PAYLOAD)
