@@ -371,6 +371,7 @@ def replay(tenant, period, source, apply_) -> None:
     from operators.revenue import period_bounds
     from operators.timestamp_gate import to_us
     from sinks.entitlements import CatalogCache
+    from sinks.periods import is_closed
     from sinks.postgres import connect
     from sinks.replay import (
         Ledger,
@@ -419,6 +420,9 @@ def replay(tenant, period, source, apply_) -> None:
             for src, eid, p, o, st, rs, rev, st2, rs2, rev2 in changes[:50]:
                 click.echo(f"  {src} {eid} {p}/{o}: {st}/{rs or '-'} {rev} -> {st2}/{rs2 or '-'} {rev2}")
         click.echo("\nidentical" if identical else "\nDIFFERENT")
+        if apply_ and not identical and is_closed(conn, tenant, period):
+            _fail(f"{tenant} {period} is closed: a replay never edits it (its late events are "
+                  "adjustments in the next open period)")
         if apply_ and not identical:
             apply_shadow(conn, scope, period, replay_id)
             click.echo(f"applied: the live ledger of {tenant} {period} is now replay {replay_id}")
@@ -501,6 +505,52 @@ def reconcile_reject(ids, note) -> None:
         rejected, skipped = decide(conn, list(ids), "reject", s.actor, note)
     click.echo(f"rejected {len(rejected)}"
                + (f"; not held or already decided: {', '.join(map(str, skipped))}" if skipped else ""))
+
+
+@main.group()
+def period() -> None:
+    """Billing watermarks: closed periods."""
+
+
+@period.command("close")
+@click.option("--tenant", required=True)
+@click.option("--period", "period_", required=True, help="YYYY-MM")
+def period_close(tenant, period_) -> None:
+    """Freeze a period: its totals and ledger digest are recorded; later changes become adjustments
+    in the next open period."""
+    from sinks.periods import PeriodError, close_period
+    from sinks.postgres import connect
+    s = _settings()
+    try:
+        with connect(s.database_url) as conn:
+            d, totals = close_period(conn, tenant, period_, s.actor)
+    except (PeriodError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(f"closed {tenant} {period_}: digest {d}, {len(totals)} customer/metric totals")
+
+
+@period.command("show")
+@click.option("--tenant", required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def period_show(tenant, fmt) -> None:
+    """Closed periods: totals, digests (as closed and now), adjustments billed later."""
+    from sinks.periods import show_periods
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        periods = show_periods(conn, tenant)
+    if fmt == "json":
+        click.echo(orjson.dumps(periods, default=_jsonable, option=orjson.OPT_INDENT_2).decode())
+        return
+    for p in periods:
+        intact = "unchanged" if p["digest_now"] == p["digest"] else "CHANGED since closing"
+        click.echo(f"{p['period']} closed {_jsonable(p['closed_at'])} by {p['closed_by']}; digest "
+                   f"{p['digest'][:16]}… {intact}")
+        for key, t in p["totals"].items():
+            click.echo(f"  {key:<28} events {t['events']:>8}  quantity {t['quantity']:>14}  "
+                       f"revenue {t['revenue']}")
+        for a in p["adjustments"]:
+            click.echo(f"  adjustments billed in {a['billed_in']}: {a['events']} events, "
+                       f"revenue {a['revenue']}")
 
 
 @main.group()

@@ -28,6 +28,7 @@ AUDIT_COLUMNS = (
     "status", "reason", "detail", "tenantid", "source", "event_id", "type", "subject", "event_time",
     "dedup_key", "payload_hash", "route", "validation_hash", "customer", "subscription", "plan",
     "plan_version", "currency", "period", "revenue", "cost", "margin", "tier", "reinject_of",
+    "adjusts_period",
 )
 AUDIT_LINE_COLUMNS = ("metric", "grp", "quantity", "total_after", "revenue", "cost", "margin")
 GENESIS = bytes(32)

@@ -44,6 +44,22 @@ def billing_period(event_us: int) -> str:
     return period
 
 
+def next_period(period: str) -> str:
+    year, month = map(int, period.split("-"))
+    return f"{year + month // 12}-{month % 12 + 1:02d}"
+
+
+def open_period(period: str, closed: frozenset[str]) -> tuple[str, str | None]:
+    """(the period an event is billed in, the closed period it adjusts or None). A closed period
+    is never changed: its late events are billed as adjustments in the next open period."""
+    if period not in closed:
+        return period, None
+    billed = next_period(period)
+    while billed in closed:
+        billed = next_period(billed)
+    return billed, period
+
+
 def active_subscription(ent: Entitlement, event_us: int) -> SubscriptionRef | None:
     """The subscription whose [start, end) holds the event; the latest-starting one if several do."""
     active = None
@@ -131,8 +147,9 @@ def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:
         return rec.decide(Status.UNRESOLVED, Reason.NO_SUBSCRIPTION,
                           f"customer {ent.customer} has no subscription active at {event['time']}")
     plan = (sub.plan, sub.plan_version)
+    period, adjusts = open_period(billing_period(rec.event_us), tenant.closed_periods)
     ctx = BillingContext(ent.customer, sub.id, sub.plan, sub.plan_version,
-                         tenant.plan_currency.get(plan, tenant.currency), billing_period(rec.event_us))
+                         tenant.plan_currency.get(plan, tenant.currency), period, adjusts_period=adjusts)
     rec.billing = ctx
     metrics = tenant.metrics_by_type.get(event["type"], ())
     if not metrics:

@@ -33,6 +33,7 @@ class TenantInfo:
     charges: dict[tuple[str, int], dict[str, Charge]]  # (plan, version) -> metric -> charge
     plan_currency: dict[tuple[str, int], str]
     costs: dict[str, tuple[CostRate, ...]]  # metric -> rates, most specific match first
+    closed_periods: frozenset[str] = frozenset()  # YYYY-MM: frozen, later events adjust the next
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,9 @@ class BillingContext:
     plan: str
     plan_version: int
     currency: str
-    period: str  # YYYY-MM, UTC
+    period: str  # YYYY-MM, UTC: where the event is billed
     uses: list[MetricUse] = field(default_factory=list)
+    adjusts_period: str | None = None  # the closed period the event belongs to by time, if any
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,12 +192,16 @@ def load_tenants(conn: psycopg.Connection) -> dict[str, TenantInfo]:
             "SELECT tenant, metric, match, unit_cost FROM costs"
             " ORDER BY tenant, metric, (SELECT count(*) FROM jsonb_object_keys(match)) DESC, match::text"):
         costs.setdefault(tenant, {}).setdefault(metric, []).append(CostRate(match, Decimal(unit_cost)))
+    closed: dict[str, set[str]] = {}
+    for tenant, period in conn.execute("SELECT tenant, period FROM closed_periods"):
+        closed.setdefault(tenant, set()).add(period)
     return {
         tid: TenantInfo(
             id=tid, currency=currency, idempotency_key=key,
             metrics_by_type={t: tuple(ms) for t, ms in metrics.get(tid, {}).items()},
             charges=charges.get(tid, {}), plan_currency=currencies.get(tid, {}),
-            costs={m: tuple(rates) for m, rates in costs.get(tid, {}).items()})
+            costs={m: tuple(rates) for m, rates in costs.get(tid, {}).items()},
+            closed_periods=frozenset(closed.get(tid, ())))
         for tid, currency, key in conn.execute("SELECT id, currency, idempotency_key FROM tenants")
     }
 

@@ -28,7 +28,7 @@ _LEDGER_COLUMNS = (
     ("dedup_key", "text"), ("payload_hash", "bytea"), ("route", "text"), ("validation_hash", "text"),
     ("customer", "text"), ("subscription", "text"), ("plan", "text"), ("plan_version", "int4"),
     ("currency", "text"), ("period", "text"), ("revenue", "numeric"), ("cost", "numeric"),
-    ("margin", "numeric"), ("tier", "text"), ("reinject_of", "text"),
+    ("margin", "numeric"), ("tier", "text"), ("reinject_of", "text"), ("adjusts_period", "text"),
 )
 _LINE_COLUMNS = (
     ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"), ("metric", "text"),
@@ -103,7 +103,7 @@ def ledger_row(r: Record) -> tuple:
         None if r.event_us is None else _EPOCH + timedelta(microseconds=r.event_us),
         r.dedup_key, r.payload_hash, r.route, r.validation_hash,
         *((b.customer, b.subscription, b.plan, b.plan_version, b.currency, b.period) if b else (None,) * 6),
-        *money, _text(r.tier), r.reinject_of,
+        *money, _text(r.tier), r.reinject_of, b.adjusts_period if b else None,
     )
 
 

@@ -22,16 +22,18 @@ from sinks.ledger import _LEDGER_COLUMNS, _LINE_COLUMNS, _copy, ledger_row, line
 
 @dataclass(frozen=True)
 class Scope:
-    """A tenant's billing period: the ledger rows whose event time falls in [start, end)."""
+    """A tenant's billing period: the ledger rows whose event time falls in [start, end), except
+    adjustments of a closed period (billed, and so counted, in a later one)."""
 
     tenant: str
     start: datetime
     end: datetime
 
     def where(self, alias: str = "") -> tuple[str, tuple]:
+        # Adjustments belong to the period they are billed in, not to the closed one of their time.
         a = f"{alias}." if alias else ""
-        return (f"{a}tenantid = %s AND {a}event_time >= %s AND {a}event_time < %s",
-                (self.tenant, self.start, self.end))
+        return (f"{a}tenantid = %s AND {a}event_time >= %s AND {a}event_time < %s"
+                f" AND {a}adjusts_period IS NULL", (self.tenant, self.start, self.end))
 
 
 def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
@@ -39,10 +41,11 @@ def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
     where, params = scope.where()
     rows = conn.execute(
         "SELECT raw_topic, raw_topic_id, raw_partition, raw_offset,"
-        " (extract(epoch FROM ingested_at) * 1000)::bigint, raw, raw_key, tier"
+        " (extract(epoch FROM ingested_at) * 1000)::bigint, raw, raw_key, tier, reinject_of"
         f" FROM ledger WHERE {where}", params)
-    return [Record(t, tid, p, o, ms, bytes(raw), key=None if key is None else bytes(key), tier=tier)
-            for t, tid, p, o, ms, raw, key, tier in rows]
+    return [Record(t, tid, p, o, ms, bytes(raw), key=None if key is None else bytes(key), tier=tier,
+                   reinject_of=reinject_of)
+            for t, tid, p, o, ms, raw, key, tier, reinject_of in rows]
 
 
 def topic_records(settings: Settings, keep: Callable[[bytes], bool]) -> Iterator[Record]:

@@ -1,0 +1,66 @@
+"""Billing watermarks: closing a period freezes its totals and ledger digest."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from operators.revenue import period_bounds
+from sinks.replay import Ledger, Scope, digest, figures
+
+
+class PeriodError(ValueError):
+    """The period cannot be closed or changed; the message says why."""
+
+
+def scope_of(tenant: str, period: str) -> Scope:
+    start, end = period_bounds(period)
+    return Scope(tenant, start, end)
+
+
+def totals(conn: psycopg.Connection, scope: Scope) -> dict[str, dict[str, str]]:
+    """"customer/metric" -> events, quantity, revenue as exact strings."""
+    return {f"{c}/{m}": {"events": str(n), "quantity": str(q), "revenue": str(r)}
+            for (c, m), (n, q, r) in sorted(figures(conn, Ledger.live(scope)).items(), key=str)}
+
+
+def close_period(conn: psycopg.Connection, tenant: str, period: str, actor: str) -> tuple[str, dict]:
+    """Freeze a period: record its digest and totals, and bump the catalog version so running
+    flows bill its late events as adjustments of the next open period."""
+    scope = scope_of(tenant, period)
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM closed_periods WHERE tenant = %s AND period = %s",
+                        (tenant, period)).fetchone():
+            raise PeriodError(f"{tenant} {period} is already closed")
+        d, t = digest(conn, Ledger.live(scope)), totals(conn, scope)
+        conn.execute("INSERT INTO closed_periods (tenant, period, closed_by, digest, totals)"
+                     " VALUES (%s, %s, %s, %s, %s)", (tenant, period, actor, d, Jsonb(t)))
+        conn.execute("UPDATE catalog_state SET version = version + 1")
+    return d, t
+
+
+def is_closed(conn: psycopg.Connection, tenant: str, period: str) -> bool:
+    return conn.execute("SELECT 1 FROM closed_periods WHERE tenant = %s AND period = %s",
+                        (tenant, period)).fetchone() is not None
+
+
+def show_periods(conn: psycopg.Connection, tenant: str) -> list[dict]:
+    """Closed periods with their recorded totals and digest, today's digest (unchanged unless the
+    ledger was tampered with), and the adjustments billed in later periods."""
+    out = []
+    for period, closed_at, closed_by, recorded, recorded_totals in conn.execute(
+            "SELECT period, closed_at, closed_by, digest, totals FROM closed_periods"
+            " WHERE tenant = %s ORDER BY period", (tenant,)).fetchall():
+        adjustments = conn.execute(
+            "SELECT period, count(*), coalesce(sum(revenue), 0) FROM ledger"
+            " WHERE tenantid = %s AND adjusts_period = %s GROUP BY period ORDER BY period",
+            (tenant, period)).fetchall()
+        out.append({
+            "period": period, "closed_at": closed_at, "closed_by": closed_by, "digest": recorded,
+            "digest_now": digest(conn, Ledger.live(scope_of(tenant, period))), "totals": recorded_totals,
+            "adjustments": [{"billed_in": p, "events": n, "revenue": str(Decimal(r))}
+                            for p, n, r in adjustments],
+        })
+    return out
