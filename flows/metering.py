@@ -9,18 +9,14 @@ with what it reads (catalog, claim index).
 
 from __future__ import annotations
 
-import gc
-import shutil
-from datetime import timedelta
 from functools import partial
 
 import bytewax.operators as op
-from bytewax._bytewax import cli_main
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config import Settings
+from flows.execution import execute
 from operators.dedup import Dedup, dedup_bucket
 from operators.enrich import enrich_batch
 from operators.order import Reorder, Sequencer
@@ -35,8 +31,6 @@ from sinks.kafka import RouteSink, ensure_topics, raw_source, to_record, topic_i
 from sinks.ledger import ClaimIndex, LedgerSink
 
 DEDUP_CACHE_KEYS = 2_000_000  # per process, shared out over the dedup buckets
-RECOVERY_PARTITIONS = 4
-GC_THRESHOLDS = (100_000, 50, 100)
 
 
 class _DedupStep(StatefulBatchLogic[Record, Record, None]):
@@ -115,22 +109,7 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
 
 
 def run(settings: Settings, *, once: bool, workers: int = 1) -> None:
-    """Run the flow with recovery: after a crash it resumes from its last snapshot."""
+    """Run the metering flow; with once, read every raw partition to its end and exit."""
     ensure_topics(settings)
     flow = build(settings, once=once)
-    # Recovery state belongs to one incarnation of the raw topic; a new topic starts fresh.
-    db_dir = settings.recovery_dir / f"{settings.topics.raw}-{topic_id(settings, settings.topics.raw)}"
-    if not db_dir.exists():
-        staging = db_dir.with_name(db_dir.name + ".init")  # never leave a half-made dir behind
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        init_db_dir(staging, RECOVERY_PARTITIONS)
-        staging.rename(db_dir)
-    # The flow allocates millions of short-lived, acyclic objects; at CPython's default thresholds
-    # the cyclic GC took a third of the worker's time (measured with py-spy). Collect far less
-    # often, and never rescan what start-up built.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    cli_main(flow, workers_per_process=workers,
-             epoch_interval=timedelta(seconds=settings.epoch_interval_s),
-             recovery_config=RecoveryConfig(db_dir))
+    execute(flow, settings, f"{settings.topics.raw}-{topic_id(settings, settings.topics.raw)}", workers)

@@ -16,25 +16,19 @@ Every stage is a call into `operators/`; this file only wires them and supplies 
 
 from __future__ import annotations
 
-import shutil
-from datetime import timedelta
 from functools import partial
-from pathlib import Path
 
 import bytewax.operators as op
-from bytewax._bytewax import cli_main
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config import Settings
+from flows.execution import execute
 from operators.anomaly import Alert, CustomerMonitor, FirstDelivery, Usage, parse_enriched
 from operators.quota_pacing import Quota, QuotaPacing
 from sinks.alerts import AlertSink, QuotaCatalog, ensure_alerts_topic
 from sinks.kafka import ensure_topics, topic_id
-
-RECOVERY_PARTITIONS = 4
 
 
 class _DedupStep(StatefulBatchLogic[Usage, Usage, FirstDelivery]):
@@ -106,17 +100,10 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
     return flow
 
 
-def recovery_dir(settings: Settings) -> Path:
+def recovery_name(settings: Settings) -> str:
     """Recovery state belongs to one incarnation of the enriched topic; a new one starts fresh
     (and replays it whole, which the idempotent alert sink absorbs)."""
-    db_dir = settings.recovery_dir / f"monitoring-{topic_id(settings, settings.topics.enriched)}"
-    if not db_dir.exists():
-        staging = db_dir.with_name(db_dir.name + ".init")  # never leave a half-made dir behind
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        init_db_dir(staging, RECOVERY_PARTITIONS)
-        staging.rename(db_dir)
-    return db_dir
+    return f"monitoring-{topic_id(settings, settings.topics.enriched)}"
 
 
 def run(settings: Settings, *, once: bool) -> None:
@@ -126,5 +113,4 @@ def run(settings: Settings, *, once: bool) -> None:
     ensure_topics(settings)
     ensure_alerts_topic(settings)
     flow = build(settings, once=once)
-    cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=settings.epoch_interval_s),
-             recovery_config=RecoveryConfig(recovery_dir(settings)))
+    execute(flow, settings, recovery_name(settings))

@@ -112,7 +112,8 @@ def produce(settings, messages: list[tuple[str, bytes]]) -> None:
 def add_quota(settings) -> None:
     with connect(settings.database_url) as conn:
         conn.execute('INSERT INTO quotas (tenant, subscription, metric, "limit") VALUES'
-                     " ('acme', 'sub-2', 'api_calls', %s)", (QUOTA_LIMIT,))
+                     " ('acme', 'sub-2', 'api_calls', %s) ON CONFLICT (tenant, subscription, metric)"
+                     ' DO UPDATE SET "limit" = excluded."limit"', (QUOTA_LIMIT,))
         conn.execute("UPDATE catalog_state SET version = version + 1")
 
 
