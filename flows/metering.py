@@ -102,9 +102,9 @@ def build(settings: Settings, *, once: bool) -> Dataflow:
     rated = op.stateful_batch("revenue", by_subscription, partial(_RevenueStep, catalog))
     routed = op.map("route", op.key_rm("unkey_revenue", rated),
                     partial(route, topics=topics, secret=secret))
-    op.output("ledger", op.map("by_raw_partition", routed, lambda r: (str(r.partition), r)),
-              LedgerSink(settings.database_url))
-    op.output("output_topics", routed, RouteSink(settings))
+    by_raw_partition = op.map("by_raw_partition", routed, lambda r: (str(r.partition), r))
+    op.output("ledger", by_raw_partition, LedgerSink(settings.database_url))
+    op.output("output_topics", by_raw_partition, RouteSink(settings))
     return flow
 
 
