@@ -12,7 +12,7 @@ import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from psycopg.types.json import Jsonb
 
-from operators.audit import row_hash
+from operators.audit import values_hash
 from operators.dedup import Claim
 from schemas.record import Record, Status, parse_ref
 from sinks.audit import append_to_chains, store_entries
@@ -147,8 +147,8 @@ def _line_values(r: Record) -> list[dict]:
 def _seal(cur: psycopg.Cursor, records: list[Record], rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Append every new row to its tenant's audit chain: (chain entries, rows with their entry's seq)."""
     tenant_at = _LEDGER_NAMES.index("tenantid")
-    items = [(row[tenant_at] or "", r.coords, row_hash(dict(zip(_LEDGER_NAMES, row, strict=True)),
-                                                        _line_values(r)))
+    # the ledger row's columns are AUDIT_COLUMNS, in order (tests/test_audit.py checks it)
+    items = [(row[tenant_at] or "", r.coords, values_hash(row, _line_values(r)))
              for r, row in zip(records, rows, strict=True)]
     entries, seqs = append_to_chains(cur, "insert", items)
     return entries, [(*row, seq) for row, seq in zip(rows, seqs, strict=True)]
