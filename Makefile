@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint up down status clean
+.PHONY: install run test lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m bench
+
+bench-quick: install
+	$(BIN)/python -m bench --quick
 
 up: install
 	$(BIN)/aforo up

@@ -20,7 +20,7 @@ from sinks.postgres import connect
 
 # (column, type) of what the sink writes: binary COPY with declared types is about twice as fast
 # as text COPY to format.
-_LEDGER_COLUMNS = (
+LEDGER_COLUMNS = (
     ("raw_topic", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
     ("raw_key", "bytea"), ("raw", "bytea"), ("ingested_at", "timestamptz"), ("status", "text"),
     ("reason", "text"), ("detail", "text"), ("tenantid", "text"), ("source", "text"),
@@ -30,7 +30,7 @@ _LEDGER_COLUMNS = (
     ("currency", "text"), ("period", "text"), ("revenue", "numeric"), ("cost", "numeric"),
     ("margin", "numeric"), ("tier", "text"), ("reinject_of", "text"), ("adjusts_period", "text"),
 )
-_LINE_COLUMNS = (
+LINE_COLUMNS = (
     ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"), ("metric", "text"),
     ("grp", "jsonb"), ("quantity", "numeric"), ("total_after", "numeric"), ("revenue", "numeric"),
     ("cost", "numeric"), ("margin", "numeric"),
@@ -39,8 +39,8 @@ _CLAIM_COLUMNS = (
     ("dedup_key", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
     ("payload_hash", "bytea"), ("ingested_at", "timestamptz"),
 )
-_LEDGER_NAMES = tuple(name for name, _ in _LEDGER_COLUMNS)
-_SEALED_COLUMNS = (*_LEDGER_COLUMNS, ("audit_seq", "int8"))
+LEDGER_NAMES = tuple(name for name, _ in LEDGER_COLUMNS)
+_SEALED_COLUMNS = (*LEDGER_COLUMNS, ("audit_seq", "int8"))
 _CREATE_CLAIMS_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims)"
                         " ON COMMIT DELETE ROWS")
 # Totals only move forward: a replayed batch carries older totals (fewer events) and loses.
@@ -131,7 +131,11 @@ def claim_row(r: Record, ledger_row: tuple) -> tuple:
     return (r.dedup_key, r.topic_id, r.partition, r.offset, r.payload_hash, ledger_row[6])
 
 
-def _copy(cur: psycopg.Cursor, table: str, columns: tuple[tuple[str, str], ...], rows: list[tuple]) -> None:
+Columns = tuple[tuple[str, str], ...]  # (name, Postgres type)
+
+
+def copy_rows(cur: psycopg.Cursor, table: str, columns: Columns, rows: list[tuple]) -> None:
+    """Binary COPY of rows into the named columns of a table."""
     names = ", ".join(name for name, _ in columns)
     with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types([pg_type for _, pg_type in columns])
@@ -146,7 +150,7 @@ def _line_values(r: Record) -> list[dict]:
 
 def _seal(cur: psycopg.Cursor, records: list[Record], rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Append every new row to its tenant's audit chain: (chain entries, rows with their entry's seq)."""
-    tenant_at = _LEDGER_NAMES.index("tenantid")
+    tenant_at = LEDGER_NAMES.index("tenantid")
     # the ledger row's columns are AUDIT_COLUMNS, in order (tests/test_audit.py checks it)
     items = [(row[tenant_at] or "", r.coords, values_hash(row, _line_values(r)))
              for r, row in zip(records, rows, strict=True)]
@@ -191,15 +195,15 @@ def _write(cur: psycopg.Cursor, records: list[Record], replayed: bool) -> None:
     cur.executemany(_TAKE_OVER_CLAIM, [(*r.coords, r.dedup_key, *parse_ref(r.reinject_of))
                                        for r, _ in claiming if r.reinject_of is not None])
     entries, sealed = _seal(cur, records, rows)
-    _copy(cur, "ledger", _SEALED_COLUMNS, sealed)
-    _copy(cur, "ledger_lines", _LINE_COLUMNS, [line for r in records if r.lines for line in line_rows(r)])
+    copy_rows(cur, "ledger", _SEALED_COLUMNS, sealed)
+    copy_rows(cur, "ledger_lines", LINE_COLUMNS, [line for r in records if r.lines for line in line_rows(r)])
     store_entries(cur, entries)
     if replayed:
         cur.execute(_CREATE_CLAIMS_STAGE)
-        _copy(cur, "claims_stage", _CLAIM_COLUMNS, claims)
+        copy_rows(cur, "claims_stage", _CLAIM_COLUMNS, claims)
         cur.execute(_INSERT_NEW_CLAIMS)
     else:
-        _copy(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
+        copy_rows(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
         cur.executemany(_UPSERT_REVENUE, revenue_rows(records))
 
 

@@ -17,7 +17,7 @@ from config import Settings
 from schemas.record import Record
 from sinks.audit import reseal
 from sinks.kafka import TIER_HEADER, topic_id
-from sinks.ledger import _LEDGER_COLUMNS, _LINE_COLUMNS, _copy, ledger_row, line_rows
+from sinks.ledger import LEDGER_COLUMNS, LINE_COLUMNS, copy_rows, ledger_row, line_rows
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def topic_records(settings: Settings, keep: Callable[[bytes], bool]) -> Iterator
         consumer.close()
 
 
-_REPLAY_LEDGER = (("replay_id", "int8"), *_LEDGER_COLUMNS)
-_REPLAY_LINES = (("replay_id", "int8"), *_LINE_COLUMNS)
+_REPLAY_LEDGER = (("replay_id", "int8"), *LEDGER_COLUMNS)
+_REPLAY_LINES = (("replay_id", "int8"), *LINE_COLUMNS)
 
 
 def write_shadow(conn: psycopg.Connection, scope: Scope, period: str, source: str,
@@ -90,8 +90,8 @@ def write_shadow(conn: psycopg.Connection, scope: Scope, period: str, source: st
             "INSERT INTO replays (tenant, period, source, rows, digest, live_digest)"
             " VALUES (%s, %s, %s, %s, '', '') RETURNING id",
             (scope.tenant, period, source, len(records))).fetchone()[0]
-        _copy(cur, "replay_ledger", _REPLAY_LEDGER, [(replay_id, *ledger_row(r)) for r in records])
-        _copy(cur, "replay_lines", _REPLAY_LINES,
+        copy_rows(cur, "replay_ledger", _REPLAY_LEDGER, [(replay_id, *ledger_row(r)) for r in records])
+        copy_rows(cur, "replay_lines", _REPLAY_LINES,
               [(replay_id, *line) for r in records for line in line_rows(r)])
     return replay_id
 
@@ -191,8 +191,8 @@ def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id:
                      f" x.raw_offset) = (l.raw_topic_id, l.raw_partition, l.raw_offset) AND {where_l}",
                      params_l)
         conn.execute(f"DELETE FROM ledger WHERE {where}", params)
-        columns = ", ".join(name for name, _ in _LEDGER_COLUMNS)
-        line_columns = ", ".join(name for name, _ in _LINE_COLUMNS)
+        columns = ", ".join(name for name, _ in LEDGER_COLUMNS)
+        line_columns = ", ".join(name for name, _ in LINE_COLUMNS)
         conn.execute(f"INSERT INTO ledger ({columns}) SELECT {columns} FROM replay_ledger"
                      " WHERE replay_id = %s", (replay_id,))
         conn.execute(f"INSERT INTO ledger_lines ({line_columns}) SELECT {line_columns} FROM replay_lines"

@@ -14,14 +14,14 @@ from cli.demo import demo_stream
 from cli.main import main
 from flows.metering import run
 from operators.audit import AUDIT_COLUMNS
-from sinks.ledger import _LEDGER_NAMES
+from sinks.ledger import LEDGER_NAMES
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_written_column_is_sealed():
-    assert AUDIT_COLUMNS == _LEDGER_NAMES
+    assert AUDIT_COLUMNS == LEDGER_NAMES
 
 
 def verify(settings, tenant="acme"):

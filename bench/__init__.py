@@ -1,0 +1,1 @@
+"""Aforo's benchmark harness: `python -m bench` (see bench/README.md)."""

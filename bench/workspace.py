@@ -1,0 +1,212 @@
+"""Where a benchmark runs: one stack per bench run, one fresh Aforo installation per measurement.
+
+The stack is the embedded one, started on free ports under a temporary home and always stopped
+at the end, unless AFORO_KAFKA_BOOTSTRAP, AFORO_DATABASE_URL and AFORO_REDIS_URL are all set:
+then those services are used and everything the bench created on them is removed again.
+
+An installation is what one measurement owns: its topics (a unique prefix), its database (a copy
+of a migrated template holding the benchmark catalog, with its own catalog id so it shares no
+cache entries in Redis) and its AFORO_HOME (recovery snapshots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+import config
+from bench.events import bench_catalog
+from schemas.catalog import Catalog
+from sinks.catalog import apply_catalog
+from sinks.kafka import RawProducer, ensure_topics
+from sinks.postgres import connect, migrate
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret"
+READ_STALL_S = 10.0
+_STARTED = time.monotonic()
+
+
+def log(message: str) -> None:
+    """Progress, on stderr: stdout is the results table."""
+    elapsed = time.monotonic() - _STARTED
+    print(f"[bench {int(elapsed // 60):02d}:{elapsed % 60:04.1f}] {message}", file=sys.stderr, flush=True)
+
+
+def excerpt(output: str, head: int = 4000, tail: int = 1500) -> str:
+    """The start of a failed process's output (where Python's traceback is) and its end (where
+    Bytewax's panic is), without the thousands of backtrace lines in between."""
+    if len(output) <= head + tail:
+        return output
+    return f"{output[:head]}\n[... {len(output) - head - tail} characters left out ...]\n{output[-tail:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_db(url: str, db: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + db
+
+
+def environment(s: config.Settings) -> dict[str, str]:
+    """The environment that makes a subprocess `aforo` (or bench child) use installation `s`."""
+    return {**os.environ, "AFORO_HOME": str(s.home), "AFORO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "AFORO_DATABASE_URL": s.database_url, "AFORO_REDIS_URL": s.redis_url,
+            "AFORO_TOPIC_PREFIX": s.topic_prefix, "AFORO_SECRET": s.secret_env or "",
+            "AFORO_EPOCH_INTERVAL": str(s.epoch_interval_s), "AFORO_BATCH_SIZE": str(s.batch_size),
+            "AFORO_RAW_PARTITIONS": str(s.raw_partitions)}
+
+
+def produce(s: config.Settings, lines: list[bytes]) -> int:
+    """Send lines to the installation's raw topic; fail unless the broker acknowledged them all."""
+    ensure_topics(s)
+    producer = RawProducer(s)
+    for _ in producer.send(lines):
+        pass
+    producer.flush()
+    if producer.errors or producer.acked != len(lines):
+        raise RuntimeError(f"{len(lines) - producer.acked} of {len(lines)} events not acknowledged: "
+                           f"{producer.errors[:3]}")
+    return producer.acked
+
+
+def raw_batches(s: config.Settings, batch: int = 10_000) -> Iterator[list[Message]]:
+    """The installation's raw topic from its start to the end of every partition, in batches."""
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}-reader",
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(s.topics.raw, timeout=10).topics[s.topics.raw].partitions
+        consumer.assign([TopicPartition(s.topics.raw, p, OFFSET_BEGINNING) for p in partitions])
+        open_partitions = len(partitions)
+        last_progress = time.monotonic()
+        while open_partitions:
+            # A short timeout: consume() waits for a full batch or the timeout, whichever is first.
+            messages = consumer.consume(batch, 0.01)
+            if messages:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > READ_STALL_S:
+                raise RuntimeError(f"nothing from {s.topics.raw} for {READ_STALL_S} s before its end")
+            data = []
+            for m in messages:
+                error = m.error()
+                if error is None:
+                    data.append(m)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    open_partitions -= 1
+                else:
+                    raise RuntimeError(f"reading {s.topics.raw}: {error}")
+            yield data
+    finally:
+        consumer.close()
+
+
+def ledger_summary(s: config.Settings) -> dict[str, Any]:
+    """Ledger rows in all, and per `status/reason`."""
+    with connect(s.database_url) as conn:
+        counts = dict(conn.execute(
+            "SELECT status || '/' || coalesce(reason, ''), count(*) FROM ledger GROUP BY 1 ORDER BY 1"))
+    return {"ledger_rows": sum(counts.values()), "status_counts": counts}
+
+
+class Workspace:
+    def __init__(self, stack: config.Settings, home: Path, *, external: bool):
+        self.stack = stack  # every URL resolved, so children never look for a stack file
+        self.external = external
+        self._home = home
+        self._run = uuid.uuid4().hex[:8]
+        self._template = f"bench_{self._run}_template"
+
+    def postgres_settings(self) -> dict[str, str]:
+        """The server settings that decide what a commit costs, for the record."""
+        with connect(self.stack.database_url) as conn:
+            return {name: conn.execute(f"SHOW {name}").fetchone()[0]
+                    for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")}
+
+    def _admin(self, sql: str) -> None:
+        with psycopg.connect(_with_db(self.stack.database_url, "postgres"), autocommit=True) as conn:
+            conn.execute(sql)
+
+    @contextlib.contextmanager
+    def ready(self) -> Iterator[Workspace]:
+        """With the template database: the schema and the benchmark catalog."""
+        log("creating the template database (schema and benchmark catalog)")
+        self._admin(f"CREATE DATABASE {self._template}")
+        try:
+            url = _with_db(self.stack.database_url, self._template)
+            migrate(url)
+            with connect(url) as conn:
+                apply_catalog(conn, Catalog.model_validate(bench_catalog()))
+            yield self
+        finally:
+            self._admin(f"DROP DATABASE IF EXISTS {self._template} WITH (FORCE)")
+
+    @contextlib.contextmanager
+    def installation(self, name: str) -> Iterator[config.Settings]:
+        """A fresh installation for one measurement, removed afterwards."""
+        db = f"bench_{self._run}_{name}"
+        self._admin(f"CREATE DATABASE {db} TEMPLATE {self._template}")
+        url = _with_db(self.stack.database_url, db)
+        with connect(url) as conn:
+            conn.execute("UPDATE catalog_state SET catalog_id = md5(random()::text)")
+        s = dataclasses.replace(self.stack, home=self._home / name, database_url_env=url,
+                                topic_prefix=f"bench-{self._run}-{name}", secret_env=SECRET)
+        try:
+            yield s
+        finally:
+            # FORCE: an in-process flow leaves its lookup connections open
+            self._admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            _delete_topics(s)
+
+
+def _delete_topics(s: config.Settings) -> None:
+    """The broker keeps every message in memory: free it as soon as a measurement is done."""
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    doomed = [name for name in (s.topics.raw, *s.topics.outputs) if name in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=30).values():
+            future.result()
+
+
+@contextlib.contextmanager
+def open_workspace() -> Iterator[Workspace]:
+    """The stack for one bench run (see the module docstring), with the template database."""
+    base = config.load()
+    with tempfile.TemporaryDirectory(prefix="aforo-bench-") as tmp:
+        home = Path(tmp)
+        if base.external:
+            log("using the services given by AFORO_KAFKA_BOOTSTRAP, AFORO_DATABASE_URL, AFORO_REDIS_URL")
+            with Workspace(base, home, external=True).ready() as ws:
+                yield ws
+            return
+        from stack.embedded import down, up
+        embedded = dataclasses.replace(
+            base, home=home / "stack", embedded_kafka_port=_free_port(),
+            embedded_postgres_port=_free_port(), embedded_redis_port=_free_port())
+        log(f"starting the embedded stack under {embedded.home}")
+        up(embedded)
+        try:
+            resolved = dataclasses.replace(
+                embedded, kafka_bootstrap_env=embedded.kafka_bootstrap,
+                database_url_env=embedded.database_url, redis_url_env=embedded.redis_url)
+            with Workspace(resolved, home, external=False).ready() as ws:
+                yield ws
+        finally:
+            log("stopping the embedded stack")
+            down(embedded)

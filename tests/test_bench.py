@@ -1,0 +1,90 @@
+"""The benchmark harness runs end to end and its results are consistent. How fast anything is, is
+never asserted: that is what the figures are for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = (
+    "throughput_events_per_s", "throughput_2_workers_events_per_s", "scaling_2_workers",
+    "baseline_events_per_s", "speedup_over_baseline", "latency_p50_ms", "latency_p95_ms",
+    "latency_p99_ms", "stage_us_per_event", "worker_peak_rss_mb", "dedup_mb_per_million_keys",
+    "kafka_consume_events_per_s", "operators_events_per_s", "postgres_copy_rows_per_s",
+    "throughput_fraction_of_kafka_ceiling", "throughput_fraction_of_operators_ceiling",
+    "throughput_fraction_of_copy_ceiling",
+)
+STAGES = ("parse", "gates", "dedup", "order", "enrich", "rate", "route", "ledger sink", "kafka sink",
+          "other")
+
+
+@pytest.fixture(scope="module")
+def quick_run(stack, tmp_path_factory) -> tuple[Path, str]:
+    """`python -m bench --quick` on the test stack: (its results directory, its stdout)."""
+    out = tmp_path_factory.mktemp("bench-results")
+    env = {**os.environ, "AFORO_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "AFORO_DATABASE_URL": stack.database_url, "AFORO_REDIS_URL": stack.redis_url}
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-8000:]
+    return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def results(quick_run) -> dict:
+    out, _ = quick_run
+    return orjson.loads((out / "latest.json").read_bytes())
+
+
+def test_results_are_written_and_printed(quick_run, results):
+    out, stdout = quick_run
+    [stamped] = [p for p in out.iterdir() if p.name != "latest.json"]
+    assert stamped.suffix == ".json" and stamped.read_bytes() == (out / "latest.json").read_bytes()
+    assert "end-to-end throughput" in stdout and "stage costs" in stdout
+    assert results["git"]["commit"] and results["started_at"] < results["finished_at"]
+    assert {"nproc", "memory_gib", "cpu_model", "python"} <= results["machine"].keys()
+    assert results["skipped"] == [] and results["errors"] == {}
+
+
+def test_every_figure_is_present(results):
+    figures = results["figures"]
+    missing = [name for name in FIGURES if figures.get(name) is None]
+    assert not missing
+    assert set(STAGES) <= figures["stage_us_per_event"].keys()
+    assert set(results["targets"]) <= set(FIGURES)
+
+
+@pytest.mark.parametrize("run", ["throughput", "scaling"])
+def test_each_throughput_run_conserves_every_event(results, run):
+    r = results[run]
+    assert r["workers"] == {"throughput": 1, "scaling": 2}[run]
+    assert r["events"] == results["sizes"]["events"]
+    assert r["ledger_rows"] == sum(r["status_counts"].values()) == r["events"]
+    assert r["conserved"] and r["counts_match_expected"] and r["revenue_matches_ledger"]
+
+
+def test_the_baseline_processed_all_its_events(results):
+    b = results["baseline"]
+    assert b["processed"] == b["ledger_rows"] == b["events"] == results["sizes"]["baseline_events"]
+    assert b["counts_match_expected"]
+
+
+def test_latency_percentiles_are_ordered_over_every_offered_event(results):
+    lat = results["latency"]
+    assert lat["drained"] and lat["rows_measured"] == lat["sent"] > 0
+    assert 0 <= lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+
+
+def test_memory_and_ceilings_cover_their_whole_input(results):
+    assert results["memory"]["keys"] == results["sizes"]["dedup_keys"]
+    ceilings = results["ceilings"]
+    assert ceilings["kafka_events"] == ceilings["operators_events"] == ceilings["copy_rows"] \
+        == results["sizes"]["events"]
