@@ -92,9 +92,7 @@ def _installation(stack: config.Settings) -> Iterator[tuple[config.Settings, str
 def _server(settings: config.Settings) -> Iterator[str]:
     """`aforo serve` in its own process (rate limits and access log out of the way), until the run ends."""
     port = _free_port()
-    env = {**os.environ, "AFORO_HOME": str(settings.home), "AFORO_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "AFORO_DATABASE_URL": settings.database_url, "AFORO_REDIS_URL": settings.redis_url,
-           "AFORO_TOPIC_PREFIX": settings.topic_prefix}
+    env = {**os.environ, **settings.to_env()}
     code = ("from api.server import serve; from api.services import ApiOptions; "
             f"serve('127.0.0.1', {port}, ApiOptions(rate=1e9, burst=1e9), access_log=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)

@@ -66,11 +66,7 @@ def _with_db(url: str, db: str) -> str:
 
 def environment(s: config.Settings) -> dict[str, str]:
     """The environment that makes a subprocess `aforo` (or bench child) use installation `s`."""
-    return {**os.environ, "AFORO_HOME": str(s.home), "AFORO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "AFORO_DATABASE_URL": s.database_url, "AFORO_REDIS_URL": s.redis_url,
-            "AFORO_TOPIC_PREFIX": s.topic_prefix, "AFORO_SECRET": s.secret_env or "",
-            "AFORO_EPOCH_INTERVAL": str(s.epoch_interval_s), "AFORO_BATCH_SIZE": str(s.batch_size),
-            "AFORO_RAW_PARTITIONS": str(s.raw_partitions)}
+    return {**os.environ, **s.to_env()}
 
 
 def produce(s: config.Settings, lines: list[bytes]) -> int:

@@ -75,6 +75,15 @@ class Settings:
             actor=e.get("AFORO_ACTOR") or e.get("USER") or "unknown",
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give a child process (a CLI run, a test or bench
+        worker) this same installation: the inverse of from_env, with URLs resolved."""
+        return {"AFORO_HOME": str(self.home), "AFORO_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+                "AFORO_DATABASE_URL": self.database_url, "AFORO_REDIS_URL": self.redis_url,
+                "AFORO_TOPIC_PREFIX": self.topic_prefix, "AFORO_SECRET": self.secret_env or "",
+                "AFORO_EPOCH_INTERVAL": str(self.epoch_interval_s),
+                "AFORO_BATCH_SIZE": str(self.batch_size), "AFORO_RAW_PARTITIONS": str(self.raw_partitions)}
+
     # --- topics -------------------------------------------------------------------------
     @property
     def topics(self) -> Topics:

@@ -72,8 +72,4 @@ def routed(s: config.Settings) -> dict[str, set[str]]:
 
 def env_of(s: config.Settings) -> dict[str, str]:
     """The environment that makes a subprocess `aforo` see the same installation."""
-    return {**os.environ, "AFORO_HOME": str(s.home), "AFORO_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "AFORO_DATABASE_URL": s.database_url, "AFORO_REDIS_URL": s.redis_url,
-            "AFORO_TOPIC_PREFIX": s.topic_prefix, "AFORO_SECRET": s.secret_env or "",
-            "AFORO_EPOCH_INTERVAL": str(s.epoch_interval_s), "AFORO_BATCH_SIZE": str(s.batch_size),
-            "AFORO_RAW_PARTITIONS": str(s.raw_partitions)}
+    return {**os.environ, **s.to_env()}
