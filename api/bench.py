@@ -38,12 +38,6 @@ from sinks.postgres import connect, migrate
 POOL = 64  # distinct request bodies per case, cycled (the API's cost does not depend on ids)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _stack() -> Iterator[config.Settings]:
     """The configured services, or an embedded stack for the duration of the run."""
@@ -51,17 +45,9 @@ def _stack() -> Iterator[config.Settings]:
     if base.external:
         yield base
         return
-    from stack.embedded import down, up
-    with tempfile.TemporaryDirectory(prefix="aforo-bench-") as home:
-        settings = dataclasses.replace(base, home=Path(home), embedded_kafka_port=_free_port(),
-                                       embedded_postgres_port=_free_port(), embedded_redis_port=_free_port())
-        up(settings)
-        try:
-            yield dataclasses.replace(settings, kafka_bootstrap_env=settings.kafka_bootstrap,
-                                      database_url_env=settings.database_url,
-                                      redis_url_env=settings.redis_url)
-        finally:
-            down(settings)
+    from stack.embedded import temporary
+    with tempfile.TemporaryDirectory(prefix="aforo-bench-") as home, temporary(base, Path(home)) as settings:
+        yield settings
 
 
 @contextmanager
@@ -91,7 +77,8 @@ def _installation(stack: config.Settings) -> Iterator[tuple[config.Settings, str
 @contextmanager
 def _server(settings: config.Settings) -> Iterator[str]:
     """`aforo serve` in its own process (rate limits and access log out of the way), until the run ends."""
-    port = _free_port()
+    from stack.embedded import free_port
+    port = free_port()
     env = {**os.environ, **settings.to_env()}
     code = ("from api.server import serve; from api.services import ApiOptions; "
             f"serve('127.0.0.1', {port}, ApiOptions(rate=1e9, burst=1e9), access_log=False)")

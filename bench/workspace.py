@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -52,12 +51,6 @@ def excerpt(output: str, head: int = 4000, tail: int = 1500) -> str:
     if len(output) <= head + tail:
         return output
     return f"{output[:head]}\n[... {len(output) - head - tail} characters left out ...]\n{output[-tail:]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _with_db(url: str, db: str) -> str:
@@ -191,18 +184,9 @@ def open_workspace() -> Iterator[Workspace]:
             with Workspace(base, home, external=True).ready() as ws:
                 yield ws
             return
-        from stack.embedded import down, up
-        embedded = dataclasses.replace(
-            base, home=home / "stack", embedded_kafka_port=_free_port(),
-            embedded_postgres_port=_free_port(), embedded_redis_port=_free_port())
-        log(f"starting the embedded stack under {embedded.home}")
-        up(embedded)
-        try:
-            resolved = dataclasses.replace(
-                embedded, kafka_bootstrap_env=embedded.kafka_bootstrap,
-                database_url_env=embedded.database_url, redis_url_env=embedded.redis_url)
+        from stack.embedded import temporary
+        log(f"starting the embedded stack under {home / 'stack'}")
+        with temporary(base, home / "stack") as resolved:
             with Workspace(resolved, home, external=False).ready() as ws:
                 yield ws
-        finally:
             log("stopping the embedded stack")
-            down(embedded)

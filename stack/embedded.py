@@ -14,6 +14,7 @@ The broker is memory-only: topics and messages are gone after `down`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import importlib.util
 import os
@@ -167,6 +168,28 @@ def status(settings: Settings) -> list[ServiceState]:
             detail = "running" if svc.answers(url) else "running but not answering"
         result.append(ServiceState(svc.name, True, pid, url, detail))
     return result
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def temporary(base: Settings, home: Path) -> Iterator[Settings]:
+    """An embedded stack on free ports under `home` for the length of a block (tests,
+    benchmarks). Yields settings with its URLs filled in, so child processes given
+    `Settings.to_env()` reach the same services."""
+    settings = dataclasses.replace(base, home=home, embedded_kafka_port=free_port(),
+                                   embedded_postgres_port=free_port(), embedded_redis_port=free_port())
+    up(settings)
+    try:
+        yield dataclasses.replace(settings, kafka_bootstrap_env=settings.kafka_bootstrap,
+                                  database_url_env=settings.database_url, redis_url_env=settings.redis_url)
+    finally:
+        down(settings)
 
 
 # --- the services --------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,12 +26,6 @@ from sinks.postgres import migrate
 TEMPLATE_DB = "aforo_test_template"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _with_db(url: str, db: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + db
 
@@ -43,22 +36,14 @@ def stack() -> config.Settings:
     if base.external:
         yield base
         return
-    from stack.embedded import down, up
+    from stack.embedded import temporary
     # Not under pytest's basetemp: every pytest session resets that tree to mode 0700, which
     # would lock the Postgres system account out of a stack another session is running.
     home = Path(tempfile.mkdtemp(prefix="aforo-test-stack-"))
-    settings = dataclasses.replace(
-        base, home=home,
-        embedded_kafka_port=_free_port(), embedded_postgres_port=_free_port(),
-        embedded_redis_port=_free_port())
-    up(settings)
     try:
-        resolved = dataclasses.replace(
-            settings, kafka_bootstrap_env=settings.kafka_bootstrap,
-            database_url_env=settings.database_url, redis_url_env=settings.redis_url)
-        yield resolved
+        with temporary(base, home) as settings:
+            yield settings
     finally:
-        down(settings)
         shutil.rmtree(home, ignore_errors=True)
 
 
