@@ -284,6 +284,8 @@ class MetricSeries:
     def _close(self, hour: int) -> list[_Finding]:
         usage = self.open.pop(hour, _ZERO)
         found = self._judge_hour(hour, usage)
+        # Baselines are statistics (mean, sigma, z), not money: floats are right here; the
+        # usage itself stays Decimal in the weekly totals and the alerts.
         self.history.push(hour, float(usage))
         week, hour_in_week = divmod(hour - WEEK0_HOUR, WEEK_HOURS)
         self.weeks[week] = self.weeks.get(week, _ZERO) + usage

@@ -15,6 +15,7 @@ from operators.pricing import parse_charge
 from operators.timestamp_gate import to_us
 from schemas.billing import CostRate, Entitlement, MetricDef, SubscriptionRef, TenantInfo
 from schemas.catalog import Catalog
+from sinks.postgres import as_dicts
 
 
 class CatalogError(ValueError):
@@ -148,9 +149,7 @@ def _next_version(conn: psycopg.Connection, tenant: str, code: str) -> int:
 def show_catalog(conn: psycopg.Connection) -> dict:
     """The stored catalog in the file's own shape."""
     def rows(sql: str) -> list[dict]:
-        cur = conn.execute(sql)
-        names = [d.name for d in cur.description]
-        return [{k: v for k, v in zip(names, r, strict=True)} for r in cur]
+        return as_dicts(conn.execute(sql))
     return {
         "tenants": rows("SELECT id, name, currency, idempotency_key FROM tenants ORDER BY id"),
         "metrics": rows("SELECT tenant, code, event_type, aggregation, value_path AS value, group_by"

@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import psycopg
 
+from sinks.postgres import as_dicts
+
 EXPORT_COLUMNS = (
     "tenantid", "source", "id", "type", "subject", "time", "status", "reason", "detail",
     "ingested_at", "processed_at", "topic", "partition", "offset", "route", "dedup_key",
@@ -53,8 +55,7 @@ def event_chain(conn: psycopg.Connection, tenant: str, source: str, event_id: st
         " plan, plan_version, currency, period, revenue, cost, margin FROM ledger"
         " WHERE tenantid = %s AND source = %s AND event_id = %s"
         " ORDER BY ingested_at, raw_partition, raw_offset", (tenant, source, event_id))
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur]
+    return as_dicts(cur)
 
 
 def status_counts(conn: psycopg.Connection, raw_topic: str,
@@ -76,8 +77,7 @@ def revenue_by_customer(conn: psycopg.Connection, period: str, tenant: str | Non
         " sum(cost) AS cost, sum(revenue) - sum(cost) AS margin FROM revenue"
         " WHERE period = %s AND (%s::text IS NULL OR tenant = %s)"
         " GROUP BY tenant, customer, currency ORDER BY tenant, customer", (period, tenant, tenant))
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur]
+    return as_dicts(cur)
 
 
 def revenue_between(conn: psycopg.Connection, start: datetime, end: datetime,

@@ -10,11 +10,10 @@ import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import McpError
 from mcp.types import Implementation
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "mcp"))
-from proxy_support import Collector, free_port, process, proxy_argv, server_argv
+from proxy_support import Collector, call_tools, free_port, process, proxy_argv, server_argv, tool_calls
 
 AGENT = Implementation(name="http-agent", version="2.0")
 
@@ -45,17 +44,7 @@ async def exercise(url: str) -> list[str]:
     async with streamable_http_client(url) as (read, write, _sid), \
             ClientSession(read, write, client_info=AGENT) as session:
         await session.initialize()
-        out = [await session.call_tool("echo", {"text": "hi"}),
-               await session.call_tool("fail", {"reason": "r"})]
-        with pytest.raises(McpError) as err:
-            await session.call_tool("needs_auth", {})
-        out.append(err.value.error)
-        out.append(await session.call_tool("big", {"megabytes": 5}))
-        return [o.model_dump_json() for o in out]
-
-
-def tool_calls(events: dict[str, dict]) -> list[dict]:
-    return sorted((e for e in events.values() if e["type"] == "mcp.tool.call"), key=lambda e: e["time"])
+        return await call_tools(session)
 
 
 def test_results_identical_and_every_call_metered(upstream: str, proxied):

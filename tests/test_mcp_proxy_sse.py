@@ -10,14 +10,13 @@ import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
-from mcp.shared.exceptions import McpError
 from mcp.types import Implementation
 
 from mcp_proxy.sse import SseParser
 from mcp_proxy.sse_transport import split_endpoint
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "mcp"))
-from proxy_support import Collector, free_port, process, proxy_argv, server_argv
+from proxy_support import Collector, call_tools, free_port, process, proxy_argv, server_argv, tool_calls
 
 AGENT = Implementation(name="sse-agent", version="3.0")
 
@@ -62,18 +61,7 @@ def proxied(upstream: str, tmp_path: Path):
 async def exercise(url: str) -> list[str]:
     async with sse_client(url) as (read, write), ClientSession(read, write, client_info=AGENT) as session:
         await session.initialize()
-        out = [await session.call_tool("echo", {"text": "hi"}),
-               await session.call_tool("fail", {"reason": "r"})]
-        with pytest.raises(McpError) as err:
-            await session.call_tool("needs_auth", {})
-        out.append(err.value.error)
-        await asyncio.sleep(0.7)  # idle long enough for keep-alive pings to pass through the client
-        out.append(await session.call_tool("big", {"megabytes": 5}))
-        return [o.model_dump_json() for o in out]
-
-
-def tool_calls(events: dict[str, dict]) -> list[dict]:
-    return sorted((e for e in events.values() if e["type"] == "mcp.tool.call"), key=lambda e: e["time"])
+        return await call_tools(session, pause_s=0.7)  # idle long enough for keep-alive pings
 
 
 def test_results_identical_and_every_call_metered(upstream: str, proxied):

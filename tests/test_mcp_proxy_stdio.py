@@ -16,11 +16,10 @@ import orjson
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.shared.exceptions import McpError
 from mcp.types import Implementation
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "mcp"))
-from proxy_support import ENV, REPO, Collector, proxy_argv, server_argv
+from proxy_support import ENV, REPO, Collector, call_tools, proxy_argv, server_argv, tool_calls
 
 AGENT = Implementation(name="test-agent", version="9.9")
 
@@ -32,20 +31,6 @@ async def session_over(argv: list[str]):
             ClientSession(read, write, client_info=AGENT) as session:
         await session.initialize()
         yield session
-
-
-async def exercise(session: ClientSession) -> list:
-    """The same calls, direct or proxied: a result, a tool error, a protocol error, 5 MB."""
-    out = [await session.call_tool("echo", {"text": "hi"}), await session.call_tool("fail", {"reason": "r"})]
-    with pytest.raises(McpError) as err:
-        await session.call_tool("needs_auth", {})
-    out.append(err.value.error)
-    out.append(await session.call_tool("big", {"megabytes": 5}))
-    return [o.model_dump_json() for o in out]
-
-
-def tool_calls(events: dict[str, dict]) -> list[dict]:
-    return sorted((e for e in events.values() if e["type"] == "mcp.tool.call"), key=lambda e: e["time"])
 
 
 def test_results_identical_and_every_call_metered(tmp_path: Path):
@@ -75,7 +60,7 @@ def test_results_identical_and_every_call_metered(tmp_path: Path):
 
 async def _run(argv: list[str]) -> list:
     async with session_over(argv) as session:
-        return await exercise(session)
+        return await call_tools(session)
 
 
 def test_endpoint_outage_mid_session_loses_nothing(tmp_path: Path):
