@@ -21,6 +21,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from config import Settings
+from sinks.kafka import kafka_config
 
 HEARTBEAT_S = 15.0  # an SSE comment now and then keeps proxies from closing an idle stream
 SEEN = 100_000  # raw references remembered per connection to drop at-least-once repeats
@@ -29,9 +30,7 @@ SEEN = 100_000  # raw references remembered per connection to drop at-least-once
 def tail_consumer(settings: Settings) -> Consumer:
     """A consumer of the three output topics positioned at their current ends (resolved now, so
     everything routed after the stream opened is delivered)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"aforo-api-tail-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+    consumer = Consumer(kafka_config(settings, "consumer", group_id=f"aforo-api-tail-{uuid.uuid4().hex}"))
     assignment = []
     for topic in settings.topics.outputs:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]

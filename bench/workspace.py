@@ -30,7 +30,7 @@ import config
 from bench.events import bench_catalog
 from schemas.catalog import Catalog
 from sinks.catalog import apply_catalog
-from sinks.kafka import RawProducer, ensure_topics
+from sinks.kafka import RawProducer, ensure_topics, kafka_config
 from sinks.postgres import connect, migrate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,8 @@ def produce(s: config.Settings, lines: list[bytes]) -> int:
 
 def raw_batches(s: config.Settings, batch: int = 10_000) -> Iterator[list[Message]]:
     """The installation's raw topic from its start to the end of every partition, in batches."""
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}-reader",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
+    consumer = Consumer(kafka_config(s, "consumer", group_id=f"{s.topic_prefix}-reader",
+                                     enable_partition_eof=True))
     try:
         partitions = consumer.list_topics(s.topics.raw, timeout=10).topics[s.topics.raw].partitions
         consumer.assign([TopicPartition(s.topics.raw, p, OFFSET_BEGINNING) for p in partitions])
@@ -165,7 +165,7 @@ class Workspace:
 
 def _delete_topics(s: config.Settings) -> None:
     """The broker keeps every message in memory: free it as soon as a measurement is done."""
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(kafka_config(s, "admin"))
     existing = admin.list_topics(timeout=10).topics
     doomed = [name for name in (s.topics.raw, *s.topics.outputs) if name in existing]
     if doomed:

@@ -24,7 +24,7 @@ from config import Settings
 from operators.anomaly import Alert, utc
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
-from sinks.kafka import produce, producer_config
+from sinks.kafka import kafka_config, produce, producer_config
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
@@ -36,7 +36,7 @@ def alerts_topic(settings: Settings) -> str:
 
 
 def ensure_alerts_topic(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(kafka_config(settings, "admin"))
     name = alerts_topic(settings)
     if name in admin.list_topics(timeout=10).topics:
         return

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from config import Settings
 from schemas.record import Record
 from sinks.audit import reseal
-from sinks.kafka import TIER_HEADER, topic_id
+from sinks.kafka import TIER_HEADER, kafka_config, topic_id
 from sinks.ledger import LEDGER_COLUMNS, LINE_COLUMNS, copy_rows, ledger_row, line_rows
 
 
@@ -56,8 +56,8 @@ def topic_records(settings: Settings, keep: Callable[[bytes], bool]) -> Iterator
     """
     topic = settings.topics.raw
     raw_topic_id = topic_id(settings, topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "aforo-replay",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(kafka_config(settings, "consumer", group_id="aforo-replay",
+                                     enable_partition_eof=True))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])

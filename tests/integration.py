@@ -8,7 +8,7 @@ from collections import Counter
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import config
-from sinks.kafka import RawProducer, ensure_topics
+from sinks.kafka import RawProducer, ensure_topics, kafka_config
 from sinks.postgres import connect
 
 
@@ -49,8 +49,7 @@ def outcomes(s: config.Settings) -> Counter:
 
 def routed(s: config.Settings) -> dict[str, set[str]]:
     """raw reference -> the output topics it was produced to (read to partition EOF)."""
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "aforo-test",
-                  "enable.partition.eof": True, "enable.auto.commit": False})
+    c = Consumer(kafka_config(s, "consumer", group_id="aforo-test", enable_partition_eof=True))
     parts = []
     for topic in s.topics.outputs:
         meta = c.list_topics(topic, timeout=10).topics[topic]

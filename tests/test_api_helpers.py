@@ -20,7 +20,7 @@ import config
 from api.app import create_app
 from api.keys import create_key
 from api.services import ApiOptions
-from sinks.kafka import ensure_topics
+from sinks.kafka import ensure_topics, kafka_config
 from sinks.postgres import connect
 
 FIXTURES = Path(__file__).parent / "fixtures" / "api"
@@ -57,7 +57,7 @@ def open_api(settings: config.Settings, options: ApiOptions | None = None) -> It
 
 def raw_count(settings: config.Settings) -> int:
     """Records in the raw topic (the sum of its partitions' high watermarks)."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "aforo-api-test"})
+    c = Consumer(kafka_config(settings, "consumer", group_id="aforo-api-test"))
     try:
         meta = c.list_topics(settings.topics.raw, timeout=10).topics[settings.topics.raw]
         return sum(c.get_watermark_offsets(TopicPartition(settings.topics.raw, p), timeout=10)[1]

@@ -25,7 +25,7 @@ from operators.timestamp_gate import to_us
 from schemas.billing import BillingContext, RevenueLine
 from schemas.record import Record, Status
 from sinks.alerts import ALERT_HEADER, alerts_topic
-from sinks.kafka import ensure_topics, routed_message
+from sinks.kafka import ensure_topics, kafka_config, routed_message
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,7 @@ def reference_alerts(messages: list[tuple[str, bytes]]) -> dict[tuple, dict]:
 
 def produce(settings, messages: list[tuple[str, bytes]]) -> None:
     ensure_topics(settings)
-    p = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    p = Producer(kafka_config(settings, "producer"))
     for ref, value in messages:
         p.produce(settings.topics.enriched, value, key=b"acme", headers=[("aforo-raw", ref.encode())])
         p.poll(0)
@@ -130,8 +130,7 @@ def alert_count(settings) -> int:
 
 def topic_keys(settings) -> list[tuple]:
     """The alert key of every message on the alerts topic, read to its end."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "aforo-test",
-                  "enable.partition.eof": True, "enable.auto.commit": False})
+    c = Consumer(kafka_config(settings, "consumer", group_id="aforo-test", enable_partition_eof=True))
     c.assign([TopicPartition(alerts_topic(settings), 0, 0)])
     keys, done = [], False
     while not done:
