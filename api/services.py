@@ -13,9 +13,9 @@ from psycopg_pool import ConnectionPool
 from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
-from api.producer import RawTopicProducer
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
+from sinks.raw_producer import RawProducer
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class ApiOptions:
 class Services:
     def __init__(self, settings: Settings, options: ApiOptions):
         self.settings = settings
-        self.producer = RawTopicProducer(settings, options.delivery_timeout_s)
+        self.producer = RawProducer(settings, options.delivery_timeout_s)
         # Opened without waiting: the API starts (and answers 503) while Postgres is away.
         self.pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=False,
                                    kwargs={"autocommit": True})

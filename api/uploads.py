@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -36,7 +35,7 @@ from pydantic import BaseModel
 
 from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit, encode
 from api.limits import check_depth
-from api.producer import MAX_KEPT_ERRORS, Acks, RawTopicProducer, now_ms
+from sinks.raw_producer import MAX_KEPT_ERRORS, RawProducer
 
 FORMATS = ("csv", "json", "ndjson")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/json": "json",
@@ -325,17 +324,12 @@ class UploadReport(BaseModel):
             self.errors.append(BadRow(line=line, error=error))
 
 
-def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawTopicProducer,
-               tier: str = "upload") -> UploadReport:
-    """Produce every good row as it is read (stamped with the time it was read); blocks until the
-    broker has reported on each. `tenant` None (the CLI without --tenant) leaves rows as they are."""
-    report = UploadReport(format=fmt)
-    reported = threading.Event()
-    acks = Acks(reported.set, keep_coords=False)
+def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) -> Iterator[tuple[int, bytes]]:
+    """(line, raw record) of every row that can be produced; the others go to the report."""
     for row in rows:
         if row.fatal:
             report.stopped = BadRow(line=row.line, error=row.error or "")
-            break
+            return
         report.rows += 1
         if row.error is not None:
             report.refuse(row.line, row.error)
@@ -348,9 +342,15 @@ def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawT
         if len(raw) > MAX_EVENT_BYTES:
             report.refuse(row.line, f"the event is larger than {MAX_EVENT_BYTES} bytes")
             continue
-        producer.send_stream(acks, raw, tier, now_ms(), ref=row.line)
-    acks.seal()
-    reported.wait(producer.delivery_timeout_s + 30)
+        yield row.line, raw
+
+
+def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawProducer,
+               tier: str = "upload") -> UploadReport:
+    """Produce every good row as it is read (stamped with the time it was read); blocks until the
+    broker has reported on each. `tenant` None (the CLI without --tenant) leaves rows as they are."""
+    report = UploadReport(format=fmt)
+    acks = producer.send(_good_rows(rows, tenant, report), tier)
     report.produced = acks.acked
     report.not_acknowledged = acks.sent - acks.acked
     report.not_acknowledged_rows = [BadRow(line=line, error=error)

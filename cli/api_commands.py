@@ -111,9 +111,9 @@ class _Progress(io.RawIOBase):
 @click.option("--tenant", help="Fill a missing tenantid with T and refuse rows of other tenants.")
 def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> None:
     """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line."""
-    from api.producer import RawTopicProducer
     from api.uploads import UploadError, parse_csv_mapping, rows_of, run_upload
     from sinks.kafka import ensure_topics
+    from sinks.raw_producer import RawProducer
     fmt = fmt or _FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise click.ClickException(f"cannot tell the format of {file.name}: give --format")
@@ -123,7 +123,7 @@ def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> Non
     except (orjson.JSONDecodeError, UploadError) as exc:
         raise click.ClickException(f"--mapping: {exc}") from None
     ensure_topics(settings)
-    producer = RawTopicProducer(settings)
+    producer = RawProducer(settings)
     try:
         with file.open("rb", buffering=0) as raw, click.progressbar(
                 length=file.stat().st_size, label="uploading", file=sys.stderr) as bar:

@@ -94,27 +94,26 @@ def migrate() -> None:
 
 def send_lines(settings: config.Settings, lines, total: int | None = None) -> int:
     """Produce lines as raw records; returns how many the broker acknowledged."""
-    from sinks.kafka import RawProducer, ensure_topics
+    from sinks.kafka import ensure_topics
+    from sinks.raw_producer import RawProducer
     ensure_topics(settings)
     producer = RawProducer(settings)
-    if total is not None:
-        with click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True) as bar:
-            done = 0
-            for n in producer.send(lines):
-                bar.update(n - done)
-                done = n
-    else:  # a stream of unknown length: a live counter instead of a bar
-        tty = sys.stderr.isatty()
-        for n in producer.send(lines):
-            if tty:
-                click.echo(f"\rsent {n}", nl=False, err=True)
-        if tty:
+    try:
+        if total is not None:
+            with click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True) as bar:
+                acks = producer.send(enumerate(lines), "sdk", progress=lambda n: bar.update(n - bar.pos))
+        elif sys.stderr.isatty():  # a stream of unknown length: a live counter instead of a bar
+            acks = producer.send(enumerate(lines), "sdk",
+                                 progress=lambda n: click.echo(f"\rsent {n}", nl=False, err=True))
             click.echo("", err=True)
-    producer.flush()
-    if producer.errors:
-        click.echo(f"{len(producer.errors)} records not acknowledged, e.g. {producer.errors[0]}",
+        else:
+            acks = producer.send(enumerate(lines), "sdk")
+    finally:
+        producer.close()
+    if acks.failed:
+        click.echo(f"{acks.failed} records not acknowledged, e.g. {next(iter(acks.errors.values()))}",
                    err=True)
-    return producer.acked
+    return acks.acked
 
 
 @main.command()

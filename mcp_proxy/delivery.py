@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
-from confluent_kafka import Producer
 
 from config import Settings
-from sinks.kafka import TIER_HEADER, produce, producer_config, record_key
+from sinks.raw_producer import RawProducer
 
 log = logging.getLogger("aforo.mcp_proxy.delivery")
 
@@ -67,33 +66,23 @@ class HttpSender:
 
 
 class KafkaSender:
-    """Straight to `<prefix>.events.raw` with Aforo's idempotent producer settings, header
-    aforo-tier=mcp, keyed by tenant/customer like every other door."""
+    """Straight to `<prefix>.events.raw` through Aforo's raw producer (the one every door uses),
+    tier `mcp`."""
 
     def __init__(self, bootstrap: str, topic_prefix: str = "aforo", timeout_s: float = 10.0):
         settings = Settings(home=Path("."), kafka_bootstrap_env=bootstrap, topic_prefix=topic_prefix)
-        # A bounded message timeout turns an unreachable broker into a failed batch we spool,
+        # A bounded delivery timeout turns an unreachable broker into a failed batch we spool,
         # instead of librdkafka holding it in memory for its default five minutes.
-        self._producer = Producer({**producer_config(settings), "message.timeout.ms": int(timeout_s * 1000)})
-        self._topic = settings.topics.raw
-        self._timeout_s = timeout_s
-        self._headers = [(TIER_HEADER, TIER.encode())]
+        self._producer = RawProducer(settings, delivery_timeout_s=timeout_s)
 
     def send(self, events: list[bytes]) -> None:
-        errors: list[str] = []
-
-        def on_delivery(err, _msg) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for event in events:
-            produce(self._producer, self._topic, event, key=record_key(event), headers=self._headers,
-                    on_delivery=on_delivery)
-        if self._producer.flush(self._timeout_s + 5) or errors:
-            raise DeliveryError(f"kafka: {errors[:3] or 'not acknowledged in time'}")
+        acks = self._producer.send(enumerate(events), TIER)
+        if acks.failed:
+            raise DeliveryError(f"kafka: {acks.failed} of {len(events)} not acknowledged, e.g. "
+                                f"{list(acks.errors.values())[:3]}")
 
     def close(self) -> None:
-        self._producer.flush(1)
+        self._producer.close()
 
 
 class Spool:

@@ -1,9 +1,9 @@
-"""Kafka adapters: topic setup, the raw source, the producer for `aforo send`, the routing sink."""
+"""Kafka adapters: client configuration, topic setup, the raw source, the routing sink (the raw
+producer is sinks.raw_producer)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Iterator
 
 import orjson
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
@@ -114,39 +114,6 @@ def record_key(line: bytes) -> bytes | None:
         return f"{event['tenantid']}/{event['subject']}".encode()
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
-
-
-class RawProducer:
-    """Produces raw lines verbatim with an idempotent producer; counts acknowledgements."""
-
-    def __init__(self, settings: Settings, tier: str = "sdk"):
-        self._producer = Producer(producer_config(settings))
-        self._topic = settings.topics.raw
-        self._headers = [(TIER_HEADER, tier.encode())]
-        self.acked = 0
-        self.errors: list[str] = []
-
-    def _on_delivery(self, err, _msg) -> None:
-        if err is None:
-            self.acked += 1
-        else:
-            self.errors.append(str(err))
-
-    def send(self, lines: Iterable[bytes], timestamp_ms: int | None = None) -> Iterator[int]:
-        """Produce each line; yields the running count of lines handed to the producer."""
-        n = 0
-        for line in lines:
-            produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
-                    timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
-            n += 1
-            if n % 1000 == 0:
-                self._producer.poll(0)
-                yield n
-        yield n
-
-    def flush(self, timeout: float = 60.0) -> None:
-        if self._producer.flush(timeout) != 0:
-            self.errors.append("timed out waiting for broker acknowledgements")
 
 
 def routed_message(rec: Record) -> bytes:

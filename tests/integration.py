@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import config
-from sinks.kafka import RawProducer, ensure_topics, kafka_config
+from sinks.kafka import ensure_topics, kafka_config
 from sinks.postgres import connect
+from sinks.raw_producer import RawProducer
 
 
 def send(s: config.Settings, lines: list[bytes], timestamp_ms: int | None = None) -> int:
     ensure_topics(s)
     p = RawProducer(s)
-    for _ in p.send(lines, timestamp_ms=timestamp_ms):
-        pass
-    p.flush()
-    assert not p.errors, p.errors
-    return p.acked
+    try:
+        acks = p.send(enumerate(lines), "sdk", timestamp_ms=timestamp_ms)
+    finally:
+        p.close()
+    assert not acks.failed, acks.errors
+    return acks.acked
 
 
 def ledger(s: config.Settings) -> list[tuple]:
@@ -67,6 +70,26 @@ def routed(s: config.Settings) -> dict[str, set[str]]:
             seen.setdefault(ref, set()).add(m.topic())
     c.close()
     return seen
+
+
+def raw_records(s: config.Settings) -> list[tuple[bytes, dict[str, bytes], int]]:
+    """Every record of the raw topic (value, headers, Kafka timestamp), read to partition EOF
+    (the embedded broker's high watermarks count batches, not records)."""
+    c = Consumer(kafka_config(s, "consumer", group_id="aforo-test-raw", enable_partition_eof=True))
+    meta = c.list_topics(s.topics.raw, timeout=10).topics[s.topics.raw]
+    c.assign([TopicPartition(s.topics.raw, p, 0) for p in meta.partitions])
+    records, at_end = [], set()
+    deadline = time.monotonic() + 60
+    while len(at_end) < len(meta.partitions):
+        assert time.monotonic() < deadline, f"raw partitions {at_end} of {len(meta.partitions)} at their end"
+        for m in c.consume(1000, 1.0):
+            if m.error():
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                at_end.add(m.partition())
+            else:
+                records.append((m.value(), dict(m.headers() or ()), m.timestamp()[1]))
+    c.close()
+    return records
 
 
 def env_of(s: config.Settings) -> dict[str, str]:

@@ -25,9 +25,9 @@ from api.cloudevents import (
 )
 from api.errors import ApiError, documented
 from api.limits import MIB, decoded, parse_json, read_body
-from api.producer import now_ms
 from api.services import Svc
 from api.stream import tail, tail_consumer
+from sinks.raw_producer import now_ms
 from sinks.reports import event_chain
 
 router = APIRouter(tags=["events"])

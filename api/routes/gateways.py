@@ -12,8 +12,8 @@ from api.cloudevents import rfc3339_ms
 from api.errors import bad_request, documented
 from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
 from api.limits import MIB, decoded, parse_json, read_body
-from api.producer import now_ms
 from api.services import Services, Svc
+from sinks.raw_producer import now_ms
 
 router = APIRouter(tags=["gateways"])
 

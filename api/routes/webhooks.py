@@ -12,10 +12,10 @@ from api.accept import Accepted, json_response, produce_events
 from api.cloudevents import media_type, rfc3339_ms
 from api.errors import ApiError, bad_request, documented
 from api.limits import MIB, read_body
-from api.producer import now_ms
 from api.services import Svc
 from api.webhooks.mapping import map_events, parse_payload
 from api.webhooks.signatures import PROVIDERS, VERIFIERS, SignatureError, SignedRequest
+from sinks.raw_producer import now_ms
 
 router = APIRouter(tags=["webhooks"])
 
