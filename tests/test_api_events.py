@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from integration import raw_records
 from starlette.testclient import TestClient
 from test_api_helpers import new_key, open_api, raw_count
 
@@ -35,21 +36,29 @@ def _event(i: int = 1, **extra) -> dict:
 # --- plain functions ---------------------------------------------------------------------------
 
 def test_admit_fills_the_tenant_and_refuses_another():
-    assert admit({"id": "x"}, "acme") == {"id": "x", "tenantid": "acme"}
-    assert admit({"id": "x", "tenantid": "acme"}, "acme") == {"id": "x", "tenantid": "acme"}
+    assert admit({"id": "x"}, "acme", b'{"id" : "x"}') == b'{"tenantid":"acme","id" : "x"}'
+    assert admit({}, "acme", b"{ }") == b'{"tenantid":"acme" }'
+    assert admit({"id": "x"}, "acme") == b'{"tenantid":"acme","id":"x"}'
+    assert admit({"id": "x", "tenantid": "acme"}, "acme", b"as sent") == b"as sent"
+    assert admit({"id": "x"}, None, b"as sent") == b"as sent"  # the CLI without --tenant
     with pytest.raises(PermissionError, match="globex"):
         admit({"tenantid": "globex"}, "acme")
+    with pytest.raises(PermissionError, match="None"):
+        admit({"tenantid": None}, "acme")
     with pytest.raises(ValueError, match="JSON object"):
         admit([1], "acme")
 
 
 def test_a_batch_is_refused_whole_naming_each_bad_event():
+    def admitted(events):
+        return admit_batch(events, [orjson.dumps(e) for e in events], "acme")
+
     with pytest.raises(ApiError) as refused:
-        admit_batch([_event(1), 7, _event(3, tenantid="globex"), "x"], "acme")
+        admitted([_event(1), 7, _event(3, tenantid="globex"), "x"])
     assert refused.value.status == 400
     assert [e["index"] for e in refused.value.extra["events"]] == [1, 3]
     with pytest.raises(ApiError) as foreign:
-        admit_batch([_event(1), _event(2, tenantid="globex")], "acme")
+        admitted([_event(1), _event(2, tenantid="globex")])
     assert foreign.value.status == 403 and foreign.value.extra["events"][0]["index"] == 1
 
 
@@ -165,6 +174,32 @@ def test_events_end_to_end_with_tier_and_provenance(api_app):
     _, globex_key = new_key(s, "globex")
     globex = {"Authorization": f"Bearer {globex_key}"}
     assert client.get("/v1/events/sdk/test/e-1", headers=globex).status_code == 404
+
+
+# Numbers a binary float cannot hold: 2**70, 19 significant digits, beyond a double's range both
+# ways; pretty-printed, with an escape and a non-ASCII character the encoder would rewrite.
+_EXACT = ('{"specversion": "1.0", "id": "exact", "source": "sdk/test", "type": "llm.completion",\n'
+          '   "subject": "cust-1", "time": "2026-12-01T00:00:00Z", "tenantid": "acme",\n'
+          '   "data": {"tokens": 1180591620717411303424, "cost": 12345678901234567.89, "tiny": 1E-400,'
+          ' "huge": 1e400, "note": "caf\\u00e9 \u2615", "zero": -0.0}}').encode()
+_NO_TENANT = b'{ "id": "no-tenant", "specversion": "1.0", "source": "sdk/test", "type": "api.call",' \
+             b' "subject": "cust-1", "time": "2026-12-01T00:00:00Z", "data": {"n": 0.10}}'
+
+
+@pytest.mark.integration
+def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
+    """No number passes through a binary float: a batch's events are produced as their own slices
+    of the body; only a missing tenantid is added (first, from the key)."""
+    client, s = api_app.client, api_app.settings
+    batch = client.post("/v1/events", content=b"[\n  " + _EXACT + b" ,\n\t" + _NO_TENANT + b"\n]",
+                        headers={**api_app.auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert batch.status_code == 202, batch.text
+    single = client.post("/v1/events", content=b"\n " + _EXACT.replace(b'"exact"', b'"single"') + b"\n",
+                         headers={**api_app.auth, "Content-Type": "application/cloudevents+json"})
+    assert single.status_code == 202, single.text
+    assert sorted(value for value, _, _ in raw_records(s)) == sorted([
+        _EXACT, b'{"tenantid":"acme", "id": "no-tenant"' + _NO_TENANT.split(b'"no-tenant"', 1)[1],
+        _EXACT.replace(b'"exact"', b'"single"')])
 
 
 @pytest.mark.integration

@@ -22,9 +22,10 @@ from api.cloudevents import (
     admit_batch,
     batch_of,
     media_type,
+    parse_exact,
 )
 from api.errors import ApiError, documented
-from api.limits import MIB, decoded, parse_json, read_body
+from api.limits import MIB, decoded, read_body
 from api.services import Svc
 from api.stream import tail, tail_consumer
 from sinks.raw_producer import now_ms
@@ -65,8 +66,10 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be one of {', '.join(EVENT_MEDIA_TYPES)}, got {content_type!r}")
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")), MIB)
-    events = admit_batch(batch_of(parse_json(body), content_type), caller.tenant)
-    return json_response(await produce_events(svc, events, "rest", received), 202)
+    doc, texts = parse_exact(body)
+    events = batch_of(doc, content_type)
+    raws = admit_batch(events, texts, caller.tenant)
+    return json_response(await produce_events(svc, events, "rest", received, raws), 202)
 
 
 class LedgerRecord(BaseModel):
