@@ -30,11 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import orjson
 from pydantic import BaseModel
 
-from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit, encode
+from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit
 from api.limits import check_depth
+from schemas import exact_json
 from sinks.raw_producer import MAX_KEPT_ERRORS, RawProducer
 
 FORMATS = ("csv", "json", "ndjson")
@@ -57,6 +57,7 @@ class Row:
     value: object = None
     error: str | None = None
     fatal: bool = False  # the rest of the file cannot be read
+    raw: bytes | None = None  # a JSON row's own bytes, produced as they are (a CSV row is encoded)
 
 
 def format_of(fmt: str | None, content_type: str | None) -> str:
@@ -70,15 +71,14 @@ def format_of(fmt: str | None, content_type: str | None) -> str:
     return MEDIA_TYPES[media]
 
 
-def _parse(raw: bytes) -> tuple[object, str | None]:
+def _json_row(line: int, raw: bytes) -> Row:
+    """A JSON row, numbers exact (schemas.exact_json), keeping its bytes without surrounding whitespace."""
     try:
-        value = orjson.loads(raw)
+        value = exact_json.loads(raw)
         check_depth(value)
-    except orjson.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc}"
     except ValueError as exc:
-        return None, str(exc)
-    return value, None
+        return Row(line, error=str(exc))
+    return Row(line, value, raw=raw.strip(_WS))
 
 
 # --- NDJSON ------------------------------------------------------------------------------------
@@ -94,8 +94,7 @@ def ndjson_rows(stream: BinaryIO) -> Iterator[Row]:
             yield Row(number, error=f"line is longer than {MAX_LINE} bytes")
             continue
         if line.strip():
-            value, error = _parse(line)
-            yield Row(number, value, error)
+            yield _json_row(number, line)
 
 
 # --- a JSON array, element by element ---------------------------------------------------------
@@ -189,9 +188,7 @@ def json_array_rows(stream: BinaryIO) -> Iterator[Row]:
                     yield Row(s.line_at(s.pos), error="the JSON array is not closed", fatal=True)
                     return
                 end = s.element_end()
-            line = s.line_at(s.pos)
-            value, error = _parse(s.buf[s.pos:end])
-            yield Row(line, value, error)
+            yield _json_row(s.line_at(s.pos), s.buf[s.pos:end])
             closing = s.buf[end] == ord("]")
             s.pos = end + 1
             if closing:
@@ -335,7 +332,7 @@ def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) ->
             report.refuse(row.line, row.error)
             continue
         try:
-            raw = encode(admit(row.value, tenant))
+            raw = admit(row.value, tenant, row.raw)
         except (ValueError, PermissionError) as exc:
             report.refuse(row.line, str(exc))
             continue
