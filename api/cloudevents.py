@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import orjson
 
@@ -35,15 +36,15 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_exact(body: bytes, what: str = "body") -> tuple[object, list[bytes]]:
-    """A JSON body, numbers exact, with the bytes of each element when it is an array (see
-    schemas.exact_json), depth bounded; a 400 naming the problem otherwise."""
+def parse_exact(body: bytes, what: str = "body", *, with_text: bool = False) -> object:
+    """A JSON body, numbers exact (schemas.exact_json), depth bounded; a 400 naming the problem
+    otherwise. with_text: (document, the bytes of each element when it is an array, else of it)."""
     try:
-        doc, texts = exact_json.loads_with_text(body)
+        doc, texts = exact_json.loads_with_text(body) if with_text else (exact_json.loads(body), None)
         check_depth(doc)
     except ValueError as exc:
         raise bad_request(f"{what}: {exc}") from None
-    return doc, texts
+    return (doc, texts) if with_text else doc
 
 
 def batch_of(doc: object, content_type: str) -> list[object]:
@@ -111,6 +112,9 @@ def encode(event: Mapping) -> bytes:
     return exact_json.dumps(event)
 
 
+_MAX_MS = 253402300800000  # 10000-01-01T00:00:00Z
+
+
 def rfc3339_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -118,20 +122,22 @@ def rfc3339_ms(ms: int) -> str:
 def to_rfc3339(value: object) -> object:
     """A provider's timestamp as RFC 3339: epoch numbers (seconds, or milliseconds when too large to
     be seconds) are converted; strings are kept as sent (the timestamp gate judges them)."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isdigit() and len(value) < 20:
         value = int(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        ms = value if value > 1e11 else value * 1000
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         try:
+            ms = value if value > 10**11 else value * 1000
+            if not -_MAX_MS < ms < _MAX_MS:  # checked first: int() of 1e999999999 would not end
+                raise ValueError(ms)
             return rfc3339_ms(int(ms))
-        except (OverflowError, OSError, ValueError):
-            return str(value)  # out of range: the gate rejects it with its reason
+        except (ArithmeticError, OSError, ValueError):  # out of range, or not finite
+            return str(value)  # the gate rejects it with its reason
     return value
 
 
 def scalar_text(value: object) -> object:
     """Provider ids and subjects are often numbers; CloudEvents attributes are strings."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         return str(value)
     return value
 

@@ -36,18 +36,27 @@ _WS = re.compile(r"[ \t\r\n]*")
 _BYTES_WS = b" \t\r\n"
 
 
+def _text(raw: bytes | str) -> str:
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise JsonError(f"not valid UTF-8: {exc}") from None
+
+
 def loads(raw: bytes | str) -> object:
     """One JSON document, numbers exact; JsonError when it is not JSON."""
-    return loads_with_text(raw if isinstance(raw, bytes) else raw.encode())[0]
+    try:
+        return _DECODER.decode(_text(raw))
+    except json.JSONDecodeError as exc:
+        raise JsonError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise JsonError("JSON nests too deep") from None
 
 
 def loads_with_text(raw: bytes) -> tuple[object, list[bytes]]:
     """The document, numbers exact, and the exact bytes of each of its values: each element's
     when it is an array, else the whole document's (surrounding whitespace left out)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JsonError(f"not valid UTF-8: {exc}") from None
+    text = _text(raw)
     try:
         start = _WS.match(text).end()
         if text.startswith("[", start):

@@ -66,7 +66,7 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be one of {', '.join(EVENT_MEDIA_TYPES)}, got {content_type!r}")
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")), MIB)
-    doc, texts = parse_exact(body)
+    doc, texts = parse_exact(body, with_text=True)
     events = batch_of(doc, content_type)
     raws = admit_batch(events, texts, caller.tenant)
     return json_response(await produce_events(svc, events, "rest", received, raws), 202)

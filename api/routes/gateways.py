@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.accept import Accepted, json_response, produce_events
 from api.auth import Caller, GatewayCaller, authenticate
-from api.cloudevents import rfc3339_ms
+from api.cloudevents import parse_exact, rfc3339_ms
 from api.errors import bad_request, documented
 from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
-from api.limits import MIB, decoded, parse_json, read_body
+from api.limits import MIB, decoded, read_body
 from api.services import Services, Svc
 from sinks.raw_producer import now_ms
 
@@ -36,7 +36,7 @@ async def _ingest(gateway: str, request: Request, caller: Caller, svc: Services,
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")),
                            MAX_EXPORT_BYTES)
     try:
-        events = export_events(FORMATS[gateway], parse_json(body), tenant=caller.tenant,
+        events = export_events(FORMATS[gateway], parse_exact(body), tenant=caller.tenant,
                                source=source or f"gateway/{gateway}", received=rfc3339_ms(received))
     except ExportError as exc:
         raise bad_request(f"not a {gateway} log export: {exc}") from None
