@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
+from api.webhooks.secrets import SecretBox
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
 from sinks.raw_producer import RawProducer
@@ -38,6 +39,7 @@ class Services:
         self.limiter = RateLimiter(options.rate, options.burst)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
+        self.secrets = SecretBox(settings)
 
     async def db(self, query: Callable[..., T], *args: object) -> T:
         """Run a plain `(conn, ...)` query function (the same ones the CLI calls) off the event loop."""

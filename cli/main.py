@@ -77,15 +77,19 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
+    from api.webhooks.secrets import seal_stored_secrets
     from sinks.kafka import ensure_topics
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     try:
         applied = pg_migrate(s.database_url)
+        sealed = seal_stored_secrets(s)
         ensure_topics(s)
     except config.NotConfigured as exc:
         _fail(str(exc))
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
+    if sealed:
+        click.echo(f"encrypted {sealed} webhook secrets stored in plaintext")
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
                + ", ".join(s.topics.outputs))
 

@@ -45,6 +45,7 @@ class Settings:
     topic_prefix: str = "aforo"
     raw_partitions: int = 8
     secret_env: str | None = None
+    webhook_key_env: str | None = None
     recovery_dir_env: str | None = None
     embedded_kafka_port: int = 19092
     embedded_postgres_port: int = 15432
@@ -65,6 +66,7 @@ class Settings:
             topic_prefix=e.get("AFORO_TOPIC_PREFIX") or "aforo",
             raw_partitions=_int(e, "AFORO_RAW_PARTITIONS", 8),
             secret_env=e.get("AFORO_SECRET") or None,
+            webhook_key_env=e.get("AFORO_WEBHOOK_KEY") or None,
             recovery_dir_env=e.get("AFORO_RECOVERY_DIR") or None,
             embedded_kafka_port=_int(e, "AFORO_EMBEDDED_KAFKA_PORT", 19092),
             embedded_postgres_port=_int(e, "AFORO_EMBEDDED_POSTGRES_PORT", 15432),
@@ -81,6 +83,7 @@ class Settings:
         return {"AFORO_HOME": str(self.home), "AFORO_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "AFORO_DATABASE_URL": self.database_url, "AFORO_REDIS_URL": self.redis_url,
                 "AFORO_TOPIC_PREFIX": self.topic_prefix, "AFORO_SECRET": self.secret_env or "",
+                "AFORO_WEBHOOK_KEY": self.webhook_key_env or "",
                 "AFORO_EPOCH_INTERVAL": str(self.epoch_interval_s),
                 "AFORO_BATCH_SIZE": str(self.batch_size), "AFORO_RAW_PARTITIONS": str(self.raw_partitions)}
 
@@ -141,6 +144,13 @@ class Settings:
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         return path.read_text().strip().encode()
+
+
+    @property
+    def webhook_key_file(self) -> Path:
+        """Where the key that encrypts webhook secrets is kept (mode 0600) when AFORO_WEBHOOK_KEY
+        does not give it (api/webhooks/secrets.py)."""
+        return self.home / "webhook.key"
 
 
 def load() -> Settings:
