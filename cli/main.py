@@ -42,7 +42,7 @@ for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
 def _print_services(states) -> None:
     for s in states:
         state = "running" if s.running else "stopped"
-        click.echo(f"{s.name:<9} {state:<8} {s.url or '-':<45} {s.detail}")
+        click.echo(f"{s.name:<9} {state:<8} {config.redacted_url(s.url) or '-':<45} {s.detail}")
 
 
 @main.command()

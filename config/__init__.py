@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -138,12 +140,7 @@ class Settings:
         so hashes stay verifiable across restarts of a local stack."""
         if self.secret_env:
             return self.secret_env.encode()
-        path = self.home / "secret"
-        if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+        return kept_secret(self.home / "secret", lambda: secrets.token_hex(32)).encode()
 
 
     @property
@@ -151,6 +148,31 @@ class Settings:
         """Where the key that encrypts webhook secrets is kept (mode 0600) when AFORO_WEBHOOK_KEY
         does not give it (api/webhooks/secrets.py)."""
         return self.home / "webhook.key"
+
+
+def kept_secret(path: Path, generate: Callable[[], str]) -> str:
+    """The secret kept in `path`, generated there first if missing: created with mode 0600 from the
+    start (never readable by others, even for a moment) and exclusively (two processes never
+    write two different secrets)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(generate())
+    return path.read_text().strip()
+
+
+def redacted_url(url: str) -> str:
+    """A service URL fit to print: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
 
 
 def load() -> Settings:

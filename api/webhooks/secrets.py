@@ -9,12 +9,11 @@ encryption; it still verifies, and `aforo migrate` encrypts it (`seal_stored_sec
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import psycopg
 
-from config import Settings
+from config import Settings, kept_secret
 
 PREFIX = "fernet:"
 
@@ -61,17 +60,10 @@ class SecretBox:
 
 
 def _key_file(path: Path, create: bool) -> bytes:
-    if create and not path.exists():
-        from cryptography.fernet import Fernet
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # created 0600 from the start (O_EXCL: two processes never write two keys)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
+    from cryptography.fernet import Fernet
     try:
+        if create:
+            return kept_secret(path, lambda: Fernet.generate_key().decode()).encode()
         return path.read_bytes().strip()
     except FileNotFoundError:
         raise SecretKeyError(f"no webhook key: {path} does not exist (copy it from where the "
