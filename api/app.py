@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from api.errors import ApiError
 from api.routes import events, gateways, uploads, webhooks
+from api.routes.gateways import firehose_reply
 from api.services import ApiOptions, Services
 from config import Settings
 
@@ -24,32 +25,35 @@ the time of receipt, for the metering pipeline; semantic validation happens ther
 that reached the raw topic ends in the ledger with a status and a reason."""
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
            **extra: object) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+    """Every error answer; a Firehose delivery's also carries what Firehose requires of it."""
+    body = {"error": code, "message": message, **extra, **firehose_reply(request.headers, message)}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error(request, exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
 
-async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
-    return _error(400, "bad_request", "; ".join(problems) or "invalid request")
+    return _error(request, 400, "bad_request", "; ".join(problems) or "invalid request")
 
 
-async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    return _error(503, "unavailable", f"the database is unavailable: {type(exc).__name__}",
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(request, 503, "unavailable", f"the database is unavailable: {type(exc).__name__}",
                   headers={"Retry-After": "5"})
 
 
-async def _disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
-    return _error(400, "client_disconnected", "the client closed the connection before the body was read")
+async def _disconnected(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+    return _error(request, 400, "client_disconnected",
+                  "the client closed the connection before the body was read")
 
 
 def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:

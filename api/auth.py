@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
@@ -27,9 +27,13 @@ class Caller:
     key_id: str
 
 
-async def authenticate(svc: Services, key: str | None) -> Caller:
-    unauthorized = ApiError(401, "unauthorized", "a valid API key is required "
-                            "(Authorization: Bearer afk_...)", headers={"WWW-Authenticate": "Bearer"})
+BEARER = "Authorization: Bearer afk_..."
+
+
+async def authenticate(svc: Services, key: str | None, where: str = BEARER) -> Caller:
+    """The caller of `key`; a 401 saying `where` the key goes otherwise."""
+    unauthorized = ApiError(401, "unauthorized", f"a valid API key is required ({where})",
+                            headers={"WWW-Authenticate": "Bearer"})
     key_id = key_id_of(key) if key else None
     if key_id is None:
         raise unauthorized
@@ -44,8 +48,11 @@ async def rest_caller(credentials: Bearer, svc: Svc) -> Caller:
     return await authenticate(svc, credentials.credentials if credentials else None)
 
 
-async def gateway_caller(credentials: Bearer, access_key: FirehoseKey, svc: Svc) -> Caller:
-    return await authenticate(svc, credentials.credentials if credentials else access_key)
+async def gateway_caller(request: Request, credentials: Bearer, access_key: FirehoseKey, svc: Svc) -> Caller:
+    # Firehose sends its HTTP endpoint's access key in its own header, never Authorization.
+    where = ("X-Amz-Firehose-Access-Key: afk_... (the stream's HTTP endpoint access key)"
+             if "x-amz-firehose-request-id" in request.headers else BEARER)
+    return await authenticate(svc, credentials.credentials if credentials else access_key, where)
 
 
 RestCaller = Annotated[Caller, Depends(rest_caller)]

@@ -15,9 +15,6 @@ class ApiError(Exception):
         self.headers = headers
         self.extra = extra
 
-    def body(self) -> dict[str, object]:
-        return {"error": self.code, "message": self.message, **self.extra}
-
 
 class ErrorBody(BaseModel):
     """Every 4xx/5xx answer of the API."""

@@ -38,6 +38,7 @@ class ExportError(ValueError):
 @dataclass(frozen=True)
 class GatewayFormat:
     name: str
+    title: str  # what the gateway and its export are called, for messages
     entries: Callable[[object], list[object]]  # the logged requests inside one export body
     paths: dict[str, tuple[str, ...]]  # event field -> candidate JSONPaths
     # when no latency field is present: (start, end) timestamps whose difference is the latency
@@ -97,7 +98,7 @@ def _aws(doc: object) -> list[object]:
 
 FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
     # Kong http-log plugin: https://developer.konghq.com/plugins/http-log/ (log format)
-    GatewayFormat("kong", _kong, {
+    GatewayFormat("kong", "Kong http-log", _kong, {
         "id": ("$.request.id", "$.request.headers['x-kong-request-id']",
                "$.response.headers['x-kong-request-id']"),
         "time": ("$.started_at",),
@@ -110,7 +111,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
         "api": ("$.service.name",),
     }),
     # API Gateway access logging ($context variables, JSON format; see README for the format string)
-    GatewayFormat("aws", _aws, {
+    GatewayFormat("aws", "AWS API Gateway access-log (Firehose or direct)", _aws, {
         "id": ("$.requestId",),
         "time": ("$.requestTimeEpoch", "$.requestTime"),
         "method": ("$.httpMethod",),
@@ -122,7 +123,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
         "api": ("$.apiId",),
     }),
     # Apigee: analytics record field names, or flow-variable names from a ServiceCallout template
-    GatewayFormat("apigee", _list_or_one, {
+    GatewayFormat("apigee", "Apigee", _list_or_one, {
         "id": ("$.messageid", "$.message_id", "$.gateway_flow_id"),
         "time": ("$.client_received_start_timestamp", "$['client.received.start.timestamp']"),
         "method": ("$.request_verb", "$['request.verb']"),
@@ -137,7 +138,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
                         ("$['client.received.start.timestamp']", "$['system.timestamp']"))),
     # Azure API Management GatewayLogs: resource-log records (camelCase, {"records": [...]}) or
     # the Log Analytics column names (PascalCase) posted by a send-one-way-request policy
-    GatewayFormat("azure-apim", lambda doc: _list_or_one(doc, "records"), {
+    GatewayFormat("azure-apim", "Azure API Management", lambda doc: _list_or_one(doc, "records"), {
         "id": ("$.correlationId", "$.CorrelationId"),
         "time": ("$.time", "$.TimeGenerated"),
         "method": ("$.properties.method", "$.Method"),
@@ -151,7 +152,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
     }),
     # MuleSoft API analytics events: the forwarder's (snake_case) or the Analytics Event API's
     # export field names
-    GatewayFormat("mulesoft", lambda doc: _list_or_one(doc, "events"), {
+    GatewayFormat("mulesoft", "MuleSoft analytics", lambda doc: _list_or_one(doc, "events"), {
         "id": ("$.event_id", "$.message_id", "$['Message ID']"),
         "time": ("$.received_ts", "$.Timestamp"),
         "method": ("$.verb", "$.Verb"),

@@ -172,6 +172,33 @@ def test_a_logged_number_reaches_the_raw_topic_exactly(api_app):
 
 
 @pytest.mark.integration
+def test_every_firehose_reply_carries_its_request_id_timestamp_and_error(api_app):
+    """Firehose treats a reply without requestId and timestamp as a 500 with no body: its error
+    output would never show why Aforo refused a delivery."""
+    client = api_app.client
+    firehose = {"X-Amz-Firehose-Request-Id": "req-9", "Content-Type": "application/json"}
+    keyed = {**firehose, "X-Amz-Firehose-Access-Key": api_app.key}
+    replies = {
+        401: client.post("/v1/gateways/aws", content=b"{}", headers=firehose),
+        400: client.post("/v1/gateways/aws", content=b'{"records": [{"nodata": 1}]}', headers=keyed),
+        415: client.post("/v1/gateways/aws", content=b"{}", headers={**keyed, "Content-Encoding": "br"}),
+        413: client.post("/v1/gateways/aws", content=b" " * (16 * 1024 * 1024 + 1), headers=keyed),
+    }
+    for status, reply in replies.items():
+        body = reply.json()
+        assert reply.status_code == status, reply.text
+        assert body["requestId"] == "req-9" and isinstance(body["timestamp"], int), reply.text
+        assert body["errorMessage"] == body["message"] and body["error"], reply.text
+    assert "X-Amz-Firehose-Access-Key" in replies[401].json()["errorMessage"]
+    assert "Authorization: Bearer" not in replies[401].json()["errorMessage"]
+    assert replies[400].json()["errorMessage"].startswith("AWS API Gateway")
+    # the same refusals without Firehose's header keep the API's own shape
+    plain = client.post("/v1/gateways/aws", content=b"{}", headers={"Content-Type": "application/json"})
+    assert plain.status_code == 401 and "requestId" not in plain.json()
+    assert "Authorization: Bearer" in plain.json()["message"]
+
+
+@pytest.mark.integration
 def test_gateway_exports_end_to_end(api_app):
     client, s, auth = api_app.client, api_app.settings, api_app.auth
     now_iso = datetime.now(UTC).isoformat()
