@@ -110,7 +110,7 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
         else:
             host, _, port = listen.rpartition(":")
             _run(_http(transport, upstream or "", host or "127.0.0.1", int(port), new_session,
-                              ping_interval))
+                       ping_interval, delivery))
     finally:
         delivery.close()
     sys.exit(code)
@@ -136,7 +136,7 @@ async def _stdio(argv: list[str], metered: Metered, sink: BinaryIO) -> int:
 
 
 async def _http(transport: str, upstream: str, host: str, port: int,
-                new_session: Callable[[], Metered], ping_s: float) -> None:
+                new_session: Callable[[], Metered], ping_s: float, delivery: Delivery) -> None:
     from mcp_proxy.relay import expire_periodically, serve
     from mcp_proxy.sse_transport import SseProxy
     from mcp_proxy.streamable_http import StreamableHttpProxy
@@ -148,10 +148,13 @@ async def _http(transport: str, upstream: str, host: str, port: int,
         streamable = StreamableHttpProxy(upstream, new_session)
         app, sessions = streamable, lambda: list(streamable.sessions.values())
     expiry = asyncio.create_task(expire_periodically(sessions))
-    try:
-        await serve(app, host, port)
-    finally:
+
+    async def cleanup() -> None:
         expiry.cancel()
+        await app.aclose()  # every open session ends: its session.end is queued
+        await asyncio.to_thread(delivery.close)  # delivered now, or spooled for the next start
+
+    await serve(app, host, port, cleanup)
 
 
 if __name__ == "__main__":

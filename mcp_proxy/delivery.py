@@ -163,9 +163,12 @@ class Delivery:
                 self._cond.notify()  # to start the linger, or to send a full batch now
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush: one last attempt (unless the endpoint is known down), and whatever is still
-        undelivered goes to the spool for the next start."""
+        """Flush: what is queued goes to the spool, then one last attempt delivers the spool, even
+        if the endpoint failed a moment ago (an outage that just ended is the usual case); what it
+        cannot take waits there for the next start. Closing again does nothing."""
         with self._cond:
+            if self._stopping:
+                return
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout_s)
@@ -195,16 +198,15 @@ class Delivery:
                 while not self._stopping and not self._ready():
                     self._cond.wait(self._wait_s())
                 stopping = self._stopping
+            if stopping:
+                # On disk first, so an endpoint that hangs past close()'s wait costs nothing.
+                self._spill(self._take(len(self._queue)))
+                self._deliver_once()
+                return
             if self._down():
                 self._spill(self._take(len(self._queue)))
-                if stopping:
-                    return
                 continue
-            delivered = self._deliver_once()
-            if stopping:
-                if not delivered:
-                    self._spill(self._take(len(self._queue)))
-                return
+            self._deliver_once()
 
     def _has_spool(self) -> bool:
         return self._spooled
@@ -213,20 +215,20 @@ class Delivery:
         with self._cond:
             return [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
 
-    def _deliver_once(self) -> bool:
-        """Spooled batches first (they are older), then the queue; False when the endpoint failed."""
+    def _deliver_once(self) -> None:
+        """Spooled batches first (they are older), then the queue, until the endpoint fails."""
         if self._spool is not None and self._spooled:
             for path in self._spool.files():
                 if not self._send(Spool.read(path), path):
-                    return False
+                    return
             self._spooled = False
         while True:
             batch = self._take(self._batch_size)
             if not batch:
-                return True
+                return
             if not self._send(batch, None):
                 self._spill(batch)
-                return False
+                return
 
     def _send(self, batch: list[bytes], path: Path | None) -> bool:
         try:

@@ -75,7 +75,9 @@ def test_endpoint_outage_mid_session_loses_nothing(tmp_path: Path):
             collector.stop()
             for i in range(3):
                 await session.call_tool("echo", {"text": f"during {i}"})
-            await asyncio.sleep(0.5)  # let the proxy fail a delivery and spool
+            # the proxy fails deliveries and spools; 0.9 s meets its 0.8 s backoff step, so the
+            # session ends while the endpoint is still "known down": close() must try it anyway
+            await asyncio.sleep(0.9)
             collector.start()
             await session.call_tool("echo", {"text": "after"})
 
