@@ -41,12 +41,13 @@ class Sender(Protocol):
 
 
 class HttpSender:
-    """POST /v1/events batches with the tenant's API key; 202 means the broker acknowledged all."""
+    """POST /v1/events batches with the tenant's API key, as tier `mcp`; 202 means the broker
+    acknowledged all."""
 
     def __init__(self, endpoint: str, api_key: str, timeout_s: float = 10.0):
         base = endpoint.rstrip("/")
         self._url = base if base.endswith("/v1/events") else base + "/v1/events"
-        self._headers = {"Authorization": f"Bearer {api_key}",
+        self._headers = {"Authorization": f"Bearer {api_key}", "X-Aforo-Tier": TIER,
                          "Content-Type": "application/cloudevents-batch+json"}
         self._client = httpx.Client(timeout=timeout_s)
 

@@ -203,6 +203,25 @@ def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
 
 
 @pytest.mark.integration
+def test_a_client_side_door_names_its_tier(api_app):
+    """The MCP proxy and the SDKs deliver through POST /v1/events; X-Aforo-Tier says which (a
+    server-side door's tier cannot be claimed)."""
+    client, s = api_app.client, api_app.settings
+    headers = {**api_app.auth, "Content-Type": "application/json"}
+    for i, tier in enumerate(("mcp", "sdk", None)):
+        r = client.post("/v1/events", content=orjson.dumps(_event(i)),
+                        headers={**headers, "X-Aforo-Tier": tier} if tier else headers)
+        assert r.status_code == 202, r.text
+    refused = client.post("/v1/events", content=orjson.dumps(_event(9)),
+                          headers={**headers, "X-Aforo-Tier": "webhook"})
+    assert refused.status_code == 400 and "X-Aforo-Tier" in refused.json()["message"], refused.text
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        tiers = conn.execute("SELECT event_id, tier FROM ledger ORDER BY event_id").fetchall()
+    assert tiers == [("e-0", "mcp"), ("e-1", "sdk"), ("e-2", "rest")]
+
+
+@pytest.mark.integration
 def test_refused_requests_produce_nothing(api_app):
     client, s = api_app.client, api_app.settings
     auth_json = {**api_app.auth, "Content-Type": "application/json"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated, Literal
 
 import anyio.to_thread
 from confluent_kafka import KafkaException
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -57,7 +58,10 @@ EVENTS_BODY = {"requestBody": {"required": True, "content": {
 @router.post("/v1/events", status_code=202, response_model=Accepted, openapi_extra=EVENTS_BODY,
              responses=documented(400, 401, 403, 413, 415, 429, 503),
              summary="Send one CloudEvent or a batch (up to 1,000 events or 1 MiB)")
-async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Response:
+async def post_events(request: Request, caller: RestCaller, svc: Svc, tier: Annotated[
+        Literal["rest", "sdk", "mcp"], Header(alias="X-Aforo-Tier", description=(
+            "the client-side door delivering through this API: an Aforo SDK or the MCP proxy"))] = "rest",
+) -> Response:
     """Answers 202 once the broker has acknowledged every event; nothing of a batch is produced
     unless all of it is structurally valid and the caller's."""
     received = now_ms()
@@ -69,7 +73,7 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
     doc, texts = parse_exact(body, with_text=True)
     events = batch_of(doc, content_type)
     raws = admit_batch(events, texts, caller.tenant)
-    return json_response(await produce_events(svc, events, "rest", received, raws), 202)
+    return json_response(await produce_events(svc, events, tier, received, raws), 202)
 
 
 class LedgerRecord(BaseModel):
