@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -63,10 +64,6 @@ class Acks:
     errors: dict[int, str] = field(default_factory=dict)  # ref -> why not acknowledged
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def produced(self) -> None:
-        with self._lock:
-            self.sent += 1
-
     def report(self, ref: int, err: KafkaError | None, partition: int, offset: int) -> None:
         with self._lock:
             if err is None:
@@ -98,15 +95,14 @@ class _Generation:
     delivered: bool = False
 
 
-@dataclass(frozen=True)
-class _Pending:
+class _Pending(NamedTuple):
     """A record on the blocking path, kept so it can be produced again."""
 
     ref: int
     value: bytes
     tier: str
     timestamp_ms: int
-    attempt: int = 1
+    attempt: int
 
 
 class RawProducer:
@@ -129,13 +125,13 @@ class RawProducer:
                     resend: Callable[[_Pending, KafkaError], bool] | None = None, attempt: int = 1) -> bool:
         """Hand one record to the producer; False when its local queue is full (wait, try again).
         `resend` may take over a failed record instead of reporting it (the blocking path)."""
-        pending = _Pending(ref, value, tier, timestamp_ms, attempt)
+        pending = None if resend is None else _Pending(ref, value, tier, timestamp_ms, attempt)
+        key, headers = record_key(value), [(TIER_HEADER, tier.encode())]
         while True:
             gen = self._current
             try:
-                gen.producer.produce(self._topic, value, key=record_key(value),
-                                     headers=[(TIER_HEADER, tier.encode())], timestamp=timestamp_ms,
-                                     on_delivery=self._on_delivery(gen, acks, pending, resend))
+                gen.producer.produce(self._topic, value, key=key, headers=headers, timestamp=timestamp_ms,
+                                     on_delivery=self._on_delivery(gen, acks, ref, pending, resend))
             except BufferError:
                 return False
             except KafkaException as exc:
@@ -144,7 +140,7 @@ class RawProducer:
                 self._replace(gen, exc.args[0])
                 continue
             if attempt == 1:  # a record produced again is still the one record it was
-                acks.produced()
+                acks.sent += 1  # only the producing thread writes it, and only before seal()
             return True
 
     def produce(self, acks: Acks, value: bytes, tier: str, timestamp_ms: int, ref: int, **kwargs) -> None:
@@ -211,17 +207,17 @@ class RawProducer:
             producer.close()  # release librdkafka's threads and connections now, not at GC
 
     # --- delivery reports and replacement (poll thread) ------------------------------------
-    def _on_delivery(self, gen: _Generation, acks: Acks, pending: _Pending,
+    def _on_delivery(self, gen: _Generation, acks: Acks, ref: int, pending: _Pending | None,
                      resend: Callable[[_Pending, KafkaError], bool] | None) -> Callable:
         def on_delivery(err: KafkaError | None, msg) -> None:
             if err is None:
                 gen.delivered = True
-                acks.report(pending.ref, None, msg.partition(), msg.offset())
+                acks.report(ref, None, msg.partition(), msg.offset())
                 return
             if err.code() in _PRODUCER_FAILURES:
                 self._replace(gen, err)
             if resend is None or not resend(pending, err):
-                acks.report(pending.ref, err, -1, -1)
+                acks.report(ref, err, -1, -1)
         return on_delivery
 
     def _on_error(self, gen: _Generation, err: KafkaError) -> None:

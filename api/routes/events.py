@@ -23,7 +23,7 @@ from api.cloudevents import (
     admit_batch,
     batch_of,
     media_type,
-    parse_exact,
+    parse_events,
 )
 from api.errors import ApiError, documented
 from api.limits import MIB, decoded, read_body
@@ -70,7 +70,7 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc, tier: Anno
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be one of {', '.join(EVENT_MEDIA_TYPES)}, got {content_type!r}")
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")), MIB)
-    doc, texts = parse_exact(body, with_text=True)
+    doc, texts = parse_events(body)
     events = batch_of(doc, content_type)
     raws = admit_batch(events, texts, caller.tenant)
     return json_response(await produce_events(svc, events, tier, received, raws), 202)
