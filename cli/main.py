@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import threading
 import time
@@ -137,16 +138,16 @@ def _live_counter(settings: config.Settings, stop: threading.Event) -> None:
     click.echo("", err=True)
 
 
-def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
+def run_flow(settings: config.Settings, once: bool, workers: int, cluster=None) -> float:
     from flows.metering import run
     stop = threading.Event()
     counter = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and cluster is None:
         counter = threading.Thread(target=_live_counter, args=(settings, stop), daemon=True)
         counter.start()
     started = time.perf_counter()
     try:
-        run(settings, once=once, workers=workers)
+        run(settings, once=once, workers=workers, cluster=cluster)
     finally:
         stop.set()
         if counter is not None:
@@ -156,11 +157,43 @@ def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
 
 @main.command("run")
 @click.option("--once", is_flag=True, help="Process what is in the raw topic, then exit.")
-@click.option("--workers", default=1, show_default=True, help="Bytewax workers in this process.")
-def run_cmd(once: bool, workers: int) -> None:
-    """Run the metering flow (with crash recovery: it resumes where it stopped)."""
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Bytewax workers (threads) per process.")
+@click.option("--processes", type=click.IntRange(min=1),
+              help="Run a cluster of this many processes on this machine.")
+@click.option("--process-id", type=click.IntRange(min=0), help="This process's index in --addresses.")
+@click.option("--addresses",
+              help="host:port of every process of the cluster, comma-separated, in process-id order.")
+def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | None,
+            addresses: str | None) -> None:
+    """Run the metering flow. It resumes where the ledger ends, whatever stopped it; SIGINT or
+    SIGTERM stops it after the batches in flight are committed. Raw partitions are shared out over
+    every worker of every process (N processes x W workers should not exceed the partitions)."""
+    from flows.execution import Cluster, run_local_cluster
+    if processes is not None and (process_id is not None or addresses is not None):
+        _fail("--processes starts a whole cluster here; --process-id/--addresses run one process"
+              " of a cluster")
+    if (process_id is None) != (addresses is None):
+        _fail("--process-id and --addresses go together")
+    settings = _settings()
+    if processes is not None and processes > 1:
+        command = [sys.executable, "-c", "from cli.main import main; main()", "run",
+                   "--workers", str(workers), *(["--once"] if once else [])]
+        started = time.perf_counter()
+        code = run_local_cluster(command, processes, env={**os.environ, **settings.to_env()})
+        if code:
+            sys.exit(code)
+        if once:
+            click.echo(f"done in {time.perf_counter() - started:.1f}s")
+        return
+    cluster = None
+    if addresses is not None:
+        try:
+            cluster = Cluster(tuple(a.strip() for a in addresses.split(",")), process_id)
+        except ValueError as exc:
+            _fail(str(exc))
     try:
-        elapsed = run_flow(_settings(), once, workers)
+        elapsed = run_flow(settings, once, workers, cluster)
     except config.NotConfigured as exc:
         _fail(str(exc))
     if once:
@@ -566,41 +599,11 @@ def audit() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def audit_export(tenant, customer, period, fmt, output: Path) -> None:
     """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
-    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chain's head."""
-    import hashlib
-
-    from operators.audit import AUDIT_COLUMNS
-    from sinks.audit import chain_head, export_rows
+    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chains' heads."""
+    from sinks.audit import export_file
     from sinks.postgres import connect
-    totals: dict[str, dict[str, Decimal]] = {}
-    rows = 0
-    with connect(_settings().database_url) as conn, output.open("w", newline="") as out:
-        writer = None
-        for row in export_rows(conn, tenant, customer, period):
-            rows += 1
-            for line in row["lines"]:
-                t = totals.setdefault(line["metric"], {"quantity": Decimal(0), "revenue": Decimal(0),
-                                                       "cost": Decimal(0)})
-                for k in t:
-                    t[k] += Decimal(line[k])
-            if fmt == "ndjson":
-                out.write(orjson.dumps(row).decode() + "\n")
-                continue
-            if writer is None:
-                writer = csv.DictWriter(out, fieldnames=[*AUDIT_COLUMNS, "lines", "audit_seq", "row_hash",
-                                                         "prev_chain_hash", "chain_hash"])
-                writer.writeheader()
-            writer.writerow({**row, "lines": orjson.dumps(row["lines"]).decode()})
-        seq, head = chain_head(conn, tenant)
-    manifest = {
-        "file": output.name, "format": fmt, "tenant": tenant, "customer": customer, "period": period,
-        "rows": rows, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
-        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
-        "chain_head": {"seq": seq, "chain_hash": head},
-        "exported_at": datetime.now(UTC).isoformat(),
-    }
-    manifest_path = output.with_name(output.name + ".manifest.json")
-    manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    with connect(_settings().database_url) as conn:
+        rows, manifest_path = export_file(conn, output, fmt, tenant, customer=customer, period=period)
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
 
 
@@ -610,21 +613,12 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
 def audit_verify(file: Path | None, tenant) -> None:
     """Recompute every row hash and chain link (of a tenant in Postgres, or of an NDJSON export and
     its manifest); print OK, or the first broken row and why; exit 1 on failure."""
-    from operators.audit import verify_exported
-    from sinks.audit import verify_tenant
+    from sinks.audit import verify_file, verify_tenant
     from sinks.postgres import connect
     if (file is None) == (tenant is None):
         _fail("give an exported FILE or --tenant")
     if file is not None:
-        manifest_path = file.with_name(file.name + ".manifest.json")
-        if manifest_path.exists():
-            import hashlib
-            manifest = orjson.loads(manifest_path.read_bytes())
-            if hashlib.sha256(file.read_bytes()).hexdigest() != manifest["sha256"]:
-                click.echo(f"BROKEN: {file}: its SHA-256 differs from the manifest's: the file was changed")
-                sys.exit(1)
-        with file.open("rb") as f:
-            checked, problem = verify_exported(map(orjson.loads, filter(bytes.strip, f)))
+        checked, problem = verify_file(file)
         if problem:
             click.echo(f"BROKEN: {problem}")
             sys.exit(1)

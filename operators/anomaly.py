@@ -105,7 +105,7 @@ class Usage:
 
 
 def parse_enriched(value: bytes) -> Usage | None:
-    """An enriched-topic message (sinks/kafka.py `routed_message`) as Usage, or None for one
+    """An enriched-topic message (sinks/outputs.py `routed_message`) as Usage, or None for one
     without usage. Unmetered events (no lines) are left out on purpose: the metering flow emits
     them outside their subscription's rating order, so their event times would move the clocks
     out of order (and FirstDelivery relies on that order). A message the monitors cannot read is
