@@ -14,6 +14,7 @@ from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
 from api.producer import RawTopicProducer
+from api.sessions import session_key
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
 
@@ -38,6 +39,7 @@ class Services:
         self.limiter = RateLimiter(options.rate, options.burst)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
+        self.sessions: TtlCache[str] = TtlCache(lambda token: self.db(session_key, token))  # -> key id
 
     async def db(self, query: Callable[..., T], *args: object) -> T:
         """Run a plain `(conn, ...)` query function (the same ones the CLI calls) off the event loop."""
