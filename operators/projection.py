@@ -70,6 +70,11 @@ class Pace:
         return self.length_us // 86_400_000_000
 
 
+def previous_period(period: str) -> str:
+    year, month = map(int, period.split("-"))
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+
 def projected_usage(used: Decimal, aggregation: str, scale: Decimal) -> Decimal:
     """End-of-period usage at the current pace; a level is not extrapolated."""
     if aggregation in LEVELS or scale == 1:

@@ -9,6 +9,7 @@ from decimal import Decimal
 import psycopg
 
 from operators.money import rounded
+from operators.pricing import Charge
 from operators.projection import Pace, projected_revenue
 from schemas.billing import TenantInfo
 from sinks.catalog import load_tenants
@@ -108,20 +109,20 @@ def usage_rows(conn: psycopg.Connection, period: str, tenant: str | None,
     return as_dicts(cur)
 
 
-def aggregations(info: TenantInfo) -> dict[str, str]:
-    """metric code -> its aggregation."""
-    return {m.code: m.aggregation for metrics in info.metrics_by_type.values() for m in metrics}
+def plan_terms(tenants: dict[str, TenantInfo], row: dict) -> tuple[Charge | None, str]:
+    """(the charge, the metric's aggregation) that price a usage row."""
+    info = tenants.get(row["tenant"])
+    if info is None:
+        return None, "sum"
+    charge = info.charges.get((row["plan"], row["plan_version"]), {}).get(row["metric"])
+    aggregation = next((m.aggregation for metrics in info.metrics_by_type.values() for m in metrics
+                        if m.code == row["metric"]), "sum")
+    return charge, aggregation
 
 
 def projected_by_row(rows: list[dict], tenants: dict[str, TenantInfo], scale: Decimal) -> list[Decimal]:
     """Each usage row's end-of-period revenue at the pace `scale` (operators/projection.py)."""
-    out = []
-    for r in rows:
-        info = tenants.get(r["tenant"])
-        charge = info.charges.get((r["plan"], r["plan_version"]), {}).get(r["metric"]) if info else None
-        aggregation = aggregations(info).get(r["metric"], "sum") if info else "sum"
-        out.append(projected_revenue(charge, aggregation, r["quantity"], r["revenue"], scale))
-    return out
+    return [projected_revenue(*plan_terms(tenants, r), r["quantity"], r["revenue"], scale) for r in rows]
 
 
 def by_currency(pairs: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
