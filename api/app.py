@@ -10,12 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from api.console import pages
 from api.errors import ApiError
-from api.routes import events, gateways, uploads, webhooks
+from api.routes import events, gateways, guide, portal, revenue, uploads, usage, webhooks
 from api.services import ApiOptions, Services
 from config import Settings
 
@@ -63,15 +65,19 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         finally:
             app.state.services.close()
 
-    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is the console's own page on the vendored Swagger UI (works offline); no ReDoc.
+    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways):
+    for module in (events, uploads, webhooks, gateways, revenue, usage, guide, portal):
         app.include_router(module.router)
+    app.include_router(pages.router)  # the web console and the portal, at /
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     app.openapi = lambda: _without_422(app)
     return app
 

@@ -33,9 +33,13 @@ _LINEAR = (PerUnitCharge, MatrixCharge, PercentageCharge)
 _USAGE_STEP = Decimal("0.000001")  # projected quantities are priced at this resolution
 
 
+_MINUTE_US = 60_000_000
+
+
 @dataclass(frozen=True)
 class Pace:
-    """How far a billing period is at a moment (UTC)."""
+    """How far a billing period is at a moment (UTC), in whole minutes: a projection stays put
+    for a minute, so the CLI and the console asked a few seconds apart agree to the cent."""
 
     period: str
     elapsed_us: int
@@ -44,8 +48,9 @@ class Pace:
     @classmethod
     def of(cls, period: str, now: datetime) -> Pace:
         start, end = period_bounds(period)
-        elapsed = min(max(to_us(now) - to_us(start), 0), to_us(end) - to_us(start))
-        return cls(period, elapsed, to_us(end) - to_us(start))
+        length = to_us(end) - to_us(start)
+        elapsed = min(max(to_us(now) - to_us(start), 0), length) // _MINUTE_US * _MINUTE_US
+        return cls(period, elapsed, length)
 
     @property
     def started(self) -> bool:

@@ -318,3 +318,9 @@ def first_customer(conn: psycopg.Connection, tenant: str) -> str | None:
     row = conn.execute("SELECT id FROM customers WHERE tenant = %s ORDER BY id LIMIT 1", (tenant,)).fetchone()
     return row[0] if row else None
 
+
+
+def tenant_names(conn: psycopg.Connection, tenant: str | None = None) -> list[tuple[str, str]]:
+    """(id, name) of the catalog's tenants (or of one), for the console's tenant picker."""
+    return conn.execute("SELECT id, name FROM tenants WHERE %s::text IS NULL OR id = %s ORDER BY id",
+                        (tenant, tenant)).fetchall()

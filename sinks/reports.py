@@ -126,10 +126,11 @@ def projected_by_row(rows: list[dict], tenants: dict[str, TenantInfo], scale: De
 
 
 def by_currency(pairs: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
+    """Amounts summed per currency, in currency order."""
     totals: dict[str, Decimal] = {}
     for currency, amount in pairs:
         totals[currency] = totals.get(currency, Decimal(0)) + amount
-    return totals
+    return dict(sorted(totals.items()))
 
 
 def revenue_report(conn: psycopg.Connection, tenant: str | None, period: str, now: datetime) -> dict:
@@ -143,7 +144,7 @@ def revenue_report(conn: psycopg.Connection, tenant: str | None, period: str, no
     projected = projected_by_row(rows, load_tenants(conn), Pace.of(period, now).scale)
     return {
         "period": period,
-        "today": revenue_between(conn, day, day + timedelta(days=1), tenant),
+        "today": by_currency(revenue_between(conn, day, day + timedelta(days=1), tenant).items()),
         "period_to_date": by_currency((c["currency"], c["revenue"]) for c in customers),
         "projected_end_of_period": {cur: rounded(v, cur) for cur, v in by_currency(
             (r["currency"], p) for r, p in zip(rows, projected, strict=True)).items()},

@@ -28,6 +28,9 @@ def test_pace_of_a_period():
     assert (Pace.of("2026-11", NOON_DAY_1).day, Pace.of("2026-11", NOON_DAY_1).days) == (30, 30)
     assert not Pace.of("2027-01", NOON_DAY_1).started and Pace.of("2027-01", NOON_DAY_1).scale == 1
     assert Pace.of("2026-12", datetime(2026, 12, 16, tzinfo=UTC)).day == 16
+    # whole minutes: the same projection all minute long
+    assert Pace.of("2026-12", NOON_DAY_1.replace(second=59)) == Pace.of("2026-12", NOON_DAY_1)
+    assert not Pace.of("2026-12", datetime(2026, 12, 1, 0, 0, 59, tzinfo=UTC)).started
 
 
 def test_the_demo_storage_step_is_not_multiplied_by_the_pace():
