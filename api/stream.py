@@ -14,7 +14,7 @@ Where the stream starts: at the true end of each output partition. The embedded 
 high watermark that lags (the last batch's base offset + 1), so the consumer starts there and
 reads to partition EOF before it calls itself positioned; a subscriber is told `: tailing` once
 the consumer has stood at the end of every partition since it subscribed, and from then on gets
-every record routed after that moment (nothing older).
+every record routed after that moment (nothing older); browsers get `event: ready` with it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from sinks.kafka import kafka_config
 HEARTBEAT_S = 15.0  # an SSE comment now and then keeps proxies from closing an idle stream
 SEEN = 100_000  # raw references remembered to drop at-least-once repeats
 QUEUE = 10_000  # frames a slow client may fall behind before it is told to reconnect
-POSITIONED = b": tailing\n\n"
+# The position is fixed: a client may start producing now. A comment for plain readers, an event
+# for browsers (EventSource hides comments).
+POSITIONED = b": tailing\n\nevent: ready\ndata: {}\n\n"
 OVERFLOW = b"event: overflow\ndata: {}\n\n"
 
 

@@ -265,6 +265,7 @@ def tier_health(conn: psycopg.Connection, tenant: str | None, period: str) -> li
                        "share_percent": (units[i] * 100 / total).quantize(Decimal(1)) if total else None,
                        "customers": customers[i]} for i in range(tiers)],
             "histogram": histogram,
+            "dominant_tier": max(range(tiers), key=lambda i: units[i]) + 1 if total else None,
         })
     return out
 
@@ -288,8 +289,8 @@ def quota_status(conn: psycopg.Connection, tenant: str | None, period: str, now:
         {"period": period, "tenant": tenant, "customer": customer})
     scale = Pace.of(period, now).scale
     rows = as_dicts(cur)
-    for r in rows:
-        r["projected"] = projected_usage(r["used"], r.pop("aggregation"), scale)
+    for r in rows:  # an estimate, shown to two decimals like the quota pacing alerts
+        r["projected"] = projected_usage(r["used"], r.pop("aggregation"), scale).quantize(Decimal("0.01"))
     return rows
 
 

@@ -202,7 +202,7 @@ async def counters(viewer: TenantViewer, svc: Svc, tenant: str | None = None) ->
             responses={200: {"description": "Server-sent events: `event:` is the status, `data:` the "
                              "routed message (status, reason, provenance, event)",
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       **documented(401, 429, 503)},
+                       **documented(400, 401, 403, 429, 503)},
             summary="Live tail of the caller's processed events")
 async def stream_events(viewer: TenantViewer, svc: Svc, tenant: str | None = None) -> StreamingResponse:
     """Starts at the true end of the output topics: the first frame, `: tailing`, says that every
@@ -213,7 +213,7 @@ async def stream_events(viewer: TenantViewer, svc: Svc, tenant: str | None = Non
 
 
 @router.get("/v1/events/{source:path}/{event_id}", response_model=EventStatus,
-            responses=documented(400, 401, 404, 429, 503),
+            responses=documented(400, 401, 403, 404, 429, 503),
             summary="Status and provenance of one event of the caller's tenant")
 async def get_event(source: str, event_id: str, viewer: TenantViewer, svc: Svc,
                     tenant: str | None = None) -> EventStatus:

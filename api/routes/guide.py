@@ -29,7 +29,8 @@ class Snippet(BaseModel):
 
 
 class TierGuide(BaseModel):
-    tier: str
+    tier: str  # gateway, middleware, sdk, rest, upload, webhook, mcp
+    ledger_tier: str  # what the ledger records as the event's tier (middleware sends through rest)
     title: str
     snippets: list[Snippet]
 

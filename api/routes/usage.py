@@ -53,6 +53,7 @@ class TierHealth(BaseModel):
     usage: list[CustomerUsage]
     tiers: list[Tier]
     histogram: list[Bin]  # customers per usage bin
+    dominant_tier: int | None  # the tier holding the largest share of usage
 
 
 class UnitHealth(BaseModel):

@@ -33,10 +33,11 @@ const Aforo = (() => {
   });
 
   // The live tail: one EventSource per page; `onEvent(status, message)` for every decided event,
-  // `onState(open)` when the connection opens or drops (EventSource reconnects by itself).
+  // `onState(live)` when the stream is positioned at the end of the topics (`ready`: every event
+  // decided from then on arrives) or drops (EventSource reconnects by itself).
   function live(onEvent, onState) {
     const source = new EventSource(withTenant("/v1/events/stream"));
-    source.onopen = () => onState && onState(true);
+    source.addEventListener("ready", () => onState && onState(true));
     source.onerror = () => onState && onState(false);
     for (const status of STATUSES) {
       source.addEventListener(status, (e) => onEvent(status, JSON.parse(e.data)));

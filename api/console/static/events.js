@@ -22,12 +22,12 @@
     const e = message.event || {};
     const billing = message.billing || {};
     const time = (e.time || "").replace("T", " ").replace(/\.\d+/, "").replace("Z", "").slice(0, 19);
-    const open = Aforo.el("button", {class: "open", type: "button", "data-source": e.source, "data-id": e.id,
-                                     "data-tenant": e.tenantid}, String(e.id ?? "(unparsed)"));
-    if (e.id === undefined) open.disabled = true;
+    const open = e.id === undefined || e.source === undefined ? Aforo.el("span", {class: "muted"}, "no id")
+      : Aforo.el("button", {class: "open", type: "button", "data-source": e.source, "data-id": e.id,
+                            "data-tenant": e.tenantid}, String(e.id));
     const tr = Aforo.el("tr", {class: "event-row fresh", "data-status": message.status, "data-source": e.source || ""},
       cell(time, "num"), allTenants ? cell(e.tenantid || "") : null, cell(e.source || ""), cell(e.type || ""),
-      cell(billing.customer || e.subject || "", "hide-narrow"), cell(Aforo.badge(message.status, message.reason)),
+      cell(billing.customer || e.subject || "–", "hide-narrow"), cell(Aforo.badge(message.status, message.reason)),
       cell((message.provenance || {}).tier || "", "hide-narrow"), cell(open));
     return tr;
   }
@@ -89,7 +89,7 @@
 
   rows.addEventListener("click", (e) => {
     const button = e.target.closest("button.open");
-    if (button && !button.disabled) openProvenance(button);
+    if (button) openProvenance(button);
   });
   document.getElementById("provenance-close").addEventListener("click", () => dialog.close());
 })();
