@@ -22,7 +22,10 @@
         ctx.moveTo(x, chartArea.top);
         ctx.lineTo(x, chartArea.bottom);
         ctx.stroke();
-        ctx.fillText(`tier ${i + 1} ≤ ${value}`, Math.min(x + 4, chartArea.right - 70), chartArea.top + 12 + 14 * (i % 2));
+        const label = `tier ${i + 1} ≤ ${value}`;
+        const width = ctx.measureText(label).width;
+        const left = x + 4 + width > chartArea.right ? x - 4 - width : x + 4;  // keep it inside the chart
+        ctx.fillText(label, left, chartArea.top + 12 + 14 * (i % 2));
       }
       ctx.restore();
     },
