@@ -23,7 +23,12 @@ from config import Settings
 
 DESCRIPTION = """Aforo's front doors. Every door produces CloudEvents to the raw topic, stamped with
 the time of receipt, for the metering pipeline; semantic validation happens there, and every event
-that reached the raw topic ends in the ledger with a status and a reason."""
+that reached the raw topic ends in the ledger with a status and a reason.
+
+The read side (tags console and portal) is the web console's data: revenue, margins, events and
+their provenance, unit health, alerts, quotas, the integration guide and the customer portal,
+each narrowed to the key's tenant (an operator key may read every tenant; a customer key only its
+own customer)."""
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,

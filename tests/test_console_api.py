@@ -13,13 +13,12 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
-from integration import env_of, send
+from integration import env_of, meter_demo, send
 from test_api_helpers import open_api
 from test_api_server import serving
 
 from api.keys import create_key
 from cli.api_commands import keys
-from cli.demo import demo_stream
 from flows.metering import run
 from sinks.kafka import ensure_topics
 from sinks.postgres import connect
@@ -46,11 +45,7 @@ def _event(i, tenant="acme", subject="cust-1", **extra) -> bytes:
 
 @pytest.fixture
 def metered(settings):
-    """The demo stream (both tenants, duplicates, late and rejected events), metered."""
-    lines, _ = demo_stream(datetime.now(UTC), normal=400)
-    send(settings, lines)
-    run(settings, once=True)
-    return settings
+    return meter_demo(settings, 400)
 
 
 def test_key_scopes_from_the_cli(settings):

@@ -19,12 +19,11 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from integration import env_of, send
+from integration import env_of, meter_demo, send
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from test_api_server import serving
 
 from api.keys import create_key
-from cli.demo import demo_stream
 from cli.main import main
 from flows.metering import run
 from operators.money import display
@@ -87,9 +86,9 @@ class Console:
         self.page.goto(self.base + path)
         return self.page
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, full_page: bool = True) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+        self.page.screenshot(path=SHOTS / f"{name}.png", full_page=full_page)
 
     def close(self) -> None:
         self.context.unroute("**/*")
@@ -102,9 +101,7 @@ class Console:
 def served(settings):
     """The demo stream metered, keys of each scope, the API served on a real socket."""
     ensure_topics(settings)
-    lines, _ = demo_stream(datetime.now(UTC), normal=400)
-    send(settings, lines)
-    run(settings, once=True)
+    meter_demo(settings, 400)
     with connect(settings.database_url) as conn:
         keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
                 "operator": create_key(conn, None, "operator")[1],
@@ -225,7 +222,7 @@ def test_the_live_stream_counts_a_duplicate_and_opens_its_provenance(console):
     expect(dialog).to_contain_text("idempotency: decided")
     expect(dialog).to_contain_text('"id":"dup-1"')  # the raw payload as received
     assert dialog.locator("[data-validation-hash]").all_inner_texts() == hashes
-    c.shot("event-provenance-1280")
+    c.shot("event-provenance-1280", full_page=False)
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 

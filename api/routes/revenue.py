@@ -118,23 +118,21 @@ async def margins_route(viewer: TenantViewer, svc: Svc, tenant: str | None = Non
     scope, period = viewer.tenant_scope(tenant), period_param(period)
     rows = await svc.db(margins, scope, period)
     known = await svc.db(periods, scope)
-    customers: dict[tuple[str, str], CustomerMargin] = {}
-    totals: dict[tuple[str, str], list] = {}
-    for r in rows:
-        cur, key = r["currency"], (r["tenant"], r["customer"])
-        m = r["revenue"] - r["cost"]
-        metric = MetricMargin(metric=r["metric"], events=r["events"], quantity=str(r["quantity"]),
-                              revenue=money(r["revenue"], cur), cost=money(r["cost"], cur),
-                              margin=money(m, cur), margin_percent=_pct(m, r["revenue"]))
-        t = totals.setdefault(key, [cur, r["name"], 0, Decimal(0), Decimal(0), []])
-        t[2] += r["events"]
-        t[3] += r["revenue"]
-        t[4] += r["cost"]
-        t[5].append(metric)
-    for (t_id, c_id), (cur, name, events, revenue, cost, metrics) in totals.items():
-        customers[(t_id, c_id)] = CustomerMargin(
-            tenant=t_id, customer=c_id, name=name, events=events, revenue=money(revenue, cur),
-            cost=money(cost, cur), margin=money(revenue - cost, cur),
-            margin_percent=_pct(revenue - cost, revenue), negative=revenue - cost < 0, metrics=metrics)
+    by_customer: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:  # ordered by tenant, customer, metric
+        by_customer.setdefault((r["tenant"], r["customer"]), []).append(r)
+    customers = []
+    for (t, c), metrics in by_customer.items():
+        cur = metrics[0]["currency"]
+        revenue, cost = sum(m["revenue"] for m in metrics), sum(m["cost"] for m in metrics)
+        customers.append(CustomerMargin(
+            tenant=t, customer=c, name=metrics[0]["name"], events=sum(m["events"] for m in metrics),
+            revenue=money(revenue, cur), cost=money(cost, cur), margin=money(revenue - cost, cur),
+            margin_percent=_pct(revenue - cost, revenue), negative=revenue - cost < 0,
+            metrics=[MetricMargin(metric=m["metric"], events=m["events"], quantity=str(m["quantity"]),
+                                  revenue=money(m["revenue"], cur), cost=money(m["cost"], cur),
+                                  margin=money(m["revenue"] - m["cost"], cur),
+                                  margin_percent=_pct(m["revenue"] - m["cost"], m["revenue"]))
+                     for m in metrics]))
     return Margins(tenant=scope, period=period, periods=sorted({period, *known}, reverse=True),
-                   customers=list(customers.values()))
+                   customers=customers)

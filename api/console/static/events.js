@@ -22,11 +22,14 @@
     const e = message.event || {};
     const billing = message.billing || {};
     const time = (e.time || "").replace("T", " ").replace(/\.\d+/, "").replace("Z", "").slice(0, 19);
+    const when = Aforo.el("td", {class: "num"}, Aforo.el("span", {class: "hide-narrow"}, time.slice(0, 11)),
+                          time.slice(11));
     const open = e.id === undefined || e.source === undefined ? Aforo.el("span", {class: "muted"}, "no id")
       : Aforo.el("button", {class: "open", type: "button", "data-source": e.source, "data-id": e.id,
                             "data-tenant": e.tenantid}, String(e.id));
     const tr = Aforo.el("tr", {class: "event-row fresh", "data-status": message.status, "data-source": e.source || ""},
-      cell(time, "num"), allTenants ? cell(e.tenantid || "") : null, cell(e.source || ""), cell(e.type || ""),
+      when, allTenants ? cell(e.tenantid || "", "hide-narrow") : null, cell(e.source || "–"),
+      cell(e.type || "–", "hide-narrow"),
       cell(billing.customer || e.subject || "–", "hide-narrow"), cell(Aforo.badge(message.status, message.reason)),
       cell((message.provenance || {}).tier || "", "hide-narrow"), cell(open));
     return tr;
