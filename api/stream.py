@@ -39,6 +39,7 @@ QUEUE = 10_000  # frames a slow client may fall behind before it is told to reco
 # for browsers (EventSource hides comments).
 POSITIONED = b": tailing\n\nevent: ready\ndata: {}\n\n"
 OVERFLOW = b"event: overflow\ndata: {}\n\n"
+CLOSING = b"event: closing\ndata: {}\n\n"  # the server is shutting down: reconnect later
 
 
 def tail_consumer(settings: Settings) -> tuple[Consumer, list[TopicPartition]]:
@@ -141,6 +142,13 @@ class LiveTail:
             self._pending.discard(sub)
             self._subscribers.discard(sub)
 
+    def end_streams(self) -> None:
+        """Tell every client the server is going away and end its stream: streams never end by
+        themselves and would otherwise hold a graceful shutdown to its timeout."""
+        with self._lock:
+            for sub in self._subscribers | self._pending:
+                sub.offer(CLOSING)
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -201,7 +209,7 @@ async def tail(live: LiveTail, tenant: str | None) -> AsyncIterator[bytes]:
             except TimeoutError:
                 frame = b": keepalive\n\n"
             yield frame
-            if frame is OVERFLOW or frame.startswith(b"event: error"):
+            if frame in (OVERFLOW, CLOSING) or frame.startswith(b"event: error"):
                 return
     finally:
         live.unsubscribe(sub)

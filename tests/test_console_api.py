@@ -4,10 +4,15 @@ consumer per process, fanned out per tenant, starting at the true end of the top
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import orjson
@@ -229,3 +234,37 @@ def test_the_live_tail_starts_at_the_true_end_and_fans_out_per_tenant(settings):
     assert ids["acme"] == ["c-new-a"]
     assert ids["globex"] == ["c-new-g"]
     assert sorted(ids["operator"]) == ["c-new-a", "c-new-g"]
+
+
+def test_a_shutdown_ends_the_live_streams(settings):
+    """`aforo serve` on SIGTERM tells each open stream `event: closing` and ends it, so the
+    graceful shutdown does not wait for clients that would never leave (then uvicorn re-raises
+    the signal: the process ends by SIGTERM)."""
+    ensure_topics(settings)
+    key = _key(settings, "acme")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    aforo = Path(sys.executable).with_name("aforo")  # the console script of this environment
+    server = subprocess.Popen([str(aforo), "serve", "--port", str(port)],
+                              env=env_of(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                httpx.get(base + "/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        lines = []
+        with httpx.stream("GET", base + "/v1/events/stream", headers=_bearer(key), timeout=60) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if line == "event: ready":
+                    server.send_signal(signal.SIGTERM)
+        assert "event: closing" in lines[-3:]
+        assert server.wait(60) == -signal.SIGTERM
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

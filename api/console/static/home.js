@@ -33,9 +33,7 @@
     if (key === "projected" || !tile.compared_with) return null;
     const what = key === "today" ? "yesterday at this time" : "last period at this point";
     const frag = document.createDocumentFragment();
-    if (tile.change_percent === null) {
-      frag.append("– ");
-    } else {
+    if (tile.change_percent !== null) {
       const up = !tile.change_percent.startsWith("-");
       frag.append(Aforo.el("span", {class: up ? "up" : "down"}, `${up ? "+" : ""}${tile.change_percent}%`), " ");
     }
