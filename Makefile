@@ -31,7 +31,7 @@ test: install $(CHROMIUM)
 
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; \
 	else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi
 
 lint: install

@@ -20,6 +20,7 @@ every record routed after that moment (nothing older); browsers get `event: read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections import OrderedDict
@@ -103,7 +104,8 @@ class Subscriber:
 
     def offer(self, frame: bytes) -> None:
         """From the consumer thread: hand a frame to the client's event loop."""
-        self.loop.call_soon_threadsafe(self._put, frame)
+        with contextlib.suppress(RuntimeError):  # its event loop is closed: the client is gone
+            self.loop.call_soon_threadsafe(self._put, frame)
 
     def _put(self, frame: bytes) -> None:
         if self.overflowed:
