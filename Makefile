@@ -6,6 +6,9 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot
+# work offline); `make test` installs it when it is missing (as root, as CI runs).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run test lint bench bench-quick up down status clean
 
@@ -23,8 +26,13 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; \
+	else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi
 
 lint: install
 	$(BIN)/ruff check .

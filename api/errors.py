@@ -38,7 +38,7 @@ def too_large(message: str) -> ApiError:
 _DESCRIPTIONS = {
     400: "Structurally broken input (not JSON, wrong shape); the message names the problem",
     401: "Missing or invalid credentials or signature, or a stale signed request",
-    403: "An event names another tenant than the caller's",
+    403: "An event names another tenant than the caller's, or the key's scope does not allow this",
     404: "Not found",
     413: "Body or batch too large",
     415: "Unsupported Content-Type or Content-Encoding",

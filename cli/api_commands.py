@@ -39,23 +39,30 @@ def serve(host: str, port: int, rate: float, burst: float) -> None:
 
 @click.group()
 def keys() -> None:
-    """Per-tenant API keys (stored hashed; a key is shown once)."""
+    """API keys of a tenant, a customer or an operator (stored hashed; a key is shown once)."""
 
 
 @keys.command("create")
-@click.option("--tenant", required=True)
-def keys_create(tenant: str) -> None:
-    """Create a key for TENANT and print it once."""
+@click.option("--tenant", help="The tenant whose events the key sends and whose data it reads.")
+@click.option("--customer", help="With --tenant: a read-only key of this one customer (the portal).")
+@click.option("--operator", is_flag=True, help="A read-only key of every tenant (the console).")
+def keys_create(tenant: str | None, customer: str | None, operator: bool) -> None:
+    """Create a key and print it once: a tenant key (--tenant), a customer key (--tenant and
+    --customer) or an operator key (--operator)."""
     import psycopg
 
     from api.keys import create_key
     from sinks.postgres import connect
+    if operator == bool(tenant) or (operator and customer):
+        raise click.UsageError("give --tenant (and optionally --customer), or --operator alone")
+    scope = "operator" if operator else "customer" if customer else "tenant"
     try:
         with connect(_settings().database_url) as conn:
-            key_id, key = create_key(conn, tenant)
+            key_id, key = create_key(conn, tenant, scope, customer)
     except psycopg.errors.ForeignKeyViolation:
-        raise click.ClickException(f"tenant {tenant!r} is not in the catalog") from None
-    click.echo(f"key id: {key_id}\nkey:    {key}")
+        what = f"customer {customer!r} of tenant {tenant!r}" if customer else f"tenant {tenant!r}"
+        raise click.ClickException(f"{what} is not in the catalog") from None
+    click.echo(f"key id: {key_id}\nscope:  {scope}\nkey:    {key}")
     click.echo("Store the key now: it is not shown again (only its SHA-256 is kept).", err=True)
 
 
@@ -74,15 +81,16 @@ def keys_revoke(key_id: str) -> None:
 @keys.command("list")
 @click.option("--tenant")
 def keys_list(tenant: str | None) -> None:
-    """Every key's id, tenant, creation and revocation time (never the key)."""
+    """Every key's id, scope, tenant, customer, creation and revocation time (never the key)."""
     from api.keys import list_keys
     from sinks.postgres import connect
     with connect(_settings().database_url) as conn:
         stored = list_keys(conn, tenant)
-    click.echo(f"{'id':<18} {'tenant':<12} {'created':<26} revoked")
+    click.echo(f"{'id':<18} {'scope':<9} {'tenant':<12} {'customer':<12} {'created':<26} revoked")
     for k in stored:
         revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
-        click.echo(f"{k.id:<18} {k.tenant:<12} {k.created_at.isoformat(timespec='seconds'):<26} {revoked}")
+        click.echo(f"{k.id:<18} {k.scope:<9} {k.tenant or '*':<12} {k.customer or '-':<12} "
+                   f"{k.created_at.isoformat(timespec='seconds'):<26} {revoked}")
 
 
 # --- uploads -------------------------------------------------------------------------------------

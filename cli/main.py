@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -339,52 +339,46 @@ def price(plan_file, quantities, events_file) -> None:
 @click.option("--period", help="YYYY-MM (UTC); defaults to the current month.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def revenue(tenant, period, fmt) -> None:
-    """Today, period to date, projected end of period, and revenue, cost and margin by customer."""
-    from operators.revenue import period_bounds, projected
+    """Today, period to date, projected end of period, and revenue, cost and margin by customer.
+
+    Amounts are shown with the currency's minor units (--format json keeps them exact)."""
+    from operators.money import display, percent
+    from operators.revenue import period_bounds
     from sinks.postgres import connect
-    from sinks.reports import revenue_between, revenue_by_customer
+    from sinks.reports import revenue_report
     now = datetime.now(UTC)
     period = period or now.strftime("%Y-%m")
     try:
         period_bounds(period)
     except ValueError:
         _fail(f"--period must be YYYY-MM, got {period!r}")
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     with connect(_settings().database_url) as conn:
-        customers = revenue_by_customer(conn, period, tenant)
-        today_rev = revenue_between(conn, today, today + timedelta(days=1), tenant)
-    totals: dict[str, Decimal] = {}
-    for c in customers:
-        totals[c["currency"]] = totals.get(c["currency"], Decimal(0)) + c["revenue"]
-    report = {
-        "period": period,
-        "today": {cur: str(v) for cur, v in today_rev.items()},
-        "period_to_date": {cur: str(v) for cur, v in totals.items()},
-        "projected_end_of_period": {cur: str(projected(v, period, now)) for cur, v in totals.items()},
-        "customers": [{**c, "events": int(c["events"]),
-                       **{k: str(c[k]) for k in ("revenue", "cost", "margin")}} for c in customers],
-    }
+        report = revenue_report(conn, tenant, period, now)
+    customers = report["customers"]
     if fmt == "json":
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({
+            "period": period,
+            **{k: {cur: str(v) for cur, v in report[k].items()}
+               for k in ("today", "period_to_date", "projected_end_of_period")},
+            "customers": [{**c, "events": int(c["events"]),
+                           **{k: str(c[k]) for k in ("revenue", "cost", "margin")}} for c in customers],
+        }, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"period {period}")
     for label, key in (("today", "today"), ("period to date", "period_to_date"),
                        ("projected end of period", "projected_end_of_period")):
-        values = ", ".join(f"{v} {cur}" for cur, v in report[key].items()) or "0"
+        values = ", ".join(display(v, cur) for cur, v in report[key].items()) or "0"
         click.echo(f"  {label:<26} {values}")
-    click.echo(f"\n{'tenant':<10} {'customer':<12} {'events':>8} {'revenue':>16} {'cost':>14} "
-               f"{'margin':>16} {'margin %':>9}")
+    click.echo("  (projected at the current pace of usage, priced on each plan: fixed and stairstep\n"
+               "   fees counted once, tiered charges at the tier the projected usage reaches)")
+    click.echo(f"\n{'tenant':<10} {'customer':<12} {'events':>8} {'revenue':>18} {'cost':>16} "
+               f"{'margin':>18} {'margin %':>9}")
     for c in customers:
-        pct = f"{c['margin'] / c['revenue'] * 100:.1f}" if c["revenue"] else "-"
+        pct = percent(c["margin"], c["revenue"])
         flag = "  << negative margin" if c["margin"] < 0 else ""
         click.echo(f"{c['tenant']:<10} {c['customer']:<12} {c['events']:>8} "
-                   f"{_money(c['revenue'], c['currency']):>16} {_money(c['cost'], c['currency']):>14} "
-                   f"{_money(c['margin'], c['currency']):>16} {pct:>9}{flag}")
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    """Display only: exact amounts are in the ledger and in --format json."""
-    return f"{amount.quantize(Decimal('0.0001'))} {currency}"
+                   f"{display(c['revenue'], c['currency']):>18} {display(c['cost'], c['currency']):>16} "
+                   f"{display(c['margin'], c['currency']):>18} {'-' if pct is None else pct:>9}{flag}")
 
 
 # --- auditability ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from decimal import Decimal
 from functools import cache
 
 from operators.anomaly import Alert, Usage
+from operators.projection import previous_period
 from operators.revenue import period_bounds
 from operators.timestamp_gate import to_us
 
@@ -48,11 +49,6 @@ class Quota:
 def _bounds_us(period: str) -> tuple[int, int]:
     start, end = period_bounds(period)
     return to_us(start), to_us(end)
-
-
-def _previous(period: str) -> str:
-    year, month = map(int, period.split("-"))
-    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
 
 
 class QuotaPacing:
@@ -114,6 +110,6 @@ class QuotaPacing:
         if self.period is not None and period <= self.period:
             return
         self.period = period
-        keep = _previous(period)
+        keep = previous_period(period)
         self.totals = {k: v for k, v in self.totals.items() if k[2] >= keep}
         self.fired = {k for k in self.fired if k[2] >= keep}

@@ -24,7 +24,6 @@ from decimal import Decimal
 import orjson
 
 from operators.pricing import Charge, GroupKey, Unpriceable, group_key, marginal
-from operators.timestamp_gate import to_us
 from schemas.billing import MetricUse, RevenueLine, TenantInfo
 from schemas.record import Batch, Reason, Record, Status
 
@@ -192,13 +191,3 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
         return start, start.replace(year=start.year + 1, month=1)
     end = start.replace(month=start.month + 1)
     return start, end
-
-
-def projected(period_to_date: Decimal, period: str, now: datetime) -> Decimal:
-    """End-of-period revenue at the current pace: an upper-bound estimate for tier and allowance
-    plans (later units may be cheaper), shown to the cent. A closed period projects to itself."""
-    start, end = period_bounds(period)
-    elapsed_us = to_us(min(max(now, start), end)) - to_us(start)
-    if elapsed_us == 0 or now >= end:
-        return period_to_date
-    return (period_to_date * (to_us(end) - to_us(start)) / elapsed_us).quantize(Decimal("0.01"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import config
+from flows.metering import run
 from sinks.kafka import RawProducer, ensure_topics, kafka_config
 from sinks.postgres import connect
 
@@ -67,6 +69,15 @@ def routed(s: config.Settings) -> dict[str, set[str]]:
             seen.setdefault(ref, set()).add(m.topic())
     c.close()
     return seen
+
+
+def meter_demo(s: config.Settings, normal: int) -> config.Settings:
+    """The demo stream (both tenants, duplicates, late, rejected and unresolved events), metered."""
+    from cli.demo import demo_stream
+    lines, _ = demo_stream(datetime.now(UTC), normal=normal)
+    send(s, lines)
+    run(s, once=True)
+    return s
 
 
 def env_of(s: config.Settings) -> dict[str, str]:
