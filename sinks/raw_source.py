@@ -146,7 +146,11 @@ class RawSource(FixedPartitionedSource[Batch, None]):
             self._settings, "consumer", group_id="aforo-metering", enable_partition_eof=True,
             # An offset beyond the log means the topic is not what the ledger says it is: an error,
             # never a silent jump to the end.
-            auto_offset_reset="error"))
+            auto_offset_reset="error",
+            # A fetch may wait this long for data (default 500 ms): the ingest-to-ledger latency of
+            # a quiet stream. Measured on the embedded broker: 250 ms per event at the default,
+            # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per partition per second.
+            fetch_wait_max_ms=25))
         start = OFFSET_BEGINNING if done is None else done + 1
         consumer.assign([TopicPartition(self._topic, partition, start)])
         return _RawPartition(consumer, self._topic, self._topic_id, partition, self._settings.batch_size,
