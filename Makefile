@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
 	touch $(STAMP)
 
+# --yes: as root, `aforo up` lists what Postgres needs changed on the machine and makes the
+# changes without asking (run `aforo up` yourself to be asked first).
 run: install
-	$(BIN)/aforo up
+	$(BIN)/aforo up --yes
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
@@ -36,7 +38,7 @@ bench-quick: install
 	$(BIN)/python -m bench --quick
 
 up: install
-	$(BIN)/aforo up
+	$(BIN)/aforo up --yes
 
 down: install
 	$(BIN)/aforo down

@@ -14,10 +14,10 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from api.errors import ApiError
 from api.routes import events, gateways, uploads, webhooks
 from api.services import ApiOptions, Services
 from config import Settings
+from schemas.errors import AforoError
 
 DESCRIPTION = """Aforo's front doors. Every door produces CloudEvents to the raw topic, stamped with
 the time of receipt, for the metering pipeline; semantic validation happens there, and every event
@@ -29,8 +29,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+async def _aforo_error(_request: Request, exc: AforoError) -> JSONResponse:
+    """Every AforoError (ApiError included): its status, code and message (schemas/errors.py)."""
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
 
 
 async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -64,7 +65,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
             app.state.services.close()
 
     app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(AforoError, _aforo_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(psycopg.OperationalError, _unavailable)

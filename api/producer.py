@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
-from config import Settings
+from config import Settings, clock
 from sinks.kafka import TIER_HEADER, producer_config, record_key
 
 MAX_KEPT_ERRORS = 1000  # an upload to a dead broker must not collect millions of error strings
@@ -125,4 +125,4 @@ def _resolve(future: asyncio.Future) -> None:
 def now_ms() -> int:
     """The time of receipt, which becomes the raw record's Kafka timestamp (the pipeline's
     ingestion time)."""
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()

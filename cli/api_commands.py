@@ -29,10 +29,7 @@ def serve(host: str, port: int, rate: float, burst: float) -> None:
     """Run the HTTP API (OpenAPI document at /openapi.json)."""
     from api.server import serve as run_server
     from api.services import ApiOptions
-    try:
-        run_server(host, port, ApiOptions(rate=rate, burst=burst))
-    except config.NotConfigured as exc:
-        raise click.ClickException(str(exc)) from None
+    run_server(host, port, ApiOptions(rate=rate, burst=burst))
 
 
 # --- API keys ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.errors import AforoGroup
 
 
 def _settings() -> config.Settings:
@@ -27,7 +28,7 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.group()
+@click.group(cls=AforoGroup)
 def main() -> None:
     """Aforo: financial-grade usage metering."""
 
@@ -46,25 +47,33 @@ def _print_services(states) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured)."""
-    from stack.embedded import StackError
+@click.option("--yes", is_flag=True,
+              help="As root, make the machine changes Postgres needs without asking (scripts).")
+def up(yes: bool) -> None:
+    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured).
+
+    As root, PostgreSQL needs an account of its own and access to its files: what that changes
+    is listed first, and done only when confirmed (or with --yes)."""
+    from stack.embedded import root_changes
     from stack.embedded import up as stack_up
-    try:
-        _print_services(stack_up(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    s = _settings()
+    changes = root_changes(s)
+    if changes:
+        click.echo("Running as root, starting the embedded postgres will:\n  - " + "\n  - ".join(changes),
+                   err=True)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("not confirmed: re-run with --yes to allow these changes, "
+                      "or run Aforo as an ordinary user")
+            click.confirm("Make these changes?", abort=True, err=True)
+    _print_services(stack_up(s, allow_root_changes=bool(changes)))
 
 
 @main.command()
 def down() -> None:
     """Stop the embedded stack. The broker is memory-only: its topics are gone after this."""
-    from stack.embedded import StackError
     from stack.embedded import down as stack_down
-    try:
-        _print_services(stack_down(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    _print_services(stack_down(_settings()))
 
 
 @main.command()
@@ -77,14 +86,12 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
-    from sinks.kafka import ensure_topics
+    from sinks.kafka import ensure_topics, require_broker
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
-    try:
-        applied = pg_migrate(s.database_url)
-        ensure_topics(s)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    require_broker(s)  # at once, and before the database changes
+    applied = pg_migrate(s.database_url)
+    ensure_topics(s)
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
                + ", ".join(s.topics.outputs))
@@ -159,10 +166,7 @@ def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
 @click.option("--workers", default=1, show_default=True, help="Bytewax workers in this process.")
 def run_cmd(once: bool, workers: int) -> None:
     """Run the metering flow (with crash recovery: it resumes where it stopped)."""
-    try:
-        elapsed = run_flow(_settings(), once, workers)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    elapsed = run_flow(_settings(), once, workers)
     if once:
         click.echo(f"done in {elapsed:.1f}s")
 

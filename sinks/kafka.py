@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Iterable, Iterator
 
 import orjson
@@ -11,7 +12,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from config import Settings
+from config import Settings, clock
+from schemas.errors import Unavailable
 from schemas.record import Record
 
 # Raw records up to this size reach the pipeline (which rejects those over 1 MiB with a reason)
@@ -43,10 +45,35 @@ def producer_config(settings: Settings) -> dict:
     return kafka_config(settings, "producer")
 
 
+BROKER_PROBE_TIMEOUT_S = 3.0
+
+
+def require_broker(settings: Settings) -> None:
+    """Unavailable, at once and in one line, when no bootstrap server accepts a connection: a
+    Kafka client would instead retry for its whole timeout, logging every attempt."""
+    bootstrap = settings.kafka_bootstrap
+    problems = []
+    for server in bootstrap.split(","):
+        address = server.strip().rsplit("://", 1)[-1]
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=BROKER_PROBE_TIMEOUT_S).close()
+            return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    raise Unavailable(f"cannot reach the Kafka broker ({'; '.join(problems)}); "
+                      "check AFORO_KAFKA_BOOTSTRAP or `aforo status`")
+
+
 def ensure_topics(settings: Settings) -> None:
     """Create Aforo's topics if missing (raw with the configured partition count)."""
+    require_broker(settings)
     admin = AdminClient(kafka_config(settings, "admin"))
-    existing = admin.list_topics(timeout=10).topics
+    try:
+        existing = admin.list_topics(timeout=10).topics
+    except KafkaException as exc:
+        raise Unavailable(f"the Kafka broker at {settings.kafka_bootstrap} does not answer: "
+                          f"{exc.args[0].str()}") from None
     t = settings.topics
     wanted = [NewTopic(name, settings.raw_partitions if name == t.raw else 1, 1)
               for name in (t.raw, *t.outputs) if name not in existing]
@@ -137,7 +164,7 @@ class RawProducer:
         n = 0
         for line in lines:
             produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
-                    timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
+                    timestamp=timestamp_ms or clock.now_ms(), on_delivery=self._on_delivery)
             n += 1
             if n % 1000 == 0:
                 self._producer.poll(0)
