@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from integration import env_of, revenue_totals, send
 
 from cli.main import main
+from config import clock
 from flows.metering import run
 from sinks.postgres import connect
 
@@ -100,3 +102,42 @@ def test_reject_records_who_and_why_and_unresolved_events_release_when_the_catal
     with connect(settings.database_url) as conn:
         assert conn.execute("SELECT status, subscription FROM ledger WHERE reinject_of IS NOT NULL"
                             ).fetchall() == [("accepted", "sub-new")]
+
+
+def test_approve_all_reinjects_each_customers_history_in_event_time_order(settings):
+    """Two customers' day of history, all of it late and arrived in no order, approved at once:
+    the pipeline gets each customer's events as they happened, so the monitor sees the spike
+    whole (the issue saw 83-110 of 150, and spurious dips, with the arbitrary order)."""
+    from flows.monitoring import run as monitor
+    from sinks.alerts import list_alerts
+    start = clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=60)
+    lines, n = [], 0
+    for subject in ("cust-1", "cust-3"):
+        for hour in range(24):  # 6 calls an hour, 30 in hour 20; hour 22 closes hour 20
+            calls = 30 if hour == 20 else 6
+            for k in range(calls):
+                n += 1
+                lines.append(event(n, start + timedelta(hours=hour, seconds=k * 3600 // calls), subject))
+    random.Random(5).shuffle(lines)
+    send(settings, lines)
+    run(settings, once=True)
+    assert len(held(settings)) == len(lines)
+
+    approved = cli(settings, "reconcile", "approve", "--all")
+    assert f"approved {len(lines)}, re-injected {len(lines)}" in approved
+    run(settings, once=True)
+    with connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT subject, raw_partition, raw_offset, event_time FROM ledger"
+                            " WHERE reinject_of IS NOT NULL AND status = 'accepted'").fetchall()
+    assert len(rows) == len(lines)
+    for subject in ("cust-1", "cust-3"):
+        arrival = sorted((p, o, t) for s, p, o, t in rows if s == subject)
+        assert len({p for p, _, _ in arrival}) == 1  # one customer, one partition
+        assert [t for *_, t in arrival] == sorted(t for *_, t in arrival)
+
+    monitor(settings, once=True)
+    with connect(settings.database_url) as conn:
+        anomalies = [(a["customer"], a["kind"], a["window_id"], a["details"]["observed"])
+                     for a in list_alerts(conn, tenant="acme") if a["kind"] in ("spike", "dip")]
+    spike_hour = (start + timedelta(hours=20)).strftime("%Y-%m-%dT%H:00Z")
+    assert sorted(anomalies) == [("cust-1", "spike", spike_hour, "30"), ("cust-3", "spike", spike_hour, "30")]
