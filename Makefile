@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quick up down status clean
+.PHONY: install run test test-clock lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
@@ -25,8 +25,13 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
+# Tests marked time_sensitive also run at 00:30 UTC on the 1st of a month and on 1 January
+# (tests/conftest.py): `make test` includes them; `make test-clock` runs only them.
 test: install
 	$(BIN)/python -m pytest
+
+test-clock: install
+	$(BIN)/python -m pytest -m time_sensitive
 
 lint: install
 	$(BIN)/ruff check .

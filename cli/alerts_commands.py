@@ -12,6 +12,7 @@ import click
 import orjson
 
 import config
+from config import clock
 
 _DURATION = re.compile(r"(\d+)([mhd])\Z")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -23,7 +24,7 @@ def _since(value: str | None) -> datetime | None:
         return None
     m = _DURATION.match(value)
     if m:
-        return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        return clock.now() - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
     try:
         t = datetime.fromisoformat(value)
     except ValueError:

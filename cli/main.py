@@ -18,6 +18,7 @@ import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
 from cli.errors import AforoGroup
+from config import clock
 
 
 def _settings() -> config.Settings:
@@ -314,7 +315,7 @@ def revenue(tenant, period, fmt) -> None:
     from operators.revenue import period_bounds, projected
     from sinks.postgres import connect
     from sinks.reports import revenue_between, revenue_by_customer
-    now = datetime.now(UTC)
+    now = clock.now()
     period = period or now.strftime("%Y-%m")
     try:
         period_bounds(period)
@@ -601,7 +602,7 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
         "rows": rows, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
         "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
         "chain_head": {"seq": seq, "chain_hash": head},
-        "exported_at": datetime.now(UTC).isoformat(),
+        "exported_at": clock.now().isoformat(),
     }
     manifest_path = output.with_name(output.name + ".manifest.json")
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -672,7 +673,7 @@ def demo(normal: int) -> None:
     from cli.demo import CATALOG, demo_stream
     s = _settings()
     apply_catalog_file(s, CATALOG)
-    started = datetime.now(UTC)
+    started = clock.now()
     # a fresh seed per run: a second demo is new traffic, not a replay of the first
     lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
     # the monitoring scenarios go first: the detectors read each customer's events in event-time order

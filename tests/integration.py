@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import UTC, datetime
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import config
@@ -72,3 +74,17 @@ def routed(s: config.Settings) -> dict[str, set[str]]:
 def env_of(s: config.Settings) -> dict[str, str]:
     """The environment that makes a subprocess `aforo` see the same installation."""
     return {**os.environ, **s.to_env()}
+
+
+def periods_of(lines: list[bytes], tenant: str = "acme") -> list[str]:
+    """The billing periods (YYYY-MM in UTC) a tenant's events fall in by their own `time`: what a
+    test replays or reports on, rather than the month the clock happens to be in."""
+    found = set()
+    for line in lines:
+        try:
+            event = orjson.loads(line)
+            if isinstance(event, dict) and event.get("tenantid") == tenant:
+                found.add(datetime.fromisoformat(event["time"]).astimezone(UTC).strftime("%Y-%m"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # the demo's broken lines belong to no period
+    return sorted(found)
