@@ -14,7 +14,7 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from api.routes import events, gateways, uploads, webhooks
+from api.routes import backfills, events, gateways, uploads, webhooks
 from api.services import ApiOptions, Services
 from config import Settings
 from schemas.errors import AforoError
@@ -71,7 +71,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways):
+    for module in (events, uploads, webhooks, gateways, backfills):
         app.include_router(module.router)
     app.openapi = lambda: _without_422(app)
     return app

@@ -25,6 +25,7 @@ FirehoseKey = Annotated[str | None, Security(firehose_key)]
 class Caller:
     tenant: str
     key_id: str
+    operator: bool = False  # an operator key: may also backfill
 
 
 async def authenticate(svc: Services, key: str | None) -> Caller:
@@ -33,11 +34,12 @@ async def authenticate(svc: Services, key: str | None) -> Caller:
     key_id = key_id_of(key) if key else None
     if key_id is None:
         raise unauthorized
-    tenant = verify(await svc.keys.get(key_id), key)
+    stored = await svc.keys.get(key_id)
+    tenant = verify(stored, key)
     if tenant is None:
         raise unauthorized
     svc.limiter.check(f"key:{key_id}")
-    return Caller(tenant, key_id)
+    return Caller(tenant, key_id, stored.operator)
 
 
 async def rest_caller(credentials: Bearer, svc: Svc) -> Caller:

@@ -26,6 +26,7 @@ class StoredKey:
     key_hash: bytes
     created_at: datetime
     revoked_at: datetime | None
+    operator: bool = False  # may also backfill (POST /v1/backfills)
 
 
 def digest(key: str) -> bytes:
@@ -43,11 +44,11 @@ def key_id_of(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def create_key(conn: psycopg.Connection, tenant: str) -> tuple[str, str]:
+def create_key(conn: psycopg.Connection, tenant: str, operator: bool = False) -> tuple[str, str]:
     """A new key for a tenant of the catalog; returns (id, key). The key is not stored."""
     key_id, key = new_key()
-    conn.execute("INSERT INTO api_keys (id, tenant, key_hash) VALUES (%s, %s, %s)",
-                 (key_id, tenant, digest(key)))
+    conn.execute("INSERT INTO api_keys (id, tenant, key_hash, operator) VALUES (%s, %s, %s, %s)",
+                 (key_id, tenant, digest(key), operator))
     return key_id, key
 
 
@@ -59,15 +60,15 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
 
 
 def list_keys(conn: psycopg.Connection, tenant: str | None = None) -> list[StoredKey]:
-    rows = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
+    rows = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at, operator FROM api_keys"
                         " WHERE %s::text IS NULL OR tenant = %s ORDER BY tenant, created_at",
                         (tenant, tenant)).fetchall()
     return [StoredKey(*row) for row in rows]
 
 
 def find_key(conn: psycopg.Connection, key_id: str) -> StoredKey | None:
-    row = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s",
-                       (key_id,)).fetchone()
+    row = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at, operator FROM api_keys"
+                       " WHERE id = %s", (key_id,)).fetchone()
     return StoredKey(*row) if row else None
 
 

@@ -31,10 +31,11 @@ def operator_error(exc: BaseException) -> AforoError | None:
 
 
 class Failure(click.ClickException):
-    """An AforoError as click shows it: `Error: <message>` on stderr, the error's exit code."""
+    """An AforoError as click shows it: `Error: <message>` on stderr (and its details, if any),
+    the error's exit code."""
 
     def __init__(self, error: AforoError):
-        super().__init__(str(error))
+        super().__init__("\n".join((str(error), *error.details)))
         self.exit_code = error.exit_code
 
 

@@ -17,6 +17,7 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.backfill_commands import backfill
 from cli.errors import AforoGroup
 from config import clock
 
@@ -35,7 +36,8 @@ def main() -> None:
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
-                 monitor, alerts):  # the monitoring flow and its alerts
+                 monitor, alerts,  # the monitoring flow and its alerts
+                 backfill):  # the record of backfills (`aforo upload --backfill`)
     main.add_command(_command)
 
 

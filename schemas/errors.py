@@ -18,6 +18,7 @@ class AforoError(Exception):
     http_status = 400
     code = "bad_request"
     headers: dict[str, str] | None = None
+    details: tuple[str, ...] = ()  # more lines the CLI prints under the message (e.g. bad rows)
 
     def body(self) -> dict[str, object]:
         """The API's JSON error shape."""

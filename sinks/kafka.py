@@ -109,6 +109,7 @@ def topic_id(settings: Settings, topic: str) -> str:
 
 TIER_HEADER = "aforo-tier"  # which front door received the event: sdk, rest, upload, webhook, ...
 REINJECT_HEADER = "aforo-reinject-of"  # an approved held event, re-injected: its original record
+BACKFILL_HEADER = "aforo-backfill"  # history admitted by an operator: the backfill's id (api/backfill.py)
 
 
 def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -49,7 +49,8 @@ def test_sent_and_reinjected_records_carry_the_clocks_time(settings):
                                       "time": "2026-12-30T18:30:00Z"})])
         run(settings, once=True)
         with connect(settings.database_url) as conn:
-            [(held_id, status, ingested)] = conn.execute("SELECT id, status, ingested_at FROM ledger").fetchall()
+            [(held_id, status, ingested)] = conn.execute(
+                "SELECT id, status, ingested_at FROM ledger").fetchall()
             assert (status, ingested) == ("late", AT)
             decide(conn, [held_id], "approve", "test", None)
             conn.commit()
