@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 import config
 from sinks.kafka import RawProducer, ensure_topics, kafka_config
@@ -49,25 +49,31 @@ def outcomes(s: config.Settings) -> Counter:
     return Counter(f"{row[2]}/{row[3] or ''}" for row in ledger(s))
 
 
-def routed(s: config.Settings) -> dict[str, set[str]]:
-    """raw reference -> the output topics it was produced to (read to partition EOF)."""
+def messages(s: config.Settings, topics: tuple[str, ...]) -> list[Message]:
+    """Every message of the topics, read from the start to partition EOF, in partition order."""
     c = Consumer(kafka_config(s, "consumer", group_id="aforo-test", enable_partition_eof=True))
     parts = []
-    for topic in s.topics.outputs:
+    for topic in topics:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
     c.assign(parts)
-    seen: dict[str, set[str]] = {}
-    remaining = len(parts)
+    found, remaining = [], len(parts)
     while remaining:
         for m in c.consume(1000, 5.0):
             if m.error():
                 assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
                 remaining -= 1
                 continue
-            ref = dict(m.headers())["aforo-raw"].decode()
-            seen.setdefault(ref, set()).add(m.topic())
+            found.append(m)
     c.close()
+    return sorted(found, key=lambda m: (m.topic(), m.partition(), m.offset()))
+
+
+def routed(s: config.Settings) -> dict[str, set[str]]:
+    """raw reference -> the output topics it was produced to."""
+    seen: dict[str, set[str]] = {}
+    for m in messages(s, s.topics.outputs):
+        seen.setdefault(dict(m.headers())["aforo-raw"].decode(), set()).add(m.topic())
     return seen
 
 

@@ -42,9 +42,9 @@ class Api:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def new_key(settings: config.Settings, tenant: str) -> tuple[str, str]:
+def new_key(settings: config.Settings, tenant: str, operator: bool = False) -> tuple[str, str]:
     with connect(settings.database_url) as conn:
-        return create_key(conn, tenant)
+        return create_key(conn, tenant, operator)
 
 
 def open_api(settings: config.Settings, options: ApiOptions | None = None) -> Iterator[Api]:

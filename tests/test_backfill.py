@@ -11,13 +11,12 @@ from datetime import datetime, timedelta
 import orjson
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from integration import env_of, send
-from test_api_helpers import new_key, open_api
+from integration import env_of, messages, send
+from test_api_helpers import open_api
 
 from cli.main import main
 from config import clock
-from sinks.kafka import BACKFILL_HEADER, TIER_HEADER, ensure_topics, kafka_config
+from sinks.kafka import BACKFILL_HEADER, TIER_HEADER, ensure_topics
 from sinks.ledger import LEDGER_NAMES
 from sinks.postgres import connect
 
@@ -42,22 +41,9 @@ def ndjson(events: list[dict]) -> bytes:
 
 
 def raw_records(settings) -> list[tuple]:
-    """(partition, offset, timestamp ms, headers, event) of every raw record, read to the end."""
-    topic = settings.topics.raw
-    c = Consumer(kafka_config(settings, "consumer", group_id="aforo-test", enable_partition_eof=True))
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, remaining = [], len(parts)
-    while remaining:
-        for m in c.consume(1000, 5.0):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                remaining -= 1
-                continue
-            out.append((m.partition(), m.offset(), m.timestamp()[1],
-                        {k: v.decode() for k, v in m.headers() or ()}, orjson.loads(m.value())))
-    c.close()
-    return sorted(out, key=lambda r: r[:2])
+    """(partition, offset, timestamp ms, headers, event) of every raw record."""
+    return [(m.partition(), m.offset(), m.timestamp()[1], {k: v.decode() for k, v in m.headers() or ()},
+             orjson.loads(m.value())) for m in messages(settings, (settings.topics.raw,))]
 
 
 def ms(iso: str) -> int:
@@ -155,9 +141,12 @@ def test_backfill_api_needs_an_operator_key_and_records_the_key(settings, api):
     denied = api.client.post("/v1/backfills", params=params, content=body, headers=api.auth)
     assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
 
-    key_id, key = new_key(settings, "acme")
-    with connect(settings.database_url) as conn:  # as `aforo keys create --operator` does
-        conn.execute("UPDATE api_keys SET operator = true WHERE id = %s", (key_id,))
+    created = CliRunner().invoke(main, ["keys", "create", "--tenant", "acme", "--operator"],
+                                 env=env_of(settings))
+    assert created.exit_code == 0, created.output
+    key_id, key = (line.split()[-1] for line in created.output.splitlines()[:2])
+    listed = CliRunner().invoke(main, ["keys", "list"], env=env_of(settings)).output
+    assert f"{key_id}   acme         operator" in listed and f"{api.key_id}   acme         tenant" in listed
     operator = {"Authorization": f"Bearer {key}"}
     assert api.client.post("/v1/backfills", params={"format": "ndjson"}, content=body,
                            headers=operator).status_code == 400  # no reason

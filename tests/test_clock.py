@@ -8,12 +8,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import time_machine
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from integration import send
+from integration import messages, send
 
 from config import clock
 from flows.metering import run
-from sinks.kafka import kafka_config
 from sinks.postgres import connect
 from sinks.reconcile import awaiting_reinjection, decide, reinject
 
@@ -23,20 +21,7 @@ AT = datetime(2027, 1, 1, 0, 30, tzinfo=UTC)
 
 
 def raw_timestamps(settings) -> list[int]:
-    topic = settings.topics.raw
-    c = Consumer(kafka_config(settings, "consumer", group_id="aforo-test", enable_partition_eof=True))
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    stamps, remaining = [], len(parts)
-    while remaining:
-        for m in c.consume(1000, 5.0):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                remaining -= 1
-                continue
-            stamps.append(m.timestamp()[1])
-    c.close()
-    return stamps
+    return [m.timestamp()[1] for m in messages(settings, (settings.topics.raw,))]
 
 
 def test_sent_and_reinjected_records_carry_the_clocks_time(settings):

@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated, Literal
 
 import anyio.to_thread
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.auth import RestCaller
 from api.backfill import BackfillRecord, BackfillReport, check, require_reason, run_backfill
 from api.errors import ErrorBody, bad_request, documented
-from api.limits import decoded
-from api.routes.uploads import UPLOAD_BODY, BodyReader
+from api.routes.uploads import UPLOAD_BODY, streamed_rows
 from api.services import Svc
-from api.uploads import CHUNK, UploadError, format_of, parse_csv_mapping, rows_of
+from api.uploads import UploadError
 from config import clock
 from schemas.errors import Forbidden, NotFound
 from sinks.backfills import find_backfill
@@ -50,19 +47,11 @@ async def backfill(request: Request, caller: RestCaller, svc: Svc,
     order per customer; the answer comes once the broker has acknowledged every event."""
     _operator(caller)
     why = require_reason(reason)
-    try:
-        fmt = format_of(format, request.headers.get("content-type"))
-        csv_mapping = parse_csv_mapping(orjson.loads(mapping)) if mapping is not None else None
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"mapping is not valid JSON: {exc}") from None
-    except UploadError as exc:
-        raise bad_request(str(exc)) from None
-    reader = io.BufferedReader(BodyReader(decoded(request.stream(), request.headers.get("content-encoding"))),
-                               CHUNK)
+    _, rows = streamed_rows(request, format, mapping)
 
     def work() -> BackfillReport:
         now = clock.now()
-        batch = check(rows_of(reader, fmt, csv_mapping), caller.tenant, now)
+        batch = check(rows, caller.tenant, now)
         return run_backfill(batch, f"key:{caller.key_id}", why, now, lambda: svc.pool.connection(timeout=10),
                             svc.producer)
 
