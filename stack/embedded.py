@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# Postgres' shutdown checkpoint writes every dirty buffer: on a loaded machine, after a test
+# session's hundreds of databases, that took longer than STOP_TIMEOUT_S.
+PG_STOP_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
 PROBE_TIMEOUT_S = 1.0
 LOG_TAIL_LINES = 20
@@ -386,8 +389,8 @@ class _Postgres(_Service):
     @staticmethod
     def _pg_ctl_stop(run_as: dict[str, Any], bin_dir: Path, data: Path, mode: str) -> None:
         _pg_run(run_as, data, [bin_dir / "pg_ctl", "-D", data, "-m", mode, "-w",
-                               "-t", str(int(STOP_TIMEOUT_S)), "stop"],
-                timeout=STOP_TIMEOUT_S + 10)
+                               "-t", str(int(PG_STOP_TIMEOUT_S)), "stop"],
+                timeout=PG_STOP_TIMEOUT_S + 10)
 
 
 _POSTGRES = _Postgres()
