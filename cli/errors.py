@@ -24,7 +24,10 @@ def operator_error(exc: BaseException) -> AforoError | None:
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return NotMigrated(f"the database has no Aforo schema yet ({exc.diag.message_primary}): "
                            "run `aforo migrate`")
-    if isinstance(exc, psycopg.OperationalError):
+    # no SQLSTATE: the client could not connect or lost the connection; 08: connection
+    # exception; 57P: the server is shutting down or restarting
+    if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate[:2] == "08"
+                                                     or exc.sqlstate[:3] == "57P"):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Unavailable(f"cannot reach Postgres: {first}")
     return None

@@ -39,6 +39,14 @@ def test_a_command_without_a_stack_prints_one_line_and_exits_2(args, tmp_path):
     assert line.startswith("Error: no ") and "configured" in line and "aforo up" in line, line
 
 
+def test_a_database_that_does_not_answer_is_one_line_too(tmp_path):
+    env = {**NO_STACK, "AFORO_HOME": str(tmp_path), "AFORO_DATABASE_URL": f"postgresql://127.0.0.1:{free_port()}/x"}
+    result = CliRunner().invoke(main, ["summary"], env=env)
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: cannot reach Postgres: connection failed: ") and "refused" in line
+
+
 @pytest.mark.integration
 def test_a_database_without_the_schema_says_run_migrate(settings):
     empty = settings.database_url.rsplit("/", 1)[0] + f"/e_{uuid.uuid4().hex[:12]}"
