@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.errors import AforoError
 
-class ApiError(Exception):
-    """A refusal with its HTTP status; `extra` fields are added to the JSON body."""
+
+class ApiError(AforoError):
+    """A refusal only the API makes, with its HTTP status; `extra` fields are added to the JSON
+    body. Answered by the one AforoError handler (api/app.py), like every other AforoError."""
 
     def __init__(self, status: int, code: str, message: str, *,
                  headers: dict[str, str] | None = None, **extra: object):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.http_status, self.code, self.message = status, code, message
         self.headers = headers
         self.extra = extra
 
     def body(self) -> dict[str, object]:
-        return {"error": self.code, "message": self.message, **self.extra}
+        return {**super().body(), **self.extra}
 
 
 class ErrorBody(BaseModel):

@@ -29,10 +29,7 @@ def serve(host: str, port: int, rate: float, burst: float) -> None:
     """Run the HTTP API (OpenAPI document at /openapi.json)."""
     from api.server import serve as run_server
     from api.services import ApiOptions
-    try:
-        run_server(host, port, ApiOptions(rate=rate, burst=burst))
-    except config.NotConfigured as exc:
-        raise click.ClickException(str(exc)) from None
+    run_server(host, port, ApiOptions(rate=rate, burst=burst))
 
 
 # --- API keys ------------------------------------------------------------------------------------
@@ -117,14 +114,28 @@ class _Progress(io.RawIOBase):
 @click.option("--mapping", "mapping_file", type=click.File("rb"),
               help="CSV column mapping (JSON, see README).")
 @click.option("--tenant", help="Fill a missing tenantid with T and refuse rows of other tenants.")
-def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> None:
-    """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line."""
+@click.option("--backfill", is_flag=True,
+              help="Admit FILE as history of open periods, past the 24-hour lateness gate: checked "
+                   "whole first, recorded with --reason, produced in event-time order per customer.")
+@click.option("--reason", help="Why this history is backfilled (required with --backfill).")
+def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None, backfill: bool,
+           reason: str | None) -> None:
+    """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line.
+    With --backfill, FILE is one audited backfill instead: all of it, or none of it."""
+    from api.backfill import require_reason
     from api.producer import RawTopicProducer
     from api.uploads import UploadError, parse_csv_mapping, rows_of, run_upload
+    from cli.backfill_commands import backfill_rows
     from sinks.kafka import ensure_topics
     fmt = fmt or _FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise click.ClickException(f"cannot tell the format of {file.name}: give --format")
+    if backfill:
+        if tenant is None:
+            raise click.UsageError("--backfill needs --tenant: a backfill belongs to one tenant")
+        reason = require_reason(reason)
+    elif reason is not None:
+        raise click.UsageError("--reason goes with --backfill")
     settings = _settings()
     try:
         mapping = parse_csv_mapping(orjson.loads(mapping_file.read())) if mapping_file else None
@@ -136,13 +147,20 @@ def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> Non
         with file.open("rb", buffering=0) as raw, click.progressbar(
                 length=file.stat().st_size, label="uploading", file=sys.stderr) as bar:
             stream = io.BufferedReader(_Progress(raw, bar), 256 * 1024)
-            report = run_upload(rows_of(stream, fmt, mapping), fmt, tenant, producer)
+            rows = rows_of(stream, fmt, mapping)
+            if backfill:
+                report = backfill_rows(settings, rows, tenant, reason, producer)
+            else:
+                report = run_upload(rows, fmt, tenant, producer)
     except UploadError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         producer.close()
-    click.echo(orjson.dumps(report.model_dump(), option=orjson.OPT_INDENT_2).decode())
-    if report.not_acknowledged or report.stopped:
+    click.echo(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    if backfill and report.not_acknowledged:
+        raise click.ClickException(f"backfill {report.id}: {report.produced} of {report.events} events "
+                                   "acknowledged; backfill the file again (what arrived ends as duplicates)")
+    if not backfill and (report.not_acknowledged or report.stopped):
         raise click.ClickException(f"{report.produced} of {report.rows} rows produced; see the report")
 
 

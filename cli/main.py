@@ -18,6 +18,9 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.backfill_commands import backfill
+from cli.errors import AforoGroup
+from config import clock
 
 
 def _settings() -> config.Settings:
@@ -28,13 +31,14 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.group()
+@click.group(cls=AforoGroup)
 def main() -> None:
     """Aforo: financial-grade usage metering."""
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
-                 monitor, alerts):  # the monitoring flow and its alerts
+                 monitor, alerts,  # the monitoring flow and its alerts
+                 backfill):  # the record of backfills (`aforo upload --backfill`)
     main.add_command(_command)
 
 
@@ -47,25 +51,33 @@ def _print_services(states) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured)."""
-    from stack.embedded import StackError
+@click.option("--yes", is_flag=True,
+              help="As root, make the machine changes Postgres needs without asking (scripts).")
+def up(yes: bool) -> None:
+    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured).
+
+    As root, PostgreSQL needs an account of its own and access to its files: what that changes
+    is listed first, and done only when confirmed (or with --yes)."""
+    from stack.embedded import root_changes
     from stack.embedded import up as stack_up
-    try:
-        _print_services(stack_up(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    s = _settings()
+    changes = root_changes(s)
+    if changes:
+        click.echo("Running as root, starting the embedded postgres will:\n  - " + "\n  - ".join(changes),
+                   err=True)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("not confirmed: re-run with --yes to allow these changes, "
+                      "or run Aforo as an ordinary user")
+            click.confirm("Make these changes?", abort=True, err=True)
+    _print_services(stack_up(s, allow_root_changes=bool(changes)))
 
 
 @main.command()
 def down() -> None:
     """Stop the embedded stack. The broker is memory-only: its topics are gone after this."""
-    from stack.embedded import StackError
     from stack.embedded import down as stack_down
-    try:
-        _print_services(stack_down(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    _print_services(stack_down(_settings()))
 
 
 @main.command()
@@ -78,14 +90,12 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
-    from sinks.kafka import ensure_topics
+    from sinks.kafka import ensure_topics, require_broker
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
-    try:
-        applied = pg_migrate(s.database_url)
-        ensure_topics(s)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    require_broker(s)  # at once, and before the database changes
+    applied = pg_migrate(s.database_url)
+    ensure_topics(s)
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
                + ", ".join(s.topics.outputs))
@@ -346,7 +356,7 @@ def revenue(tenant, period, fmt) -> None:
     from operators.revenue import period_bounds
     from sinks.postgres import connect
     from sinks.reports import revenue_report
-    now = datetime.now(UTC)
+    now = clock.now()
     period = period or now.strftime("%Y-%m")
     try:
         period_bounds(period)
@@ -656,7 +666,7 @@ def demo(normal: int) -> None:
     from cli.demo import CATALOG, demo_stream
     s = _settings()
     apply_catalog_file(s, CATALOG)
-    started = datetime.now(UTC)
+    started = clock.now()
     # a fresh seed per run: a second demo is new traffic, not a replay of the first
     lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
     # the monitoring scenarios go first: the detectors read each customer's events in event-time order

@@ -19,6 +19,12 @@ estimate, so an actual threshold fires whenever it is reached, even on the first
 
 The limit is the catalog's when the event is processed; the alert key carries the threshold in
 percent, not the limit, so a replay after a limit change never fires the same threshold twice.
+
+Backfilled events (api/backfill.py) are paced as if they had arrived on time: their lines carry
+the running total after them, as the flow rated them, so `used` counts them in their own period
+whatever the order; elapsed stays the subscription's latest event time, so a backfill into an
+earlier period is judged on that whole period (projected = used), and one into the current
+period on the part of it that has elapsed.
 """
 
 from __future__ import annotations
@@ -105,8 +111,9 @@ class QuotaPacing:
                           "raw": "/".join(map(str, u.raw))})]
 
     def _prune(self, period: str) -> None:
-        """Keep the latest period and the one before it: accepted events are at most 24 hours
-        old, so no event can belong to an older one."""
+        """When a new period begins, keep it and the one before it: accepted events are at most
+        24 hours old, so only a backfill reaches further back, and the state of the older period
+        it fills lasts until the next period begins (a threshold it crossed fires once)."""
         if self.period is not None and period <= self.period:
             return
         self.period = period

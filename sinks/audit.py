@@ -10,13 +10,13 @@ import csv
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import psycopg
 
+from config import clock
 from operators.audit import (
     AUDIT_COLUMNS,
     AUDIT_LINE_COLUMNS,
@@ -220,7 +220,7 @@ def export_file(conn: psycopg.Connection, output: Path, fmt: str, tenant: str, *
         "sha256": _file_sha256(output),
         "chain_heads": {c: {"seq": seq, "chain_hash": h}
                         for c, (seq, h) in chain_heads(conn, tenant).items()},
-        "exported_at": datetime.now(UTC).isoformat(),
+        "exported_at": clock.now().isoformat(),
     }
     manifest_path = output.with_name(output.name + ".manifest.json")
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

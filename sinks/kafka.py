@@ -3,13 +3,15 @@ and output topics are in sinks/raw_source.py and sinks/outputs.py."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from config import Settings
+from config import Settings, clock
+from schemas.errors import Unavailable
 
 # Raw records up to this size reach the pipeline (which rejects those over 1 MiB with a reason)
 # instead of being refused by a client: a poison record must end in the ledger, not vanish.
@@ -40,10 +42,35 @@ def producer_config(settings: Settings) -> dict:
     return kafka_config(settings, "producer")
 
 
+BROKER_PROBE_TIMEOUT_S = 3.0
+
+
+def require_broker(settings: Settings) -> None:
+    """Unavailable, at once and in one line, when no bootstrap server accepts a connection: a
+    Kafka client would instead retry for its whole timeout, logging every attempt."""
+    bootstrap = settings.kafka_bootstrap
+    problems = []
+    for server in bootstrap.split(","):
+        address = server.strip().rsplit("://", 1)[-1]
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=BROKER_PROBE_TIMEOUT_S).close()
+            return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    raise Unavailable(f"cannot reach the Kafka broker ({'; '.join(problems)}); "
+                      "check AFORO_KAFKA_BOOTSTRAP or `aforo status`")
+
+
 def ensure_topics(settings: Settings) -> None:
     """Create Aforo's topics if missing (raw with the configured partition count)."""
+    require_broker(settings)
     admin = AdminClient(kafka_config(settings, "admin"))
-    existing = admin.list_topics(timeout=10).topics
+    try:
+        existing = admin.list_topics(timeout=10).topics
+    except KafkaException as exc:
+        raise Unavailable(f"the Kafka broker at {settings.kafka_bootstrap} does not answer: "
+                          f"{exc.args[0].str()}") from None
     t = settings.topics
     wanted = [NewTopic(name, settings.raw_partitions if name == t.raw else 1, 1)
               for name in (t.raw, *t.outputs) if name not in existing]
@@ -67,7 +94,7 @@ def topic_id(settings: Settings, topic: str) -> str:
 
 TIER_HEADER = "aforo-tier"  # which front door received the event: sdk, rest, upload, webhook, ...
 REINJECT_HEADER = "aforo-reinject-of"  # an approved held event, re-injected: its original record
-BACKFILL_HEADER = "aforo-backfill"  # history admitted on purpose: the id of its audited backfill
+BACKFILL_HEADER = "aforo-backfill"  # history admitted on purpose: its audited backfill (api/backfill.py)
 
 
 def produce(producer: Producer, topic: str, value: bytes, **kwargs) -> None:
@@ -110,7 +137,7 @@ class RawProducer:
         n = 0
         for line in lines:
             produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
-                    timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
+                    timestamp=timestamp_ms or clock.now_ms(), on_delivery=self._on_delivery)
             n += 1
             if n % 1000 == 0:
                 self._producer.poll(0)

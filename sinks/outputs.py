@@ -33,6 +33,7 @@ def routed_message(rec: Record) -> bytes:
             "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition,
             "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "tier": rec.tier,
             "dedup_key": rec.dedup_key, "validation_hash": rec.validation_hash, "route": rec.route,
+            "backfill": rec.backfill,
         },
     })[:-1]
     if rec.event is not None:

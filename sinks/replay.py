@@ -44,7 +44,7 @@ def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
     rows = conn.execute(
         "SELECT raw_topic, raw_topic_id, raw_partition, raw_offset,"
         " (extract(epoch FROM ingested_at) * 1000)::bigint, raw, raw_key, tier, reinject_of, backfill"
-        f" FROM ledger WHERE {where}", params)
+        f" FROM ledger WHERE {where} ORDER BY raw_topic_id, raw_partition, raw_offset", params)
     return [Record(t, tid, p, o, ms, bytes(raw), key=None if key is None else bytes(key), tier=tier,
                    reinject_of=reinject_of, backfill=backfill)
             for t, tid, p, o, ms, raw, key, tier, reinject_of, backfill in rows]
