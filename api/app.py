@@ -10,30 +10,43 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from api.errors import ApiError
-from api.routes import events, gateways, uploads, webhooks
+from api.console import pages
+from api.routes import backfills, events, gateways, guide, portal, revenue, uploads, usage, webhooks
 from api.routes.gateways import firehose_reply
 from api.services import ApiOptions, Services
 from config import Settings
+from schemas.errors import AforoError
 
 DESCRIPTION = """Aforo's front doors. Every door produces CloudEvents to the raw topic, stamped with
 the time of receipt, for the metering pipeline; semantic validation happens there, and every event
-that reached the raw topic ends in the ledger with a status and a reason."""
+that reached the raw topic ends in the ledger with a status and a reason.
+
+The read side (tags console and portal) is the web console's data: revenue, margins, events and
+their provenance, unit health, alerts, quotas, the integration guide and the customer portal,
+each narrowed to the key's tenant (an operator key may read every tenant; a customer key only its
+own customer)."""
+
+
+def _answer(request: Request, body: dict[str, object], status: int,
+            headers: dict[str, str] | None) -> JSONResponse:
+    """Every error answer; a Firehose delivery's also carries what Firehose requires of it."""
+    return JSONResponse({**body, **firehose_reply(request.headers, str(body["message"]))},
+                        status_code=status, headers=headers)
 
 
 def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
            **extra: object) -> JSONResponse:
-    """Every error answer; a Firehose delivery's also carries what Firehose requires of it."""
-    body = {"error": code, "message": message, **extra, **firehose_reply(request.headers, message)}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _answer(request, {"error": code, "message": message, **extra}, status, headers)
 
 
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error(request, exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+async def _aforo_error(request: Request, exc: AforoError) -> JSONResponse:
+    """Every AforoError (ApiError included): its status, code and message (schemas/errors.py)."""
+    return _answer(request, exc.body(), exc.http_status, exc.headers)
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,15 +80,19 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         finally:
             app.state.services.close()
 
-    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)
+    # /docs is the console's own page on the vendored Swagger UI (works offline); no ReDoc.
+    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.add_exception_handler(AforoError, _aforo_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways):
+    for module in (events, uploads, webhooks, gateways, backfills, revenue, usage, guide, portal):
         app.include_router(module.router)
+    app.include_router(pages.router)  # the web console and the portal, at /
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     app.openapi = lambda: _without_422(app)
     return app
 

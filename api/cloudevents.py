@@ -60,21 +60,21 @@ def parse_events(body: bytes) -> tuple[object, list[bytes]]:
     (compact JSON, as SDKs and the MCP proxy send), those are the elements' bytes, exactly, numbers
     included. Any other body is split by the exact reader (schemas.exact_json), three times slower."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None  # maybe JSON orjson cannot hold (1e400): the exact reader decides
-    if isinstance(doc, list):
-        texts = [orjson.dumps(e) for e in doc]
-        if body.strip(_WS) == b"[" + b",".join(texts) + b"]":
-            check_depth(doc)
-            return doc, texts
-    elif doc is not None:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None  # maybe JSON orjson cannot hold (1e400): the exact reader decides
+        texts = None
+        if isinstance(doc, list):
+            texts = [orjson.dumps(e) for e in doc]
+            if body.strip(_WS) != b"[" + b",".join(texts) + b"]":
+                texts = None
+        elif doc is not None:
+            texts = [body.strip(_WS)]
+        if texts is None:
+            doc, texts = exact_json.loads_with_text(body)
         check_depth(doc)
-        return doc, [body.strip(_WS)]
-    try:
-        doc, texts = exact_json.loads_with_text(body)
-        check_depth(doc)
-    except ValueError as exc:
+    except ValueError as exc:  # JsonError included
         raise bad_request(f"body: {exc}") from None
     return doc, texts
 

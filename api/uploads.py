@@ -321,6 +321,16 @@ class UploadReport(BaseModel):
             self.errors.append(BadRow(line=line, error=error))
 
 
+def event_bytes(row: Row, tenant: str | None) -> bytes:
+    """A row's raw record: the bytes the row was written as (a JSON row) or the event it builds (a
+    CSV row), admitted for the tenant (ValueError for a row that is not an event or is too large,
+    PermissionError for another tenant's). Uploads and backfills alike."""
+    raw = admit(row.value, tenant, row.raw)
+    if len(raw) > MAX_EVENT_BYTES:
+        raise ValueError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
+    return raw
+
+
 def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) -> Iterator[tuple[int, bytes]]:
     """(line, raw record) of every row that can be produced; the others go to the report."""
     for row in rows:
@@ -332,12 +342,9 @@ def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) ->
             report.refuse(row.line, row.error)
             continue
         try:
-            raw = admit(row.value, tenant, row.raw)
+            raw = event_bytes(row, tenant)
         except (ValueError, PermissionError) as exc:
             report.refuse(row.line, str(exc))
-            continue
-        if len(raw) > MAX_EVENT_BYTES:
-            report.refuse(row.line, f"the event is larger than {MAX_EVENT_BYTES} bytes")
             continue
         yield row.line, raw
 

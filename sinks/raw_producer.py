@@ -1,11 +1,11 @@
-"""The one producer of raw records: `aforo send`, the API's doors (events, uploads, webhooks,
-gateways) and the MCP proxy's `--kafka` delivery all produce through it.
+"""The one producer of raw records: `aforo send`, the API's doors (events, uploads, backfills,
+webhooks, gateways) and the MCP proxy's `--kafka` delivery all produce through it.
 
 A raw record is produced as the bytes given (a client's own bytes, never re-encoded), keyed by
-tenant and customer, with the door in the `aforo-tier` header and the time of receipt as its Kafka
-timestamp (the pipeline's ingestion time). A background thread polls the producer, so delivery
-reports arrive while callers wait, and `Acks` tells a caller which of its records the broker
-acknowledged.
+tenant and customer, with the door in the `aforo-tier` header and the time of receipt (the
+product clock, config.clock) as its Kafka timestamp (the pipeline's ingestion time). A background
+thread polls the producer, so delivery reports arrive while callers wait, and `Acks` tells a
+caller which of its records the broker acknowledged.
 
 The producer is idempotent, and its idempotence state (producer id, sequence numbers) belongs to
 the broker that issued it. A memory-only broker that restarts forgets it: librdkafka then either
@@ -29,11 +29,12 @@ from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from config import Settings
+from config import Settings, clock
 from sinks.kafka import TIER_HEADER, kafka_config, record_key
 
 log = logging.getLogger("aforo.raw_producer")
 
+Headers = tuple[tuple[str, bytes], ...]
 MAX_KEPT_ERRORS = 1000  # an upload to a dead broker must not collect millions of error strings
 MAX_ATTEMPTS = 3  # per record on the blocking path: the first, then after each producer replacement
 # Failures that say nothing about the record, only about the producer that carried it.
@@ -41,12 +42,6 @@ _PRODUCER_FAILURES = frozenset({
     KafkaError._MSG_TIMED_OUT, KafkaError._FATAL, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
     KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
     KafkaError.INVALID_PRODUCER_EPOCH})
-
-
-def now_ms() -> int:
-    """The time of receipt, which becomes the raw record's Kafka timestamp (the pipeline's
-    ingestion time)."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -103,6 +98,7 @@ class _Pending(NamedTuple):
     tier: str
     timestamp_ms: int
     attempt: int
+    headers: Headers
 
 
 class RawProducer:
@@ -122,15 +118,18 @@ class RawProducer:
 
     # --- producing ---------------------------------------------------------------------------
     def try_produce(self, acks: Acks, value: bytes, tier: str, timestamp_ms: int, ref: int,
-                    resend: Callable[[_Pending, KafkaError], bool] | None = None, attempt: int = 1) -> bool:
-        """Hand one record to the producer; False when its local queue is full (wait, try again).
-        `resend` may take over a failed record instead of reporting it (the blocking path)."""
-        pending = None if resend is None else _Pending(ref, value, tier, timestamp_ms, attempt)
-        key, headers = record_key(value), [(TIER_HEADER, tier.encode())]
+                    resend: Callable[[_Pending, KafkaError], bool] | None = None, attempt: int = 1,
+                    headers: Headers = ()) -> bool:
+        """Hand one record to the producer, with the tier and any other `headers`; False when its
+        local queue is full (wait, try again). `resend` may take over a failed record instead of
+        reporting it (the blocking path)."""
+        pending = None if resend is None else _Pending(ref, value, tier, timestamp_ms, attempt, headers)
+        key = record_key(value)
+        all_headers = [(TIER_HEADER, tier.encode()), *headers]
         while True:
             gen = self._current
             try:
-                gen.producer.produce(self._topic, value, key=key, headers=headers, timestamp=timestamp_ms,
+                gen.producer.produce(self._topic, value, key=key, headers=all_headers, timestamp=timestamp_ms,
                                      on_delivery=self._on_delivery(gen, acks, ref, pending, resend))
             except BufferError:
                 return False
@@ -162,10 +161,12 @@ class RawProducer:
         return acks
 
     def send(self, records: Iterable[tuple[int, bytes]], tier: str, *, timestamp_ms: int | None = None,
-             keep_coords: bool = False, progress: Callable[[int], None] | None = None) -> Acks:
-        """Produce (ref, value) records as they come (each stamped with the time it is read unless
-        `timestamp_ms` is given) and wait until every one has a report. A record that failed only
-        because its producer had to be replaced is produced again, up to MAX_ATTEMPTS times."""
+             headers: Headers = (), keep_coords: bool = False,
+             progress: Callable[[int], None] | None = None) -> Acks:
+        """Produce (ref, value) records as they come, in order (each stamped with the time it is
+        read unless `timestamp_ms` is given), and wait until every one has a report. A record that
+        failed only because its producer had to be replaced is produced again, up to
+        MAX_ATTEMPTS times (after the records sent meanwhile: order holds unless the broker fails)."""
         done = threading.Event()
         acks = Acks(done.set, keep_coords=keep_coords)
         again: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -180,11 +181,12 @@ class RawProducer:
             while not again.empty():
                 p = again.get()
                 self.produce(acks, p.value, p.tier, p.timestamp_ms, p.ref, resend=resend,
-                             attempt=p.attempt + 1)
+                             attempt=p.attempt + 1, headers=p.headers)
 
         n = 0
         for n, (ref, value) in enumerate(records, 1):
-            self.produce(acks, value, tier, timestamp_ms or now_ms(), ref, resend=resend)
+            stamp = timestamp_ms or clock.now_ms()
+            self.produce(acks, value, tier, stamp, ref, resend=resend, headers=headers)
             retry_failed()
             if progress is not None and n % 1000 == 0:
                 progress(n)

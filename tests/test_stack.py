@@ -68,14 +68,14 @@ def _up_in_child(s: Settings) -> None:
         f"embedded.up(Settings(home=Path({str(s.home)!r}), "
         f"embedded_kafka_port={s.embedded_kafka_port}, "
         f"embedded_postgres_port={s.embedded_postgres_port}, "
-        f"embedded_redis_port={s.embedded_redis_port}))\n")
+        f"embedded_redis_port={s.embedded_redis_port}), allow_root_changes=True)\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
 @needs_extra
 @pytest.mark.integration
 def test_up_status_down_up(settings: Settings) -> None:
-    started = _by_name(embedded.up(settings))
+    started = _by_name(embedded.up(settings, allow_root_changes=True))
     pg_password, redis_password = ((settings.home / s / "password").read_text() for s in NAMES[1:])
     urls = {
         "kafka": f"127.0.0.1:{settings.embedded_kafka_port}",
@@ -100,7 +100,7 @@ def test_up_status_down_up(settings: Settings) -> None:
     assert redis.Redis.from_url(urls["redis"]).ping()
     assert AdminClient({"bootstrap.servers": urls["kafka"]}).list_topics(timeout=10).brokers
 
-    again = _by_name(embedded.up(settings))
+    again = _by_name(embedded.up(settings, allow_root_changes=True))
     assert {n: (s.running, s.pid, s.detail) for n, s in again.items()} == {
         n: (True, pids[n], "already running") for n in NAMES}
 
@@ -142,7 +142,7 @@ def _refused_without_password(urls: dict[str, str]) -> None:
 def test_postgres_and_redis_take_only_their_generated_passwords(settings: Settings) -> None:
     """The embedded Postgres does not trust local connections, Redis needs its requirepass, and
     neither password shows in `aforo status`, the services' logs or any process's command line."""
-    urls = {s.name: s.url for s in embedded.up(settings)}
+    urls = {s.name: s.url for s in embedded.up(settings, allow_root_changes=True)}
     passwords = [urlsplit(urls["postgres"]).password, urlsplit(urls["redis"]).password]
     assert all(p and len(p) >= 24 for p in passwords)
     _refused_without_password(urls)
@@ -169,7 +169,7 @@ def test_postgres_and_redis_take_only_their_generated_passwords(settings: Settin
     hba = settings.home / "postgres" / "data" / "pg_hba.conf"
     hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
     (settings.home / "postgres" / "password").unlink()
-    urls = {s.name: s.url for s in embedded.up(settings)}
+    urls = {s.name: s.url for s in embedded.up(settings, allow_root_changes=True)}
     assert urlsplit(urls["postgres"]).password not in passwords
     _refused_without_password(urls)
     with psycopg.connect(urls["postgres"]) as conn:

@@ -14,7 +14,7 @@ from api.errors import bad_request, documented
 from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
 from api.limits import MIB, decoded, read_body
 from api.services import Services, Svc
-from sinks.raw_producer import now_ms
+from config.clock import now_ms
 
 router = APIRouter(tags=["gateways"])
 

@@ -18,7 +18,7 @@ from api.webhooks.receipts import first_receipts
 from api.webhooks.secrets import SecretKeyError
 from api.webhooks.signatures import PROVIDERS, VERIFIERS, SignatureError, SignedRequest
 from api.webhooks.store import WebhookSource
-from sinks.raw_producer import now_ms
+from config.clock import now_ms
 
 router = APIRouter(tags=["webhooks"])
 

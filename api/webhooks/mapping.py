@@ -31,9 +31,8 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from api.cloudevents import cloudevent
+from api.cloudevents import cloudevent, parse_exact
 from api.jsonpath import PathError, compile_path, find, first
-from api.limits import check_depth
 from schemas import exact_json
 
 FIELDS = ("id", "type", "subject", "time")
@@ -147,19 +146,12 @@ FORM = "application/x-www-form-urlencoded"
 def parse_payload(body: bytes, content_type: str, *, payload_field: bool = False) -> object:
     """A webhook body as data, numbers exact: JSON, or a form post as a dict of its fields (Twilio),
     or the JSON in a form's `payload` field (Slack's interactions; with payload_field, the only
-    form there is: GitHub's default). ValueError naming the problem."""
+    form there is: GitHub's default). ValueError (a form) or a 400 (JSON) naming the problem."""
     if content_type == FORM:
         fields = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if "payload" not in fields:
             if payload_field:
                 raise ValueError("a form delivery carries its JSON in a payload field, which this one lacks")
             return fields
-        body, what = fields["payload"].encode(), "the form's payload field"
-    else:
-        what = "body"
-    try:
-        doc = exact_json.loads(body)
-        check_depth(doc)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    return doc
+        return parse_exact(fields["payload"].encode(), "the form's payload field")
+    return parse_exact(body)

@@ -14,11 +14,12 @@ from pathlib import Path
 import psycopg
 
 from config import Settings, kept_secret
+from schemas.errors import Unavailable
 
 PREFIX = "fernet:"
 
 
-class SecretKeyError(RuntimeError):
+class SecretKeyError(Unavailable):
     """The key is missing, malformed, or not the one a secret was stored with (the message says
     which and where, never the secret)."""
 
