@@ -242,9 +242,12 @@ class RawProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._current.producer.poll(0.05)
-            if self._retired:
-                self._drain_retired()
+            try:
+                self._current.producer.poll(0.05)
+                if self._retired:
+                    self._drain_retired()
+            except Exception:  # a caller's callback failed (its event loop closed...): the others wait on us
+                log.exception("a delivery report's callback failed")
 
     def _drain_retired(self) -> None:
         """Fail what a replaced producer still holds (purged: reported now, not after the delivery
