@@ -78,6 +78,8 @@ def _setup_logging(log_file: Path | None) -> BinaryIO:
               help="undelivered events wait here across restarts "
                    "[default: ~/.aforo-mcp-proxy/spool/TENANT-PRODUCT]")
 @click.option("--spool-max-mb", type=int, default=256, show_default=True)
+@click.option("--shutdown-grace", type=float, default=2.0, show_default=True,
+              help="stdio: seconds the server gets to exit after its stdin closes, then again after SIGTERM")
 @click.option("--call-timeout", type=float, default=300.0, show_default=True,
               help="seconds before an unanswered tools/call is metered as timeout")
 @click.option("--log-file", type=click.Path(path_type=Path))
@@ -86,8 +88,8 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
          ping_interval: float,
          tenant: str, product: str, customer: str | None, agent_customer: tuple[str, ...],
          api_key: str | None, endpoint: str | None, kafka: str | None, topic_prefix: str, instance: str,
-         spool_dir: Path | None, spool_max_mb: int, call_timeout: float, log_file: Path | None,
-         extra_args: tuple[str, ...]) -> None:
+         spool_dir: Path | None, spool_max_mb: int, shutdown_grace: float, call_timeout: float,
+         log_file: Path | None, extra_args: tuple[str, ...]) -> None:
     """Relay MCP between a client and a server and meter sessions and tool calls to Aforo.
     Arguments after `--` are passed to the stdio server as they are (for arguments with commas)."""
     if transport == "stdio" and not command:
@@ -106,7 +108,7 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
     try:
         if transport == "stdio":
             argv = [command or "", *(a for a in args_csv.split(",") if a), *extra_args]
-            code = _run(_stdio(argv, new_session(), sink))
+            code = _run(_stdio(argv, new_session(), sink, shutdown_grace))
         else:
             host, _, port = listen.rpartition(":")
             _run(_http(transport, upstream or "", host or "127.0.0.1", int(port), new_session,
@@ -126,11 +128,11 @@ def _run(main_coro: Coroutine[None, None, T]) -> T:
         return runner.run(main_coro)
 
 
-async def _stdio(argv: list[str], metered: Metered, sink: BinaryIO) -> int:
+async def _stdio(argv: list[str], metered: Metered, sink: BinaryIO, grace_s: float) -> int:
     from mcp_proxy.stdio import run_stdio
 
     try:
-        return await run_stdio(argv, metered, sink)
+        return await run_stdio(argv, metered, sink, grace_s)
     finally:
         metered.close()
 

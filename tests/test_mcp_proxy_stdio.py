@@ -119,8 +119,11 @@ def test_bytes_relayed_unchanged_with_odd_spacing_and_large_lines(tmp_path: Path
     collector = Collector()
     try:
         direct = raw_exchange(server_argv("stdio"), lines, 3)
+        # the server exits on end of input; on a loaded machine that can take longer than the
+        # default 2 s grace, after which the proxy would (rightly) SIGTERM it
         proxied = raw_exchange(proxy_argv("stdio", tmp_path, endpoint=collector.url, extra=(
-            "--command", sys.executable, "--args", f"{server_argv('stdio')[1]},stdio")), lines, 3)
+            "--shutdown-grace", "30", "--command", sys.executable, "--args",
+            f"{server_argv('stdio')[1]},stdio")), lines, 3)
         events = collector.wait_for(lambda ev: len(tool_calls(ev)) == 2)
     finally:
         collector.stop()
