@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quick up down status clean
+.PHONY: install sdk-toolchains run test lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
@@ -24,7 +24,11 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
-test: install
+# Go, a JDK with JUnit 5, Node.js and the Node SDK's packages, for the SDK suites (apt, npm).
+sdk-toolchains:
+	sdks/toolchains.sh
+
+test: install sdk-toolchains
 	$(BIN)/python -m pytest
 
 lint: install
