@@ -112,3 +112,11 @@ def test_node_sdk(aforo):
                     "(npm ci); the Node SDK is NOT tested !!!")
     run_suite(["npm", "test", "--silent"], SDKS / "node", aforo.suite_env())
     _check_ledger(aforo.settings)
+
+
+@pytest.mark.integration
+def test_go_sdk(aforo):
+    _toolchain("go")
+    # Standard library only: no module proxy is reachable, and none is needed.
+    run_suite(["go", "test", "-count=1", "./..."], SDKS / "go", aforo.suite_env(GOPROXY="off", GOFLAGS="-mod=mod"))
+    _check_ledger(aforo.settings)
