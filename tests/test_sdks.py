@@ -118,5 +118,16 @@ def test_node_sdk(aforo):
 def test_go_sdk(aforo):
     _toolchain("go")
     # Standard library only: no module proxy is reachable, and none is needed.
-    run_suite(["go", "test", "-count=1", "./..."], SDKS / "go", aforo.suite_env(GOPROXY="off", GOFLAGS="-mod=mod"))
+    run_suite(["go", "test", "-count=1", "./..."], SDKS / "go",
+              aforo.suite_env(GOPROXY="off", GOFLAGS="-mod=mod"))
+    _check_ledger(aforo.settings)
+
+
+@pytest.mark.integration
+def test_java_sdk(aforo):
+    _toolchain("javac", "java", "jar")
+    if not Path("/usr/share/java/junit-platform-console-standalone.jar").is_file():
+        pytest.skip("!!! JUnit 5 is not installed: `make sdk-toolchains` (Debian's junit5); the Java SDK is "
+                    "NOT tested !!!")
+    run_suite(["./build.sh", "test"], SDKS / "java", aforo.suite_env())
     _check_ledger(aforo.settings)
