@@ -100,7 +100,10 @@ class Aforo(Base):
                         errors = self._out.overflow(line)
                         break
                     self._cond.wait(left)  # the sender notifies when a batch is done
-            self._cond.notify_all()
+            # Wake the sender only when it has something new to do: a first event to linger
+            # over, or a full batch. (Every put would cost each call a notify.)
+            if len(self._out.outbox) == 1 or self._out.outbox.full_batch():
+                self._cond.notify_all()
         report(self.options, errors)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
