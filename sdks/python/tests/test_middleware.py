@@ -54,6 +54,13 @@ def test_asgi_middleware_meters_a_fastapi_app(harness, source, aforo):
     def health() -> dict:
         return {"ok": True}
 
+    mounted = FastAPI()
+
+    @mounted.get("/reports/{name}")
+    def named(name: str) -> dict:
+        return {}
+
+    app.mount("/v2", mounted)
     app.add_middleware(AforoMiddleware, client=aforo)
 
     who = {"X-Customer-Id": "ai-cust-1"}
@@ -66,12 +73,13 @@ def test_asgi_middleware_meters_a_fastapi_app(harness, source, aforo):
         assert http.get("/health", headers=who).status_code == 200  # a probe: skipped
         assert http.get("/nowhere", headers=who).status_code == 404  # no route: skipped
         assert http.get("/items/44").status_code == 200  # nobody to bill: counted, not sent
+        assert http.get("/v2/reports/q3", headers=who).status_code == 200
     aforo.flush()
     events = harness.sent(source)
-    assert len(events) == 5 and aforo.stats.unattributed == 1
+    assert len(events) == 6 and aforo.stats.unattributed == 1
     routes = _by_route(events)
     assert set(routes) == {("GET", "/items/{item_id}"), ("POST", "/orders"), ("GET", "/missing/{x}"),
-                           ("GET", "/boom")}
+                           ("GET", "/boom"), ("GET", "/v2/reports/{name}")}
     assert routes[("POST", "/orders")]["subject"] == "ai-cust-2"
     assert routes[("GET", "/missing/{x}")]["data"]["status"] == 404
     assert routes[("GET", "/boom")]["data"]["status"] == 500
