@@ -144,11 +144,7 @@ func TestARefusedEventIsNotRetriedAndARefusedBatchIsSplit(t *testing.T) {
 	if got := sizes(h.requests(t, source))[1:]; !reflect.DeepEqual(got, []int{4, 2, 2}) {
 		t.Fatalf("halves sent again: %v", got)
 	}
-	for _, id := range ids {
-		if e := h.ledger(t, h.key, source, id, 1); e.Status != "accepted" {
-			t.Fatalf("%+v", e)
-		}
-	}
+	h.allAccepted(t, h.key, source, ids)
 }
 
 func TestQueueOverflowDropsTheNewestOrBlocks(t *testing.T) {
@@ -245,11 +241,7 @@ func TestSpooledEventsSurviveAKilledProcessAndAreSentByTheNext(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(spool, "seg-*")); len(left) != 0 {
 		t.Fatalf("segments left: %v", left)
 	}
-	for _, id := range ids {
-		if e := h.ledger(t, h.key, source, id, 1); e.Status != "accepted" {
-			t.Fatalf("%+v", e)
-		}
-	}
+	h.allAccepted(t, h.key, source, ids)
 }
 
 func TestCloseFlushesWhatIsQueued(t *testing.T) {

@@ -161,6 +161,14 @@ func (h *harness) ledger(t *testing.T, key, source, id string, n int) ledgerEven
 	}
 }
 
+func (h *harness) allAccepted(t *testing.T, key, source string, ids []string) {
+	for _, id := range ids {
+		if e := h.ledger(t, key, source, id, 1); e.Status != "accepted" {
+			t.Fatalf("%s: %+v", id, e)
+		}
+	}
+}
+
 // money: an exact decimal string without trailing zeros ("0.0060000" -> "0.006"); "" for null.
 func money(s *string) string {
 	if s == nil {

@@ -4,11 +4,12 @@ without a customer is counted in `stats.unattributed` and logged, not raised."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +59,11 @@ class Metered:
         c = self._customer
         return c(*args, **kwargs) if callable(c) else c
 
-    def _quantity_of(self, result: Any) -> Any:
+    def _done(self, m: Measurement, result: Any, what: str) -> Any:
         q = self._quantity
-        return q(result) if callable(q) else q
+        m.quantity = q(result) if callable(q) else q
+        self._emit(m, None, what)
+        return result
 
     # --- decorator --------------------------------------------------------------------------
     def __call__(self, fn: Callable) -> Callable:
@@ -69,28 +72,26 @@ class Metered:
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 m = Measurement(self._customer_for(args, kwargs), {"function": what})
-                try:
+                with self._on_error(m, what):
                     result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    self._emit(m, exc, what)
-                    raise
-                m.quantity = self._quantity_of(result)
-                self._emit(m, None, what)
-                return result
+                return self._done(m, result, what)
             return run_async
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             m = Measurement(self._customer_for(args, kwargs), {"function": what})
-            try:
+            with self._on_error(m, what):
                 result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self._emit(m, exc, what)
-                raise
-            m.quantity = self._quantity_of(result)
-            self._emit(m, None, what)
-            return result
+            return self._done(m, result, what)
         return run
+
+    @contextlib.contextmanager
+    def _on_error(self, m: Measurement, what: str) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            self._emit(m, exc, what)
+            raise
 
     # --- context manager --------------------------------------------------------------------
     def __enter__(self) -> Measurement:

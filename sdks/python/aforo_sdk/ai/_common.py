@@ -11,10 +11,11 @@ streamed, agent (when known). The subject is the customer from aforo_sdk.context
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,19 @@ class _Proxy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
+    @contextlib.contextmanager
+    def _finishing_on_error(self) -> Iterator[None]:
+        """A stream that ends (StopIteration too) or fails finishes the call."""
+        try:
+            yield
+        except BaseException:
+            self._call.finish()
+            raise
+
+    def _passes(self, item: Any) -> bool:
+        self._observe(item)
+        return not self._hide(item)
+
 
 class StreamProxy(_Proxy):
     def __iter__(self) -> StreamProxy:
@@ -131,13 +145,9 @@ class StreamProxy(_Proxy):
         if self._iter is None:
             self._iter = iter(self._stream)
         while True:
-            try:
+            with self._finishing_on_error():
                 item = next(self._iter)
-            except BaseException:
-                self._call.finish()
-                raise
-            self._observe(item)
-            if not self._hide(item):
+            if self._passes(item):
                 return item
 
     def __enter__(self) -> StreamProxy:
@@ -160,13 +170,9 @@ class AsyncStreamProxy(_Proxy):
         if self._iter is None:
             self._iter = self._stream.__aiter__()
         while True:
-            try:
+            with self._finishing_on_error():
                 item = await self._iter.__anext__()
-            except BaseException:
-                self._call.finish()
-                raise
-            self._observe(item)
-            if not self._hide(item):
+            if self._passes(item):
                 return item
 
     async def __aenter__(self) -> AsyncStreamProxy:
@@ -184,6 +190,9 @@ class AsyncStreamProxy(_Proxy):
 class Handler:
     """How one client method is metered: `before` opens the Call (and may adjust the request),
     `after` records usage from the result, or returns a proxy that records it as a stream is read."""
+
+    def __init__(self, meter: LLMMeter):
+        self.meter = meter
 
     def before(self, kwargs: dict) -> Call:
         raise NotImplementedError

@@ -24,9 +24,6 @@ def message_usage(u: Any) -> Usage:
 
 
 class _Messages(Handler):
-    def __init__(self, meter: LLMMeter):
-        self.meter = meter
-
     def before(self, kwargs: dict) -> Call:
         return Call(self.meter, "messages", kwargs.get("model"), bool(kwargs.get("stream")))
 
@@ -58,9 +55,6 @@ def record(call: Call, message: Any) -> None:
 
 class _StreamHelper(Handler):
     """messages.stream() returns a manager; its stream's message snapshot holds the usage."""
-
-    def __init__(self, meter: LLMMeter):
-        self.meter = meter
 
     def before(self, kwargs: dict) -> Call:
         return Call(self.meter, "messages", kwargs.get("model"), True)

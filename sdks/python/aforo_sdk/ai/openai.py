@@ -29,9 +29,6 @@ def responses_usage(u: Any) -> Usage:
 
 
 class _Chat(Handler):
-    def __init__(self, meter: LLMMeter):
-        self.meter = meter
-
     def before(self, kwargs: dict) -> Call:
         call = Call(self.meter, "chat.completions", kwargs.get("model"), bool(kwargs.get("stream")))
         options = kwargs.get("stream_options")
@@ -62,9 +59,6 @@ class _Chat(Handler):
 
 
 class _Responses(Handler):
-    def __init__(self, meter: LLMMeter):
-        self.meter = meter
-
     def before(self, kwargs: dict) -> Call:
         return Call(self.meter, "responses", kwargs.get("model"), bool(kwargs.get("stream")))
 
