@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from integration import messages
 from sdk_harness import run_suite, running_aforo
 from test_api_helpers import open_api
 
 from api.routes.events import SDK_HEADER
 from flows.metering import run
-from sinks.kafka import kafka_config
 from sinks.postgres import connect
 
 SDKS = Path(__file__).parent.parent / "sdks"
@@ -29,31 +28,10 @@ def aforo(settings, tmp_path):
         yield served
 
 
-def _raw_records(settings) -> int:
-    """Records in the raw topic, read to the end of every partition (the embedded broker's
-    ListOffsets can lag behind what a fetch sees, so watermarks undercount)."""
-    c = Consumer(kafka_config(settings, "consumer", group_id="aforo-sdk-test", enable_partition_eof=True))
-    try:
-        meta = c.list_topics(settings.topics.raw, timeout=10).topics[settings.topics.raw]
-        c.assign([TopicPartition(settings.topics.raw, p, 0) for p in meta.partitions])
-        records, open_partitions = 0, len(meta.partitions)
-        while open_partitions:
-            for m in c.consume(1000, 10.0):
-                if m.error() is None:
-                    records += 1
-                elif m.error().code() == KafkaError._PARTITION_EOF:
-                    open_partitions -= 1
-                else:
-                    raise AssertionError(m.error())
-        return records
-    finally:
-        c.close()
-
-
 def _ledger_settled(settings, timeout_s: float = 120) -> list[tuple]:
     """(tier, status, count) once every raw record has its ledger row."""
     deadline = time.monotonic() + timeout_s
-    raw = _raw_records(settings)
+    raw = len(messages(settings, (settings.topics.raw,)))  # read to the end: watermarks can lag
     while True:
         with connect(settings.database_url) as conn:
             rows = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
