@@ -5,6 +5,7 @@ oldest first, once it answers again, and survive a restart of the proxy."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
@@ -40,14 +41,22 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+def _version() -> str:
+    try:
+        return f"mcp-proxy/{importlib.metadata.version('aforo')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "mcp-proxy/dev"
+
+
 class HttpSender:
-    """POST /v1/events batches with the tenant's API key, as tier `mcp`; 202 means the broker
-    acknowledged all."""
+    """POST /v1/events batches with the tenant's API key, named as the MCP proxy (tier `mcp`); 202
+    means the broker acknowledged all."""
 
     def __init__(self, endpoint: str, api_key: str, timeout_s: float = 10.0):
         base = endpoint.rstrip("/")
         self._url = base if base.endswith("/v1/events") else base + "/v1/events"
-        self._headers = {"Authorization": f"Bearer {api_key}", "X-Aforo-Tier": TIER,
+        # Aforo-MCP-Proxy: the REST door records these events as tier `mcp` (api/routes/events.py)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Aforo-MCP-Proxy": _version(),
                          "Content-Type": "application/cloudevents-batch+json"}
         self._client = httpx.Client(timeout=timeout_s)
 

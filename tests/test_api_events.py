@@ -216,17 +216,13 @@ def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
 
 @pytest.mark.integration
 def test_a_client_side_door_names_its_tier(api_app):
-    """The MCP proxy and the SDKs deliver through POST /v1/events; X-Aforo-Tier says which (a
-    server-side door's tier cannot be claimed)."""
+    """The MCP proxy and the SDKs deliver through POST /v1/events and name themselves in a header
+    of their own; their events get their tier (the MCP proxy's were recorded as rest)."""
     client, s = api_app.client, api_app.settings
     headers = {**api_app.auth, "Content-Type": "application/json"}
-    for i, tier in enumerate(("mcp", "sdk", None)):
-        r = client.post("/v1/events", content=orjson.dumps(_event(i)),
-                        headers={**headers, "X-Aforo-Tier": tier} if tier else headers)
+    for i, named in enumerate(({"Aforo-MCP-Proxy": "mcp-proxy/0.1.0"}, {"Aforo-SDK": "python/0.1.0"}, {})):
+        r = client.post("/v1/events", content=orjson.dumps(_event(i)), headers={**headers, **named})
         assert r.status_code == 202, r.text
-    refused = client.post("/v1/events", content=orjson.dumps(_event(9)),
-                          headers={**headers, "X-Aforo-Tier": "webhook"})
-    assert refused.status_code == 400 and "X-Aforo-Tier" in refused.json()["message"], refused.text
     run(s, once=True)
     with connect(s.database_url) as conn:
         tiers = conn.execute("SELECT event_id, tier FROM ledger ORDER BY event_id").fetchall()

@@ -56,7 +56,8 @@ def test_results_identical_and_every_call_metered(tmp_path: Path):
     [end] = [e for e in events.values() if e["type"] == "mcp.session.end"]
     assert end["data"]["tool_calls"] == 4 and end["data"]["tool_calls_tool_error"] == 1
     assert f"{session}/start" in events and end["id"] == f"{session}/end"
-    assert collector.tiers == {"mcp"}  # POST /v1/events records them with tier mcp, not rest
+    # the proxy names itself, so POST /v1/events records its events with tier mcp, not rest
+    assert [c.split("/")[0] for c in collector.clients] == ["mcp-proxy"]
 
 
 async def _run(argv: list[str]) -> list:

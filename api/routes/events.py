@@ -1,13 +1,14 @@
-"""POST /v1/events (tier `rest`); reading events back: GET /v1/events (the latest),
-/v1/events/counters, /v1/events/stream (live) and /v1/events/{source}/{id} (provenance)."""
+"""POST /v1/events (tier `rest`, or `sdk` when an Aforo SDK sends them); reading events back:
+GET /v1/events (the latest), /v1/events/counters, /v1/events/stream (live) and
+/v1/events/{source}/{id} (provenance)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -37,6 +38,14 @@ from sinks.reports import event_chain
 
 router = APIRouter(tags=["events"])
 
+# The client-side doors that deliver through this route name themselves (name/version) in a header
+# of their own, and their events are recorded with their tier: Aforo's SDKs ("python/0.1.0") as
+# `sdk`, the MCP proxy as `mcp`. The tier is provenance, not a permission: a caller claiming it
+# changes nothing it is billed.
+SDK_HEADER = "aforo-sdk"
+MCP_PROXY_HEADER = "aforo-mcp-proxy"
+CLIENT_HEADERS = {SDK_HEADER: "sdk", MCP_PROXY_HEADER: "mcp"}
+
 CLOUDEVENT = {
     "type": "object",
     "description": "A CloudEvents 1.0 event in structured JSON mode; tenantid defaults to the key's tenant.",
@@ -61,10 +70,7 @@ EVENTS_BODY = {"requestBody": {"required": True, "content": {
 @router.post("/v1/events", status_code=202, response_model=Accepted, openapi_extra=EVENTS_BODY,
              responses=documented(400, 401, 403, 413, 415, 429, 503),
              summary="Send one CloudEvent or a batch (up to 1,000 events or 1 MiB)")
-async def post_events(request: Request, caller: RestCaller, svc: Svc, tier: Annotated[
-        Literal["rest", "sdk", "mcp"], Header(alias="X-Aforo-Tier", description=(
-            "the client-side door delivering through this API: an Aforo SDK or the MCP proxy"))] = "rest",
-) -> Response:
+async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Response:
     """Answers 202 once the broker has acknowledged every event; nothing of a batch is produced
     unless all of it is structurally valid and the caller's."""
     received = now_ms()
@@ -76,6 +82,7 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc, tier: Anno
     doc, texts = parse_events(body)
     events = batch_of(doc, content_type)
     raws = admit_batch(events, texts, caller.tenant)
+    tier = next((tier for header, tier in CLIENT_HEADERS.items() if request.headers.get(header)), "rest")
     return json_response(await produce_events(svc, events, tier, received, raws), 202)
 
 
