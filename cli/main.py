@@ -17,6 +17,7 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.bill_commands import bill, credit, invoice
 
 
 def _settings() -> config.Settings:
@@ -33,7 +34,8 @@ def main() -> None:
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
-                 monitor, alerts):  # the monitoring flow and its alerts
+                 monitor, alerts,  # the monitoring flow and its alerts
+                 bill, invoice, credit):  # the bill run and its invoices
     main.add_command(_command)
 
 
@@ -558,26 +560,20 @@ def audit() -> None:
     """The tamper-evident audit trail."""
 
 
-@audit.command("export")
-@click.option("--tenant", required=True)
-@click.option("--customer")
-@click.option("--period", help="YYYY-MM")
-@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def audit_export(tenant, customer, period, fmt, output: Path) -> None:
-    """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
-    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chain's head."""
+def write_audit_export(conn, tenant: str, rows, fmt: str, output: Path, selection: dict) -> tuple[int, Path]:
+    """Write audit export rows (sinks.audit.export_rows) as NDJSON or CSV to OUTPUT, and
+    OUTPUT.manifest.json: the selection, row count, totals per metric, the file's SHA-256, the
+    chain's head. Returns (rows, manifest path)."""
     import hashlib
 
     from operators.audit import AUDIT_COLUMNS
-    from sinks.audit import chain_head, export_rows
-    from sinks.postgres import connect
+    from sinks.audit import chain_head
     totals: dict[str, dict[str, Decimal]] = {}
-    rows = 0
-    with connect(_settings().database_url) as conn, output.open("w", newline="") as out:
+    n = 0
+    with output.open("w", newline="") as out:
         writer = None
-        for row in export_rows(conn, tenant, customer, period):
-            rows += 1
+        for row in rows:
+            n += 1
             for line in row["lines"]:
                 t = totals.setdefault(line["metric"], {"quantity": Decimal(0), "revenue": Decimal(0),
                                                        "cost": Decimal(0)})
@@ -591,16 +587,33 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
                                                          "prev_chain_hash", "chain_hash"])
                 writer.writeheader()
             writer.writerow({**row, "lines": orjson.dumps(row["lines"]).decode()})
-        seq, head = chain_head(conn, tenant)
+    seq, head = chain_head(conn, tenant)
     manifest = {
-        "file": output.name, "format": fmt, "tenant": tenant, "customer": customer, "period": period,
-        "rows": rows, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
+        "file": output.name, "format": fmt, "tenant": tenant, **selection,
+        "rows": n, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
         "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
         "chain_head": {"seq": seq, "chain_hash": head},
         "exported_at": datetime.now(UTC).isoformat(),
     }
     manifest_path = output.with_name(output.name + ".manifest.json")
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return n, manifest_path
+
+
+@audit.command("export")
+@click.option("--tenant", required=True)
+@click.option("--customer")
+@click.option("--period", help="YYYY-MM")
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def audit_export(tenant, customer, period, fmt, output: Path) -> None:
+    """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
+    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chain's head."""
+    from sinks.audit import export_rows
+    from sinks.postgres import connect
+    with connect(_settings().database_url) as conn:
+        rows, manifest_path = write_audit_export(conn, tenant, export_rows(conn, tenant, customer, period), fmt,
+                                                 output, {"customer": customer, "period": period})
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
 
 

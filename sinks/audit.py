@@ -118,9 +118,11 @@ def verify_tenant(conn: psycopg.Connection, tenant: str) -> tuple[int, list[Prob
 
 
 def export_rows(conn: psycopg.Connection, tenant: str, customer: str | None,
-                period: str | None) -> Iterator[dict]:
+                period: str | None, raw_rows: tuple[str, tuple] | None = None) -> Iterator[dict]:
     """Every ledger row behind the selection, in chain order, normalised as hashed, with its audit
-    entry (seq, row hash, the previous entry's chain hash, chain hash)."""
+    entry (seq, row hash, the previous entry's chain hash, chain hash). `raw_rows` narrows the
+    selection to the rows a query names: (SQL selecting raw_topic_id, raw_partition, raw_offset,
+    its parameters), e.g. the events behind an invoice line."""
     where, params = "coalesce(l.tenantid, '') = %s", [tenant]
     if customer is not None:
         where += " AND l.customer = %s"
@@ -128,6 +130,9 @@ def export_rows(conn: psycopg.Connection, tenant: str, customer: str | None,
     if period is not None:
         where += " AND l.period = %s"
         params.append(period)
+    if raw_rows is not None:
+        where += f" AND (l.raw_topic_id, l.raw_partition, l.raw_offset) IN ({raw_rows[0]})"
+        params.extend(raw_rows[1])
     entries = {seq: (bytes(h), bytes(c), bytes(p) if p is not None else GENESIS)
                for seq, h, c, p in conn.execute(
                    "SELECT e.seq, e.row_hash, e.chain_hash, p.chain_hash FROM audit_chain e"

@@ -43,13 +43,14 @@ def producer_config(settings: Settings) -> dict:
     return kafka_config(settings, "producer")
 
 
-def ensure_topics(settings: Settings) -> None:
-    """Create Aforo's topics if missing (raw with the configured partition count)."""
+def ensure_topics(settings: Settings, *extra: str) -> None:
+    """Create Aforo's topics if missing (raw with the configured partition count), and any `extra`
+    topic (one partition) a component of its own needs."""
     admin = AdminClient(kafka_config(settings, "admin"))
     existing = admin.list_topics(timeout=10).topics
     t = settings.topics
     wanted = [NewTopic(name, settings.raw_partitions if name == t.raw else 1, 1)
-              for name in (t.raw, *t.outputs) if name not in existing]
+              for name in (t.raw, *t.outputs, *extra) if name not in existing]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():
