@@ -49,22 +49,22 @@ def _json(value) -> str:
 
 def print_invoice(invoice, digest_ok: bool | None = None, voided_by: str | None = None) -> None:
     from operators.billing.settle import digest
-    from sinks.invoice_files import notes, quantity_text, title
+    from sinks.invoice_files import exact, notes, part_text, quantity_text, title
     h, t, cur = invoice.header, invoice.totals, invoice.header.currency
     click.echo(f"\n{title(invoice)}: {h.customer_name or h.customer} ({h.customer}), {h.tenant} {h.period}, {cur}"
                + (f"  VOIDED by {voided_by}" if voided_by else ""))
-    click.echo(f"  {'#':>3}  {'description':<40} {'quantity':>34} {'amount':>14} {'discount':>12} "
-               f"{'net':>12} {'tax':>10} {'total':>12}")
+    click.echo(f"  {'#':>3}  {'description':<34} {'quantity':>30} {'amount':>14} {'discount':>12} "
+               f"{'net':>10} {'tax':>9} {'total':>10}")
     for x in invoice.lines:
-        click.echo(f"  {x.line_no:>3}  {x.description[:40]:<40} {quantity_text(x)[:34]:>34} {x.amount!s:>14} "
-                   f"{x.discount!s:>12} {x.net_rounded!s:>12} {x.tax!s:>10} {x.total!s:>12}")
+        click.echo(f"  {x.line_no:>3}  {x.description[:34]:<34} {quantity_text(x)[:30]:>30} {exact(x.amount):>14} "
+                   f"{exact(x.discount):>12} {x.net_rounded!s:>10} {x.tax!s:>9} {x.total!s:>10}")
         for p in x.parts:
-            price = f" x {p.unit_price}" if p.unit_price is not None else ""
-            click.echo(f"  {'':>3}    {p.label}: {p.quantity}{price} = {p.amount}")
+            click.echo(f"  {'':>3}    {part_text(p)}")
         for d in x.discounts:
-            click.echo(f"  {'':>3}    coupon {d.coupon}: -{d.amount}")
-    click.echo(f"  usage subtotal {t.usage_subtotal}  commitment {t.commitment}  discounts -{t.discount}")
-    click.echo(f"  net {t.net}  tax {t.tax}  rounding {t.rounding}  TOTAL {t.total} {cur}")
+            click.echo(f"  {'':>3}    coupon {d.coupon}: -{exact(d.amount)}")
+    click.echo(f"  usage subtotal {exact(t.usage_subtotal)}, commitment true-up {exact(t.commitment)}, "
+               f"discounts -{exact(t.discount)}")
+    click.echo(f"  net {t.net} + tax {t.tax} = TOTAL {t.total} {cur}")
     for n in notes(invoice):
         click.echo(f"  {n}")
     check = {True: " (verified)", False: " MISMATCH: the stored document was changed", None: ""}[digest_ok]

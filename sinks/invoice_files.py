@@ -34,6 +34,17 @@ def _amount(v: Decimal) -> str:
     return format(v, "f")
 
 
+def exact(v: Decimal) -> str:
+    """An exact amount for people: every digit, none trailing (0.1000000 -> 0.1, 6E-7 -> 0.0000006).
+    Rounded money keeps its minor unit as stored."""
+    return format(v.normalize(), "f") if v else "0"
+
+
+def part_text(p) -> str:
+    price = f" x {exact(p.unit_price)}" if p.unit_price is not None else ""
+    return f"{p.label}: {exact(p.quantity)}{price} = {exact(p.amount)}"
+
+
 def title(invoice: Invoice) -> str:
     if invoice.kind == "credit_note":
         return f"Credit note {invoice.number} (voids {invoice.credit_note_of})"
@@ -51,9 +62,9 @@ def notes(invoice: Invoice) -> list[str]:
     elif rate.kind == "zero_rated":
         out.append(f"{rate.name}: zero-rated supply.")
     else:
-        out.append(f"Tax: {rate.name} ({_amount(rate.percent)}%), exclusive, per line.")
+            out.append(f"Tax: {rate.name} ({exact(rate.percent)}%), exclusive, per line.")
     out.append(f"Amounts are rounded once, per line, to {invoice.minor_units} decimals (half-even); "
-               f"rounding difference {_amount(invoice.totals.rounding)} {invoice.header.currency}.")
+               f"rounding difference {exact(invoice.totals.rounding)} {invoice.header.currency}.")
     for c in invoice.rollover_out:
         out.append(f"{c.units} unused included {c.metric} units of {c.subscription} roll over.")
     adjusted = sum(x.adjustment_events for x in invoice.lines)
@@ -72,8 +83,8 @@ def quantity_text(x: Line) -> str:
         return "-"
     deducted = [(n, v) for n, v in (("blocked", x.blocked), ("rollover", x.rollover_used),
                                     ("included", x.included_used), ("credits", x.credits_used)) if v]
-    extra = "; ".join(f"{n} {_amount(v)}" for n, v in deducted)
-    return _amount(x.quantity) + (f" ({extra}; billable {_amount(x.billable)})" if extra else "")
+    extra = "; ".join(f"{n} {exact(v)}" for n, v in deducted)
+    return exact(x.quantity) + (f" ({extra}; billable {exact(x.billable)})" if extra else "")
 
 
 def to_json(invoice: Invoice) -> bytes:
@@ -102,15 +113,15 @@ small{color:#555}</style></head><body>
 <table><thead><tr><th>#</th><th>description</th><th class="n">quantity</th><th class="n">amount</th>
 <th class="n">discount</th><th class="n">net</th><th class="n">tax</th><th class="n">total</th></tr></thead><tbody>
 {% for x in i.lines %}<tr><td>{{ x.line_no }}</td><td>{{ x.description }}<br><small>{{ x.subscription }}
-{% for p in x.parts %}&middot; {{ p.label }}: {{ p.quantity }}{% if p.unit_price is not none %} &times; {{ p.unit_price }}{% endif %} = {{ p.amount }} {% endfor %}
-{% for d in x.discounts %}&middot; coupon {{ d.coupon }} &minus;{{ d.amount }} {% endfor %}</small></td>
-<td class="n">{{ qty(x) }}</td><td class="n">{{ x.amount }}</td><td class="n">{{ x.discount }}</td>
+{% for p in x.parts %}&middot; {{ part(p) }} {% endfor %}
+{% for d in x.discounts %}&middot; coupon {{ d.coupon }} &minus;{{ exact(d.amount) }} {% endfor %}</small></td>
+<td class="n">{{ qty(x) }}</td><td class="n">{{ exact(x.amount) }}</td><td class="n">{{ exact(x.discount) }}</td>
 <td class="n">{{ x.net_rounded }}</td><td class="n">{{ x.tax }}</td><td class="n">{{ x.total }}</td></tr>
 {% endfor %}</tbody></table>
 <table style="width:auto;margin-top:1em">
-<tr><td>usage subtotal</td><td class="n">{{ i.totals.usage_subtotal }}</td></tr>
-<tr><td>commitment true-up</td><td class="n">{{ i.totals.commitment }}</td></tr>
-<tr><td>discounts</td><td class="n">&minus;{{ i.totals.discount }}</td></tr>
+<tr><td>usage subtotal</td><td class="n">{{ exact(i.totals.usage_subtotal) }}</td></tr>
+<tr><td>commitment true-up</td><td class="n">{{ exact(i.totals.commitment) }}</td></tr>
+<tr><td>discounts</td><td class="n">&minus;{{ exact(i.totals.discount) }}</td></tr>
 <tr><td>net</td><td class="n">{{ i.totals.net }}</td></tr>
 <tr><td>tax</td><td class="n">{{ i.totals.tax }}</td></tr>
 <tr><th>total {{ i.header.currency }}</th><th class="n">{{ i.totals.total }}</th></tr></table>
@@ -120,8 +131,8 @@ small{color:#555}</style></head><body>
 
 
 def to_html(invoice: Invoice) -> bytes:
-    return _HTML.render(i=invoice, title=title(invoice), notes=notes(invoice), qty=quantity_text,
-                        digest=digest(invoice)).encode()
+    return _HTML.render(i=invoice, title=title(invoice), notes=notes(invoice), qty=quantity_text, part=part_text,
+                        exact=exact, digest=digest(invoice)).encode()
 
 
 def _pdf_text(text: str) -> str:
@@ -147,18 +158,17 @@ def to_pdf(invoice: Invoice) -> bytes:
     with pdf.table(col_widths=widths, text_align=align, first_row_as_headings=True) as table:
         table.row(["#", "description", "quantity", "amount", "discount", "net", "tax", "total"])
         for x in invoice.lines:
-            parts = "; ".join(f"{p.label}: {p.quantity}" + (f" x {p.unit_price}" if p.unit_price is not None else "")
-                              + f" = {p.amount}" for p in x.parts)
-            table.row([str(x.line_no), _pdf_text(f"{x.description} [{x.subscription}]" + (f"\n{parts}" if parts else "")),
-                       _pdf_text(quantity_text(x)), _amount(x.amount), _amount(x.discount), _amount(x.net_rounded),
-                       _amount(x.tax), _amount(x.total)])
+            parts = "".join(f"\n{part_text(p)}" for p in x.parts)
+            table.row([str(x.line_no), _pdf_text(f"{x.description} [{x.subscription}]{parts}"),
+                       _pdf_text(quantity_text(x)), exact(x.amount), exact(x.discount), str(x.net_rounded),
+                       str(x.tax), str(x.total)])
     pdf.ln(3)
     pdf.set_font("Helvetica", size=10)
-    for label, value in (("usage subtotal", t.usage_subtotal), ("commitment true-up", t.commitment),
-                         ("discounts", -t.discount if t.discount else t.discount), ("net", t.net),
-                         ("tax", t.tax), (f"total {h.currency}", t.total)):
+    for label, value in (("usage subtotal", exact(t.usage_subtotal)), ("commitment true-up", exact(t.commitment)),
+                         ("discounts", f"-{exact(t.discount)}"), ("net", str(t.net)), ("tax", str(t.tax)),
+                         (f"total {h.currency}", str(t.total))):
         pdf.cell(60, 6, label)
-        pdf.cell(40, 6, _amount(value), align="R", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(40, 6, value, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     pdf.set_font("Helvetica", size=8)
     for n in [*notes(invoice), f"digest {digest(invoice)}"]:

@@ -4,8 +4,12 @@ meets the minimum exactly needs none. A minimum is not prorated for a partial pe
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from operators.billing.common import total
-from schemas.billing_run import Draft, Line
+from schemas.billing_run import ZERO, Draft, Line, Part
+
+ONE = Decimal(1)
 
 
 def commit(draft: Draft) -> Draft:
@@ -17,6 +21,8 @@ def commit(draft: Draft) -> Draft:
         if usage < sub.minimum:
             lines.append(Line(
                 line_no=len(lines) + 1, kind="commitment", subscription=sub.id, amount=sub.minimum - usage,
-                description=f"minimum commitment {sub.minimum} ({sub.plan} v{sub.plan_version}): "
-                            f"usage {usage}, true-up"))
+                description="minimum commitment true-up",
+                parts=(Part(label=f"minimum of {sub.plan} v{sub.plan_version}", quantity=ONE,
+                            unit_price=sub.minimum, amount=sub.minimum),
+                       Part(label="usage billed", quantity=ONE, unit_price=ZERO - usage, amount=ZERO - usage))))
     return draft.model_copy(update={"lines": tuple(lines)})

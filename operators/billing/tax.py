@@ -36,7 +36,10 @@ def tax(draft: Draft, rate: TaxTerms | None, minor_units: int) -> Draft:
             usage_subtotal=total(x.amount for x in lines if x.kind == "usage"),
             commitment=total(x.amount for x in lines if x.kind == "commitment"),
             discount=total(x.discount for x in lines),
-            net=total(x.net_rounded for x in lines), tax=total(x.tax for x in lines),
-            rounding=total(x.rounding for x in lines), total=total(x.total for x in lines))
+            # sums of rounded figures; quantized so that an invoice without lines still shows 0.00
+            net=round_money(total(x.net_rounded for x in lines), minor_units),
+            tax=round_money(total(x.tax for x in lines), minor_units),
+            rounding=total(x.rounding for x in lines),
+            total=round_money(total(x.total for x in lines), minor_units))
     return draft.model_copy(update={"lines": tuple(lines), "tax_rate": rate, "minor_units": minor_units,
                                     "totals": totals})
