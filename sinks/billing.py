@@ -418,11 +418,12 @@ def pending_deliveries(conn: psycopg.Connection, tenant: str, period: str | None
         " ORDER BY d.invoice_id, d.destination", (tenant, period, period)).fetchall()
 
 
-def delivery_done(conn: psycopg.Connection, invoice_id: int, destination: str, error: str | None) -> None:
+def delivery_done(conn: psycopg.Connection, invoice_id: int, destination: str, tries: int,
+                  error: str | None) -> None:
     with conn.transaction():
-        conn.execute("UPDATE invoice_deliveries SET attempts = attempts + 1, status = %s, last_error = %s,"
+        conn.execute("UPDATE invoice_deliveries SET attempts = attempts + %s, status = %s, last_error = %s,"
                      " delivered_at = CASE WHEN %s THEN now() END WHERE invoice_id = %s AND destination = %s",
-                     ("failed" if error else "delivered", error, error is None, invoice_id, destination))
+                     (tries, "failed" if error else "delivered", error, error is None, invoice_id, destination))
 
 
 def deliveries(conn: psycopg.Connection, invoice_id: int) -> list[dict]:

@@ -60,17 +60,17 @@ def send_webhook(url: str, secret: str, invoice: Invoice) -> None:
         raise RuntimeError(f"{url} answered {reply.status_code}: {reply.text[:200]}")
 
 
-def _attempts(send: Callable[[], None]) -> str | None:
-    """Try, retry after each delay; the last error, or None once it went through."""
-    for delay in (*RETRY_DELAYS_S, None):
+def _attempts(send: Callable[[], None]) -> tuple[int, str | None]:
+    """Try, and retry after each delay: (attempts made, the last error or None once it went through)."""
+    for tries, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
         try:
             send()
-            return None
+            return tries, None
         except (RuntimeError, OSError, LookupError) as exc:
             if delay is None:
-                return str(exc)
+                return tries, str(exc)
             time.sleep(delay)
-    return None
+    raise AssertionError("unreachable")
 
 
 def deliver_pending(settings: Settings, conn: psycopg.Connection, tenant: str,
@@ -86,8 +86,8 @@ def deliver_pending(settings: Settings, conn: psycopg.Connection, tenant: str,
             send = partial(kafka.send, invoice)
         else:
             send = _sender(conn, tenant, destination, invoice)
-        error = _attempts(send)
-        db.delivery_done(conn, invoice_id, destination, error)
+        tries, error = _attempts(send)
+        db.delivery_done(conn, invoice_id, destination, tries, error)
         done.append((invoice.number, destination, error))
     return done
 

@@ -104,3 +104,123 @@ def test_exports_are_deterministic_and_the_json_is_the_digested_document(setting
     assert "WELCOME10" in (tmp_path / "a.html").read_text()
     rows = (tmp_path / "a.csv").read_text().splitlines()
     assert rows[0].startswith("number,line_no,kind") and len(rows) == 5
+
+
+# --- all eight pricing models: the invoice adds up to the events' marginal revenue ---------------------
+
+MODELS = {
+    "flat": {"model": "flat", "amount": "20"},
+    "per_unit": {"model": "per_unit", "unit_price": "0.0031"},
+    "graduated": {"model": "graduated", "tiers": [{"up_to": 100, "unit_price": "0.5", "flat_fee": "2"},
+                                                  {"up_to": 1000, "unit_price": "0.25", "flat_fee": "1"},
+                                                  {"up_to": None, "unit_price": "0.1"}]},
+    "volume": {"model": "volume", "tiers": [{"up_to": 500, "unit_price": "0.07"},
+                                            {"up_to": None, "unit_price": "0.05", "flat_fee": "3"}]},
+    "package": {"model": "package", "package_size": "75", "package_price": "2.5", "free_units": "30"},
+    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 300, "price": "10"}, {"up_to": None, "price": "45"}]},
+    "percentage": {"model": "percentage", "rate": "2.9", "fixed_fee": "0.3", "min_per_event": "0.5",
+                   "max_per_event": "4"},
+    "matrix": {"model": "matrix", "dimensions": ["region"],
+               "prices": [{"match": {"region": "eu"}, "unit_price": "0.013"},
+                          {"match": {"region": "us"}, "unit_price": "0.011"}], "default_unit_price": "0.02"},
+}
+EIGHT = {
+    "tenants": [{"id": "umbra", "currency": "USD"}],
+    "metrics": [{"tenant": "umbra", "code": m, "event_type": "use", "aggregation": "sum",
+                 "value": "$.amount" if m == "percentage" else "$.q",
+                 "group_by": ["region"] if m == "matrix" else []} for m in MODELS],
+    "plans": [{"tenant": "umbra", "code": "all", "version": 1, "currency": "USD",
+               "charges": [{"metric": m, **c} for m, c in MODELS.items()]}],
+    "customers": [{"tenant": "umbra", "id": "u1"}],
+    "subscriptions": [{"tenant": "umbra", "id": "us1", "customer": "u1", "plan": "all", "plan_version": 1,
+                       "start": "2026-01-01T00:00:00Z"}],
+}
+
+
+def test_every_pricing_model_bills_the_sum_of_its_events_marginal_revenue(settings):
+    apply(settings, EIGHT)
+    rnd = random.Random(8)
+    lines = []
+    for i in range(400):
+        t = START + timedelta(minutes=100 * i)
+        data = {"q": f"{rnd.randint(0, 12)}.{rnd.randint(0, 99):02d}", "amount": f"{rnd.randint(1, 300)}.{rnd.randint(0, 99)}",
+                "region": rnd.choice(["eu", "us", "ap"])}
+        lines.append((event(f"u{i}", "u1", t, "use", data, tenant="umbra"), t))
+    send_at(settings, [*on_time(lines), clock_past(END, "umbra", "u1")])
+    run(settings, once=True)
+
+    report = bill_run(settings, "umbra", PERIOD)
+    assert report.ok, report.outcomes
+    [inv] = [o.invoice for o in report.outcomes]
+    with connect(settings.database_url) as conn:
+        marginals = dict(conn.execute(
+            "SELECT x.metric || coalesce('/' || (x.grp->>'region'), ''), sum(x.revenue) FROM ledger l"
+            " JOIN ledger_lines x USING (raw_topic_id, raw_partition, raw_offset)"
+            " WHERE l.tenantid = 'umbra' AND l.period = %s AND l.status = 'accepted' GROUP BY 1", (PERIOD,)))
+    got = {x.metric + "".join(f"/{v}" for _, v in x.group): x.amount for x in inv.lines}
+    assert set(got) == set(marginals) and len(got) == 10  # seven charges, and the matrix's three regions
+    for key, amount in got.items():
+        assert amount == marginals[key], key
+    assert {x.model for x in inv.lines} == set(MODELS)
+    assert inv.totals.usage_subtotal == sum(marginals.values())
+    assert all(x.amount == x.usage_amount and x.discount == 0 for x in inv.lines)
+
+
+# --- disputes: the events behind a line, verifiable offline ------------------------------------------
+
+def test_the_trace_of_a_line_verifies_offline_and_adds_up_to_its_usage_amount(settings, tmp_path):
+    apply(settings, TERMS)
+    month_of_usage(settings)
+    [inv] = [o.invoice for o in bill_run(settings, "acme", PERIOD).outcomes if o.customer == "cust-1"]
+    for line in inv.lines[:3]:
+        out = tmp_path / f"line{line.line_no}.ndjson"
+        assert f"{line.events} rows" in cli(settings, "invoice", "trace", inv.number, "--line", str(line.line_no),
+                                            "-o", str(out))
+        manifest = json.loads((tmp_path / f"{out.name}.manifest.json").read_bytes())
+        assert manifest["invoice"] == inv.number and manifest["rows"] == line.events
+        assert D(manifest["totals"][line.metric]["revenue"]) == line.usage_amount
+        rows = [json.loads(r) for r in out.read_bytes().splitlines()]
+        assert sum(D(x["revenue"]) for r in rows for x in r["lines"] if x["metric"] == line.metric) \
+            == line.usage_amount
+        assert all(r["validation_hash"] and r["customer"] == "cust-1" for r in rows)
+        assert cli(settings, "audit", "verify", str(out)).startswith("OK")
+    everything = tmp_path / "all.ndjson"
+    assert f"{sum(x.events for x in inv.lines)} rows" in cli(settings, "invoice", "trace", inv.number, "-o",
+                                                              str(everything))
+    rows = everything.read_bytes().splitlines()  # a doctored trace does not verify
+    doctored = json.loads(rows[0])
+    doctored["lines"][0]["revenue"] = "0"
+    everything.write_bytes(b"\n".join([json.dumps(doctored).encode(), *rows[1:]]) + b"\n")
+    assert "BROKEN" in cli(settings, "audit", "verify", str(everything), code=1)
+    cli(settings, "invoice", "trace", inv.number, "--line", "9", "-o", str(tmp_path / "x"), code=1)
+
+
+# --- late events after settling ------------------------------------------------------------------------
+
+def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the_invoice_stays(settings):
+    apply(settings, TERMS)
+    month_of_usage(settings)
+    [settled] = [o.invoice for o in bill_run(settings, "acme", PERIOD).outcomes if o.customer == "cust-1"]
+    before = json.loads(cli(settings, "invoice", "show", settled.number, "--format", "json"))
+
+    late_at = END - timedelta(hours=2)  # belongs to March, arrives three days late
+    send_at(settings, [(event("late-1", "cust-1", late_at), END + timedelta(days=3))])
+    run(settings, once=True)
+    [held] = json.loads(cli(settings, "reconcile", "list", "--tenant", "acme", "--format", "json"))
+    cli(settings, "reconcile", "approve", str(held["id"]))
+    run(settings, once=True)
+
+    assert "already settled" in cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD)
+    after = json.loads(cli(settings, "invoice", "show", settled.number, "--format", "json"))
+    assert after["digest"] == before["digest"] and after["digest_verified"]
+    assert after["invoice"] == before["invoice"]
+    [closed] = json.loads(cli(settings, "period", "show", "--tenant", "acme", "--format", "json"))
+    assert [(a["billed_in"], a["events"]) for a in closed["adjustments"]] == [("2026-04", 1)]
+
+    send_at(settings, [clock_past(END + timedelta(days=30))])  # past April's end plus the lateness
+    run(settings, once=True)
+    april = bill_run(settings, "acme", "2026-04", customer="cust-1")
+    [inv] = [o.invoice for o in april.outcomes]
+    [calls] = [x for x in inv.lines if x.metric == "api_calls"]
+    assert (calls.events, calls.adjustment_events) == (1, 1)
+    assert "1 late events of earlier, closed periods" in cli(settings, "invoice", "show", inv.number)
