@@ -49,15 +49,18 @@ def _json(value) -> str:
 
 def print_invoice(invoice, digest_ok: bool | None = None, voided_by: str | None = None) -> None:
     from operators.billing.settle import digest
-    from sinks.invoice_files import exact, notes, part_text, quantity_text, title
+    from sinks.invoice_files import deductions_text, exact, notes, part_text, title
     h, t, cur = invoice.header, invoice.totals, invoice.header.currency
     click.echo(f"\n{title(invoice)}: {h.customer_name or h.customer} ({h.customer}), {h.tenant} {h.period}, {cur}"
                + (f"  VOIDED by {voided_by}" if voided_by else ""))
-    click.echo(f"  {'#':>3}  {'description':<34} {'quantity':>30} {'amount':>14} {'discount':>12} "
+    click.echo(f"  {'#':>3}  {'description':<34} {'quantity':>14} {'amount':>14} {'discount':>12} "
                f"{'net':>10} {'tax':>9} {'total':>10}")
     for x in invoice.lines:
-        click.echo(f"  {x.line_no:>3}  {x.description[:34]:<34} {quantity_text(x)[:30]:>30} {exact(x.amount):>14} "
+        quantity = exact(x.quantity) if x.kind == "usage" else "-"
+        click.echo(f"  {x.line_no:>3}  {x.description[:34]:<34} {quantity:>14} {exact(x.amount):>14} "
                    f"{exact(x.discount):>12} {x.net_rounded!s:>10} {x.tax!s:>9} {x.total!s:>10}")
+        if deductions_text(x):
+            click.echo(f"  {'':>3}    {deductions_text(x)}")
         for p in x.parts:
             click.echo(f"  {'':>3}    {part_text(p)}")
         for d in x.discounts:
@@ -363,3 +366,23 @@ def credit_list(tenant, customer) -> None:
     with _connect() as conn:
         for g in credit_balances(conn, tenant, customer):
             click.echo(f"{g.grant:<16} {g.metric:<14} from {g.from_period}  remaining {g.remaining}")
+
+
+# --- the demo ---------------------------------------------------------------------------------------
+
+def demo_billing(settings: config.Settings, now) -> None:
+    """Bill the demo tenants' last ended period (its history was sent with the demo stream) and
+    print the invoices; a later demo finds them settled and prints them again."""
+    from cli.demo import TENANTS, billable_period
+    from flows.billing import bill_run
+    period = billable_period(now)
+    click.echo(f"\nbilling {period}, the last period that has ended plus the lateness allowance "
+               "(aforo bill run --allow-held: the demo's own late events stay held)")
+    for tenant in TENANTS:
+        report = bill_run(settings, tenant, period, allow_held=True)
+        for o in report.outcomes:
+            if o.status == "failed":
+                click.echo(f"{tenant} {o.customer}: FAILED at {o.stage}: {o.error}")
+            else:
+                print_invoice(o.invoice)
+    click.echo("\nmore: aforo invoice list | show INV | export INV --format pdf | trace INV --line 1 -o FILE")

@@ -675,10 +675,11 @@ def print_summary(settings: config.Settings, since: datetime | None = None) -> N
 @main.command()
 @click.option("--events", "normal", default=2000, show_default=True, help="Normal events in the stream.")
 def demo(normal: int) -> None:
-    """Apply the demo catalog, send the demo stream, run both flows once, print the summary, the
-    alerts and revenue."""
+    """Apply the demo catalog, send the demo stream (and the last ended period's usage), run both
+    flows once, print the summary, the alerts and revenue, then bill that period."""
     from cli.alerts_commands import demo_monitoring_lines, print_demo_alerts, run_monitoring
-    from cli.demo import CATALOG, demo_stream
+    from cli.bill_commands import demo_billing
+    from cli.demo import CATALOG, billable_period, billing_history, demo_stream, send_timed
     s = _settings()
     apply_catalog_file(s, CATALOG)
     started = datetime.now(UTC)
@@ -690,6 +691,8 @@ def demo(normal: int) -> None:
     click.echo(f"sent {acked} raw records "
                f"({sum(v for k, v in expected.items() if not k.startswith('accepted'))} of them "
                "duplicates, conflicts, late, future, too old, malformed or schema-broken)")
+    click.echo(f"sent {send_timed(s, billing_history(billable_period(started)))} records of "
+               f"{billable_period(started)}'s usage, each with its own (past) ingestion time")
     elapsed = run_flow(s, once=True, workers=1)
     click.echo(f"metering flow processed the raw topic in {elapsed:.1f}s")
     click.echo(f"monitoring flow processed the enriched topic in {run_monitoring(s):.1f}s")
@@ -698,6 +701,7 @@ def demo(normal: int) -> None:
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(revenue, tenant=None, period=None, fmt="table")
+    demo_billing(s, started)
 
 
 @main.command()

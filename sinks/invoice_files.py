@@ -78,13 +78,20 @@ def notes(invoice: Invoice) -> list[str]:
     return out
 
 
+def deductions_text(x: Line) -> str:
+    """What of the metered quantity is not billed, and why: "blocked 60; billable 500"."""
+    deducted = [(n, v) for n, v in (("blocked over quota", x.blocked), ("rolled over", x.rollover_used),
+                                    ("included", x.included_used), ("prepaid credits", x.credits_used)) if v]
+    if not deducted:
+        return ""
+    return "; ".join(f"{n} {exact(v)}" for n, v in deducted) + f"; billable {exact(x.billable)}"
+
+
 def quantity_text(x: Line) -> str:
     if x.kind == "commitment":
         return "-"
-    deducted = [(n, v) for n, v in (("blocked", x.blocked), ("rollover", x.rollover_used),
-                                    ("included", x.included_used), ("credits", x.credits_used)) if v]
-    extra = "; ".join(f"{n} {exact(v)}" for n, v in deducted)
-    return exact(x.quantity) + (f" ({extra}; billable {exact(x.billable)})" if extra else "")
+    deductions = deductions_text(x)
+    return exact(x.quantity) + (f" ({deductions})" if deductions else "")
 
 
 def to_json(invoice: Invoice) -> bytes:

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from integration import env_of
 
 import config
+from cli.demo import send_timed
 from cli.main import main
 from schemas.catalog import Catalog
 from sinks.catalog import apply_catalog
-from sinks.kafka import RawProducer, ensure_topics
 from sinks.postgres import connect
 
 PERIOD = "2026-03"
@@ -29,19 +29,9 @@ def event(i: int | str, customer: str, when: datetime, type_: str = "api.call", 
                          "time": when.isoformat().replace("+00:00", "Z")})
 
 
-def _ms(t: datetime) -> int:
-    return int(t.timestamp() * 1000)
-
-
 def send_at(settings: config.Settings, lines: list[tuple[bytes, datetime]]) -> None:
     """Produce each line with its own ingestion time."""
-    ensure_topics(settings)
-    producer = RawProducer(settings)
-    for line, ingested in lines:
-        for _ in producer.send([line], timestamp_ms=_ms(ingested)):
-            pass
-    producer.flush()
-    assert not producer.errors and producer.acked == len(lines), producer.errors
+    assert send_timed(settings, lines) == len(lines)
 
 
 def on_time(lines: list[tuple[bytes, datetime]]) -> list[tuple[bytes, datetime]]:

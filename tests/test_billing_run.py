@@ -224,3 +224,121 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
     [calls] = [x for x in inv.lines if x.metric == "api_calls"]
     assert (calls.events, calls.adjustment_events) == (1, 1)
     assert "1 late events of earlier, closed periods" in cli(settings, "invoice", "show", inv.number)
+
+
+# --- failures, resumption, held events, voiding --------------------------------------------------------
+
+ROLLING = {
+    "plans": [{"tenant": "acme", "code": "roll", "version": 1, "currency": "USD", "charges": [
+        {"metric": "api_calls", "model": "per_unit", "unit_price": "0.01", "included": "100",
+         "rollover": {"max_units": "50", "expires_after_periods": 1}}]}],
+    "customers": [{"tenant": "acme", "id": "cust-r", "name": "Rolls"}],
+    "subscriptions": [{"tenant": "acme", "id": "sub-r", "customer": "cust-r", "plan": "roll", "plan_version": 1,
+                       "start": "2026-02-01T00:00:00Z"}],
+}
+
+
+def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(settings):
+    apply(settings, ROLLING)
+    lines = [(event(f"r{i}", "cust-r", START + timedelta(hours=i)), START + timedelta(hours=i)) for i in range(200)]
+    send_at(settings, [*on_time(lines), clock_past(END)])
+    run(settings, once=True)
+
+    first = bill_run(settings, "acme", PERIOD)
+    by = {o.customer: o for o in first.outcomes}
+    assert (by["cust-r"].status, by["cust-r"].stage) == ("failed", "rollover") and not first.ok
+    assert "bill 2026-02 first" in by["cust-r"].error
+    assert [by[c].invoice.number for c in ("cust-1", "cust-2", "cust-3")] == \
+        ["INV-2026-0001", "INV-2026-0002", "INV-2026-0003"]
+    shown = cli(settings, "bill", "show", str(first.run_id))
+    assert "rollover     failed" in shown and "bill 2026-02 first" in shown
+
+    february = bill_run(settings, "acme", "2026-02")  # February used nothing: its 100 included units roll over
+    [feb] = [o.invoice for o in february.outcomes if o.customer == "cust-r"]
+    assert [(c.metric, str(c.units)) for c in feb.rollover_out] == [("api_calls", "50")]
+
+    again = bill_run(settings, "acme", PERIOD)
+    [resumed] = [o for o in again.outcomes if o.status != "already settled"]
+    assert (resumed.customer, resumed.status, resumed.resumed_from) == ("cust-r", "settled", first.run_id)
+    [x] = resumed.invoice.lines
+    assert (x.quantity, x.rollover_used, x.included_used, x.billable, x.amount) == (200, 50, 100, 50, D("0.50"))
+    assert x.usage_amount == ledger_revenue(settings, "cust-r")["api_calls"][1] == D("2.00")
+    assert resumed.invoice.number == "INV-2026-0008"  # after February's four: no gap, no repeat
+    stages = cli(settings, "bill", "show", str(again.run_id))
+    assert "quota_check  reused" in stages and f"from run {first.run_id}" in stages and "rollover     ok" in stages
+
+
+def test_a_dry_run_records_closes_and_sends_nothing(settings):
+    apply(settings, TERMS)
+    month_of_usage(settings, n=110)
+    out = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--dry-run")
+    assert "dry run (nothing recorded)" in out and "Invoice DRAFT" in out and "TOTAL 5.39 USD" in out
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT (SELECT count(*) FROM bill_runs) + (SELECT count(*) FROM invoices)"
+                            " + (SELECT count(*) FROM closed_periods)").fetchone()[0] == 0
+
+
+def test_held_events_stop_the_run_until_decided_or_allowed(settings):
+    late_at = START + timedelta(days=10)
+    send_at(settings, [(event("held-1", "cust-2", late_at), late_at + timedelta(days=2)),  # late: held
+                       *on_time([(event("ok-1", "cust-1", START), START)]), clock_past(END)])
+    run(settings, once=True)
+    refused = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, code=1)
+    assert refused.count("FAILED at quota_check: 1 held events of the period are undecided") == 3
+    with connect(settings.database_url) as conn:  # not closed: the held event can still be billed in March
+        assert conn.execute("SELECT count(*) FROM closed_periods").fetchone()[0] == 0
+
+    allowed = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--allow-held")
+    assert "billed without 1 held events" in allowed and "period closed now" in allowed
+    assert "Billed without 1 held events awaiting reconciliation" in cli(settings, "invoice", "show", "INV-2026-0002")
+    assert "Billed without" not in cli(settings, "invoice", "show", "INV-2026-0001")
+
+
+def test_voiding_issues_a_credit_note_gives_credits_back_and_lets_the_period_be_billed_again(settings):
+    month_of_usage(settings, n=150)
+    assert "grant cmd-1" in cli(settings, "credit", "grant", "--tenant", "acme", "--customer", "cust-1",
+                                "--metric", "api_calls", "--units", "30", "--from-period", PERIOD)
+    [inv] = [o.invoice for o in bill_run(settings, "acme", PERIOD).outcomes if o.customer == "cust-1"]
+    calls = inv.lines[0]
+    assert (calls.credits_used, calls.billable, calls.amount) == (30, 120, D("0.040"))
+    assert "remaining 0" in cli(settings, "credit", "list", "--tenant", "acme", "--customer", "cust-1")
+
+    voided = cli(settings, "invoice", "void", inv.number, "--reason", "credits applied twice")
+    assert f"CN-2026-0001 voids {inv.number}" in voided
+    cli(settings, "invoice", "void", inv.number, "--reason", "again", code=1)
+    listed = cli(settings, "invoice", "list", "--tenant", "acme")
+    assert f"voided by CN-2026-0001" in listed and f"voids {inv.number}" in listed
+    note = json.loads(cli(settings, "invoice", "show", "CN-2026-0001", "--format", "json"))["invoice"]
+    assert D(note["totals"]["total"]) == -inv.totals.total and note["credit_note_of"] == inv.number
+    assert "remaining 30" in cli(settings, "credit", "list", "--tenant", "acme", "--customer", "cust-1")
+
+    rebilled = bill_run(settings, "acme", PERIOD)
+    [(customer, number)] = [(o.customer, o.invoice.number) for o in rebilled.outcomes if o.status == "settled"]
+    assert (customer, number) == ("cust-1", "INV-2026-0004")
+    cli(settings, "credit", "grant", "--tenant", "acme", "--customer", "nobody", "--metric", "api_calls",
+        "--units", "1", "--from-period", PERIOD, code=1)
+    cli(settings, "credit", "grant", "--tenant", "acme", "--customer", "cust-1", "--metric", "api_calls",
+        "--units", "-1", "--from-period", PERIOD, code=2)
+
+
+def test_catalog_billing_terms_apply_idempotently_and_recorded_grants_never_change(settings, tmp_path):
+    grant = {"tenant": "acme", "id": "prepaid-1", "customer": "cust-1", "metric": "api_calls", "units": "500",
+             "from_period": PERIOD}
+    catalog = tmp_path / "terms.json"
+    catalog.write_text(json.dumps({**TERMS, "credits": [grant]}))
+    assert "changed:" in cli(settings, "catalog", "apply", str(catalog))
+    assert "catalog unchanged" in cli(settings, "catalog", "apply", str(catalog))
+    shown = json.loads(cli(settings, "catalog", "show"))
+    assert shown["coupons"][0]["code"] == "WELCOME10" and shown["credits"][0]["units"] == "500"
+    assert {c["id"]: c["tax_rate"] for c in shown["customers"] if c["tenant"] == "acme"}["cust-1"] == "vat20"
+    catalog.write_text(json.dumps({"credits": [{**grant, "units": "900"}]}))
+    assert "never changes" in cli(settings, "catalog", "apply", str(catalog), code=1)
+    catalog.write_text(json.dumps({
+        "metrics": [{"tenant": "acme", "code": "fees", "event_type": "payment", "aggregation": "sum",
+                     "value": "$.amount"}],
+        "plans": [{"tenant": "acme", "code": "pay", "version": 1, "charges": [
+            {"metric": "fees", "model": "percentage", "rate": "2"}]}],
+        "subscriptions": [{"tenant": "acme", "id": "sub-p", "customer": "cust-1", "plan": "pay", "plan_version": 1,
+                           "start": "2026-01-01T00:00:00Z"}],
+        "quotas": [{"tenant": "acme", "subscription": "sub-p", "metric": "fees", "limit": "5", "overage": "block"}]}))
+    assert "prices that metric by percentage" in cli(settings, "catalog", "apply", str(catalog), code=1)

@@ -397,3 +397,38 @@ def test_settle_numbers_an_invoice_whose_digest_is_its_documents_and_a_credit_no
     assert note.credit_note_of == "INV-2026-0007" and note.totals.total == D("-108.00")
     assert [str(x.total) for x in note.lines] == ["-86.40", "-21.60"]
     assert b'"-0"' not in document(note)  # zero stays zero
+
+
+# --- catalog terms ---------------------------------------------------------------------------------------
+
+def _plan(**charge_terms) -> dict:
+    return {"tenant": "acme", "code": "p", "version": 1,
+            "charges": [{"metric": "calls", "model": "per_unit", "unit_price": "1", **charge_terms}]}
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"plans": [_plan(included=100.5)]}, "is a float"),
+    ({"plans": [_plan(rollover={"max_units": "10", "expires_after_periods": 1})]}, "needs `included`"),
+    ({"plans": [_plan(included="10", rollover={"max_units": "10"})]}, "expires_after_periods"),
+    ({"plans": [{"tenant": "acme", "code": "p", "version": 1,
+                 "charges": [{"metric": "fees", "model": "percentage", "rate": "2", "included": "5"}]}]},
+     "no units to include"),
+    ({"tax_rates": [{"tenant": "acme", "id": "z", "name": "Zero", "percent": "5", "kind": "zero_rated"}]},
+     "charges 0 percent"),
+    ({"coupons": [{"tenant": "acme", "code": "X", "percent_off": "10", "amount_off": "5"}]}, "exactly one"),
+    ({"coupons": [{"tenant": "acme", "code": "X", "percent_off": "120"}]}, "less than or equal to 100"),
+    ({"redemptions": [{"tenant": "acme", "customer": "c", "coupon": "X", "from_period": "2026-13"}]},
+     "should match pattern"),
+    ({"credits": [{"tenant": "acme", "id": "g", "customer": "c", "metric": "calls", "units": 0.5,
+                   "from_period": "2026-01"}]}, "is a float"),
+    ({"subscriptions": [{"tenant": "acme", "id": "s", "customer": "c", "plan": "p", "plan_version": 1,
+                         "start": "2026-01-01T00:00:00Z", "minimum": "-1"}]}, "greater than or equal to 0"),
+    ({"quotas": [{"tenant": "acme", "subscription": "s", "metric": "calls", "limit": "5", "overage": "cap"}]},
+     "'bill' or 'block'"),
+])
+def test_billing_terms_in_the_catalog_are_validated(entry, error):
+    from pydantic import ValidationError
+
+    from schemas.catalog import Catalog
+    with pytest.raises(ValidationError, match=error):
+        Catalog.model_validate(entry)
