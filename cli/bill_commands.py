@@ -51,8 +51,8 @@ def print_invoice(invoice, digest_ok: bool | None = None, voided_by: str | None 
     from operators.billing.settle import digest
     from sinks.invoice_files import deductions_text, exact, notes, part_text, title
     h, t, cur = invoice.header, invoice.totals, invoice.header.currency
-    click.echo(f"\n{title(invoice)}: {h.customer_name or h.customer} ({h.customer}), {h.tenant} {h.period}, {cur}"
-               + (f"  VOIDED by {voided_by}" if voided_by else ""))
+    click.echo(f"\n{title(invoice)}: {h.customer_name or h.customer} ({h.customer}), {h.tenant} {h.period}, "
+               f"{cur}" + (f"  VOIDED by {voided_by}" if voided_by else ""))
     click.echo(f"  {'#':>3}  {'description':<34} {'quantity':>14} {'amount':>14} {'discount':>12} "
                f"{'net':>10} {'tax':>9} {'total':>10}")
     for x in invoice.lines:
@@ -85,7 +85,8 @@ def bill() -> None:
 @click.option("--tenant", required=True)
 @click.option("--period", "period_", required=True, callback=lambda _c, _p, v: _period(v), help="YYYY-MM")
 @click.option("--customer", help="Only this customer.")
-@click.option("--dry-run", is_flag=True, help="Compute and print the draft invoices; record, close and send nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Compute and print the draft invoices; record, close and send nothing.")
 @click.option("--allow-held", is_flag=True,
               help="Bill although held events of the period are undecided (each invoice lists its own).")
 @click.option("--quiet", is_flag=True, help="Do not print the invoices.")
@@ -100,7 +101,8 @@ def bill_run_cmd(tenant, period_, customer, dry_run, allow_held, quiet) -> None:
                           dry_run=dry_run)
     except (RunInProgress, LookupError, ValueError, config.NotConfigured) as exc:
         raise click.ClickException(str(exc)) from None
-    what = "dry run (nothing recorded)" if dry_run else f"bill run {report.run_id}" if report.run_id else "nothing to run"
+    what = ("dry run (nothing recorded)" if dry_run else
+            f"bill run {report.run_id}" if report.run_id else "nothing to run")
     click.echo(f"{what}: {tenant} {period_}" + (", period closed now" if report.closed_now else ""))
     if report.held:
         click.echo(f"  billed without {report.held} held events of the period (--allow-held)")
@@ -113,7 +115,8 @@ def bill_run_cmd(tenant, period_, customer, dry_run, allow_held, quiet) -> None:
         click.echo(f"  {o.customer:<14} {o.status:<16} {inv.number:<16} {inv.totals.total} "
                    f"{inv.header.currency}{resumed}")
     for number, destination, error in report.deliveries:
-        click.echo(f"  delivery {number} -> {destination}: {'FAILED, will retry: ' + error if error else 'delivered'}")
+        state = f"FAILED, will retry: {error}" if error else "delivered"
+        click.echo(f"  delivery {number} -> {destination}: {state}")
     if not quiet:
         for o in report.outcomes:
             if o.invoice is not None and o.status != "already settled":
@@ -136,8 +139,9 @@ def bill_show(run_id, fmt) -> None:
     if fmt == "json":
         click.echo(_json({"run": run, "stages": stages}))
         return
-    click.echo(f"bill run {run_id}: {run['tenant']} {run['period']}" + (f" customer {run['customer']}" if run["customer"]
-               else "") + f", {run['status']}, by {run['actor']}, started {run['started_at'].isoformat()}"
+    only = f" customer {run['customer']}" if run["customer"] else ""
+    click.echo(f"bill run {run_id}: {run['tenant']} {run['period']}{only}, {run['status']}, "
+               f"by {run['actor']}, started {run['started_at'].isoformat()}"
                + (" (--allow-held)" if run["allow_held"] else ""))
     for s in stages:
         took = (f"{(s['finished_at'] - s['started_at']).total_seconds() * 1000:9.1f} ms" if s["finished_at"]
@@ -209,7 +213,8 @@ def invoice_show(number, tenant, fmt) -> None:
 
 @invoice.command("export")
 @click.argument("number")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf", "html"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf", "html"]), default="json",
+              show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Default: NUMBER.FORMAT in the current directory.")
 @click.option("--tenant")
@@ -294,7 +299,8 @@ def destinations_add(name, tenant, url, secret, directory, formats) -> None:
     directory = str(Path(directory).absolute()) if directory else None
     try:
         with _connect() as conn:
-            add_destination(conn, tenant, name, "webhook" if url else "directory", url, secret, directory, wanted)
+            kind = "webhook" if url else "directory"
+            add_destination(conn, tenant, name, kind, url, secret, directory, wanted)
     except psycopg.errors.UniqueViolation:
         raise click.ClickException(f"{tenant} already has a destination {name!r}") from None
     except psycopg.errors.ForeignKeyViolation:

@@ -612,8 +612,8 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
     from sinks.audit import export_rows
     from sinks.postgres import connect
     with connect(_settings().database_url) as conn:
-        rows, manifest_path = write_audit_export(conn, tenant, export_rows(conn, tenant, customer, period), fmt,
-                                                 output, {"customer": customer, "period": period})
+        rows, manifest_path = write_audit_export(conn, tenant, export_rows(conn, tenant, customer, period),
+                                                 fmt, output, {"customer": customer, "period": period})
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
 
 

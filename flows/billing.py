@@ -70,7 +70,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(o.status != "failed" for o in self.outcomes) and all(e is None for *_, e in self.deliveries)
+        return (all(o.status != "failed" for o in self.outcomes)
+                and all(error is None for *_, error in self.deliveries))
 
 
 def _json(draft: Draft) -> str:
@@ -120,7 +121,8 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
         db.lock_period(conn, tenant, period)
         customers = db.customers_to_bill(conn, tenant, period, customer)
         if customer is not None and not customers:
-            raise LookupError(f"{tenant} has no customer {customer!r} with a subscription or usage in {period}")
+            raise LookupError(f"{tenant} has no customer {customer!r} with a subscription or usage in "
+                              f"{period}")
         report = Report(tenant, period, None)
         todo = []
         for c in customers:
@@ -139,7 +141,8 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
         report.held = len(held) if allow_held else 0
         flow = db.flow_totals(conn, tenant, period)
         for c in todo:
-            ctx = _Context(tenant, period, c, period_end, watermark, closed or dry_run, held, allow_held, flow)
+            ctx = _Context(tenant, period, c, period_end, watermark, closed or dry_run, held, allow_held,
+                           flow)
             report.outcomes.append(_bill_customer(conn, ctx, report.run_id, dry_run))
         if report.run_id is not None:
             db.finish_run(conn, report.run_id, all(o.status != "failed" for o in report.outcomes))

@@ -47,10 +47,12 @@ class RunInProgress(RuntimeError):
 
 def flow_totals(conn: psycopg.Connection, tenant: str, period: str) -> list[FlowTotal]:
     """The flow's running totals of the period: the one place the bill run reads `revenue`."""
-    return [FlowTotal(customer=c, subscription=s, metric=m, currency=cur, events=n, quantity=q, revenue=r, cost=k)
+    return [FlowTotal(customer=c, subscription=s, metric=m, currency=cur, events=n, quantity=q, revenue=r,
+                      cost=k)
             for c, s, m, cur, n, q, r, k in conn.execute(
-                "SELECT customer, subscription, metric, currency, events, quantity, revenue, cost FROM revenue"
-                " WHERE tenant = %s AND period = %s ORDER BY customer, subscription, metric", (tenant, period))]
+                "SELECT customer, subscription, metric, currency, events, quantity, revenue, cost"
+                " FROM revenue WHERE tenant = %s AND period = %s ORDER BY customer, subscription, metric",
+                (tenant, period))]
 
 
 def watermark(conn: psycopg.Connection) -> datetime | None:
@@ -90,7 +92,8 @@ def _charges(definitions: list[dict]) -> tuple[PlanCharge, ...]:
     out = []
     for d in definitions:
         terms = ChargeTerms.model_validate({k: d[k] for k in ("included", "rollover") if k in d})
-        out.append(PlanCharge(metric=d["metric"], definition=d, included=terms.included, rollover=terms.rollover))
+        out.append(PlanCharge(metric=d["metric"], definition=d, included=terms.included,
+                              rollover=terms.rollover))
     return tuple(out)
 
 
@@ -123,7 +126,8 @@ def header(conn: psycopg.Connection, tenant: str, customer: str, period: str) ->
 
 def quota_rules(conn: psycopg.Connection, tenant: str) -> list[QuotaRule]:
     return [QuotaRule(subscription=s, metric=m, limit=lim, overage=o) for s, m, lim, o in conn.execute(
-        'SELECT subscription, metric, "limit", overage FROM quotas WHERE tenant = %s ORDER BY 1, 2', (tenant,))]
+        'SELECT subscription, metric, "limit", overage FROM quotas WHERE tenant = %s ORDER BY 1, 2',
+        (tenant,))]
 
 
 _LINES = """
@@ -239,7 +243,8 @@ def finish_run(conn: psycopg.Connection, run_id: int, ok: bool) -> None:
 def stage_started(conn: psycopg.Connection, run_id: int, customer: str, stage_no: int) -> None:
     with conn.transaction():
         conn.execute("INSERT INTO bill_run_stages (run_id, customer, stage_no, stage, status)"
-                     " VALUES (%s, %s, %s, %s, 'running')", (run_id, customer, stage_no, STAGES[stage_no - 1]))
+                     " VALUES (%s, %s, %s, %s, 'running')",
+                     (run_id, customer, stage_no, STAGES[stage_no - 1]))
 
 
 def stage_finished(conn: psycopg.Connection, run_id: int, customer: str, stage_no: int, *,
@@ -259,7 +264,8 @@ def stages_reused(conn: psycopg.Connection, run_id: int, customer: str, from_run
                      (run_id, from_run, from_run, customer, upto))
 
 
-def resume_point(conn: psycopg.Connection, tenant: str, period: str, customer: str) -> tuple[int, int, str] | None:
+def resume_point(conn: psycopg.Connection, tenant: str, period: str,
+                 customer: str) -> tuple[int, int, str] | None:
     """(run, last finished stage, its result) of the customer's latest unfinished attempt since its
     last invoice (a voided one included), or None: start from QuotaCheck."""
     return conn.execute(
@@ -299,7 +305,8 @@ def settled_invoice(conn: psycopg.Connection, tenant: str, period: str, customer
 
 def load_invoice(conn: psycopg.Connection, invoice_id: int) -> tuple[Invoice, str]:
     """(the invoice from its stored document, the stored digest)."""
-    doc, stored = conn.execute("SELECT document, digest FROM invoices WHERE id = %s", (invoice_id,)).fetchone()
+    doc, stored = conn.execute("SELECT document, digest FROM invoices WHERE id = %s",
+                               (invoice_id,)).fetchone()
     return Invoice.model_validate_json(doc), stored
 
 
@@ -331,7 +338,8 @@ _INDEX_COLUMNS = (("invoice_id", "int8"), ("line_no", "int4"), ("raw_topic_id", 
                   ("raw_partition", "int4"), ("raw_offset", "int8"), ("validation_hash", "text"))
 
 
-def store_invoice(conn: psycopg.Connection, invoice: Invoice, run_id: int | None, original: int | None = None) -> int:
+def store_invoice(conn: psycopg.Connection, invoice: Invoice, run_id: int | None,
+                  original: int | None = None) -> int:
     """Insert a settled invoice (or credit note), its lines, its draws and its delivery outbox, in
     the caller's transaction. Returns its id."""
     t, h = invoice.totals, invoice.header
@@ -352,7 +360,8 @@ def store_invoice(conn: psycopg.Connection, invoice: Invoice, run_id: int | None
             for x in invoice.lines:
                 for d in x.credit_draws:
                     draws[d.grant] = draws.get(d.grant, Decimal(0)) + d.units
-            cur.executemany("INSERT INTO credit_draws (invoice_id, tenant, grant_id, units) VALUES (%s, %s, %s, %s)",
+            cur.executemany("INSERT INTO credit_draws (invoice_id, tenant, grant_id, units)"
+                            " VALUES (%s, %s, %s, %s)",
                             [(invoice_id, h.tenant, g, u) for g, u in sorted(draws.items())])
         cur.executemany("INSERT INTO invoice_deliveries (invoice_id, destination) VALUES (%s, %s)",
                         [(invoice_id, r.destination) for r in invoice.routes])
@@ -410,7 +419,8 @@ def voided_by(conn: psycopg.Connection, invoice_id: int) -> str | None:
 
 # --- the delivery outbox ---------------------------------------------------------------------------
 
-def pending_deliveries(conn: psycopg.Connection, tenant: str, period: str | None = None) -> list[tuple[int, str]]:
+def pending_deliveries(conn: psycopg.Connection, tenant: str,
+                       period: str | None = None) -> list[tuple[int, str]]:
     """(invoice id, destination) not delivered yet, oldest invoice first."""
     return conn.execute(
         "SELECT d.invoice_id, d.destination FROM invoice_deliveries d JOIN invoices i ON i.id = d.invoice_id"
@@ -423,7 +433,8 @@ def delivery_done(conn: psycopg.Connection, invoice_id: int, destination: str, t
     with conn.transaction():
         conn.execute("UPDATE invoice_deliveries SET attempts = attempts + %s, status = %s, last_error = %s,"
                      " delivered_at = CASE WHEN %s THEN now() END WHERE invoice_id = %s AND destination = %s",
-                     (tries, "failed" if error else "delivered", error, error is None, invoice_id, destination))
+                     (tries, "failed" if error else "delivered", error, error is None, invoice_id,
+                      destination))
 
 
 def deliveries(conn: psycopg.Connection, invoice_id: int) -> list[dict]:
@@ -433,8 +444,9 @@ def deliveries(conn: psycopg.Connection, invoice_id: int) -> list[dict]:
 
 
 def destination_config(conn: psycopg.Connection, tenant: str, name: str) -> dict:
-    rows = as_dicts(conn.execute("SELECT name, kind, url, secret, directory, formats FROM invoice_destinations"
-                                 " WHERE tenant = %s AND name = %s", (tenant, name)))
+    rows = as_dicts(conn.execute("SELECT name, kind, url, secret, directory, formats"
+                                 " FROM invoice_destinations WHERE tenant = %s AND name = %s",
+                                 (tenant, name)))
     if not rows:
         raise LookupError(f"tenant {tenant} has no invoice destination {name!r}")
     return rows[0]

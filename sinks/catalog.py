@@ -57,10 +57,10 @@ _UPSERTS = {
                       " subscriptions.starts_at, subscriptions.ends_at, subscriptions.minimum)"
                       " IS DISTINCT FROM (excluded.customer, excluded.plan, excluded.plan_version,"
                       " excluded.starts_at, excluded.ends_at, excluded.minimum)"),
-    "quotas": ('INSERT INTO quotas (tenant, subscription, metric, "limit", overage) VALUES (%s, %s, %s, %s, %s)'
-               ' ON CONFLICT (tenant, subscription, metric) DO UPDATE SET "limit" = excluded."limit",'
-               ' overage = excluded.overage'
-               ' WHERE (quotas."limit", quotas.overage) IS DISTINCT FROM (excluded."limit", excluded.overage)'),
+    "quotas": ('INSERT INTO quotas (tenant, subscription, metric, "limit", overage)'
+               ' VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, subscription, metric) DO UPDATE SET'
+               ' "limit" = excluded."limit", overage = excluded.overage WHERE (quotas."limit",'
+               ' quotas.overage) IS DISTINCT FROM (excluded."limit", excluded.overage)'),
     "costs": ("INSERT INTO costs (tenant, metric, match, unit_cost) VALUES (%s, %s, %s, %s)"
               " ON CONFLICT (tenant, metric, match) DO UPDATE SET unit_cost = excluded.unit_cost"
               " WHERE costs.unit_cost IS DISTINCT FROM excluded.unit_cost"),
@@ -72,9 +72,9 @@ _UPSERTS = {
                 " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, code) DO UPDATE SET"
                 " name = excluded.name, percent_off = excluded.percent_off, amount_off = excluded.amount_off,"
                 " periods = excluded.periods, charges = excluded.charges"
-                " WHERE (coupons.name, coupons.percent_off, coupons.amount_off, coupons.periods, coupons.charges)"
-                " IS DISTINCT FROM (excluded.name, excluded.percent_off, excluded.amount_off, excluded.periods,"
-                " excluded.charges)"),
+                " WHERE (coupons.name, coupons.percent_off, coupons.amount_off, coupons.periods,"
+                " coupons.charges) IS DISTINCT FROM (excluded.name, excluded.percent_off,"
+                " excluded.amount_off, excluded.periods, excluded.charges)"),
     "redemptions": ("INSERT INTO coupon_redemptions (tenant, customer, coupon, from_period)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant, customer, coupon) DO UPDATE SET"
                     " from_period = excluded.from_period"

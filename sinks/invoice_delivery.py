@@ -42,7 +42,8 @@ class _Kafka:
     def send(self, invoice: Invoice) -> None:
         errors: list[str] = []
         produce(self._producer, self._topic, to_json(invoice), key=invoice.header.customer.encode(),
-                headers=[(INVOICE_HEADER, invoice.number.encode()), ("aforo-tenant", invoice.header.tenant.encode())],
+                headers=[(INVOICE_HEADER, invoice.number.encode()),
+                         ("aforo-tenant", invoice.header.tenant.encode())],
                 on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
         if self._producer.flush(30) or errors:
             raise RuntimeError(f"not acknowledged by the broker: {errors[:1] or 'timed out'}")

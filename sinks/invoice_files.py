@@ -115,14 +115,17 @@ _HTML = Environment(autoescape=True).from_string("""<!doctype html>
 td,th{border-bottom:1px solid #ccc;padding:4px 6px;text-align:left}td.n,th.n{text-align:right}
 small{color:#555}</style></head><body>
 <h1>{{ title }}</h1>
-<p>{{ i.header.customer_name or i.header.customer }} ({{ i.header.customer }}) &middot; tenant {{ i.header.tenant }}
-&middot; period {{ i.header.period }} &middot; {{ i.header.currency }}</p>
+<p>{{ i.header.customer_name or i.header.customer }} ({{ i.header.customer }})
+&middot; tenant {{ i.header.tenant }} &middot; period {{ i.header.period }}
+&middot; {{ i.header.currency }}</p>
 <table><thead><tr><th>#</th><th>description</th><th class="n">quantity</th><th class="n">amount</th>
-<th class="n">discount</th><th class="n">net</th><th class="n">tax</th><th class="n">total</th></tr></thead><tbody>
+<th class="n">discount</th><th class="n">net</th><th class="n">tax</th><th class="n">total</th></tr>
+</thead><tbody>
 {% for x in i.lines %}<tr><td>{{ x.line_no }}</td><td>{{ x.description }}<br><small>{{ x.subscription }}
 {% for p in x.parts %}&middot; {{ part(p) }} {% endfor %}
-{% for d in x.discounts %}&middot; coupon {{ d.coupon }} &minus;{{ exact(d.amount) }} {% endfor %}</small></td>
-<td class="n">{{ qty(x) }}</td><td class="n">{{ exact(x.amount) }}</td><td class="n">{{ exact(x.discount) }}</td>
+{% for d in x.discounts %}&middot; coupon {{ d.coupon }} &minus;{{ exact(d.amount) }} {% endfor %}
+</small></td><td class="n">{{ qty(x) }}</td><td class="n">{{ exact(x.amount) }}</td>
+<td class="n">{{ exact(x.discount) }}</td>
 <td class="n">{{ x.net_rounded }}</td><td class="n">{{ x.tax }}</td><td class="n">{{ x.total }}</td></tr>
 {% endfor %}</tbody></table>
 <table style="width:auto;margin-top:1em">
@@ -138,8 +141,8 @@ small{color:#555}</style></head><body>
 
 
 def to_html(invoice: Invoice) -> bytes:
-    return _HTML.render(i=invoice, title=title(invoice), notes=notes(invoice), qty=quantity_text, part=part_text,
-                        exact=exact, digest=digest(invoice)).encode()
+    return _HTML.render(i=invoice, title=title(invoice), notes=notes(invoice), qty=quantity_text,
+                        part=part_text, exact=exact, digest=digest(invoice)).encode()
 
 
 def _pdf_text(text: str) -> str:
@@ -171,7 +174,8 @@ def to_pdf(invoice: Invoice) -> bytes:
                        str(x.tax), str(x.total)])
     pdf.ln(3)
     pdf.set_font("Helvetica", size=10)
-    for label, value in (("usage subtotal", exact(t.usage_subtotal)), ("commitment true-up", exact(t.commitment)),
+    for label, value in (("usage subtotal", exact(t.usage_subtotal)),
+                         ("commitment true-up", exact(t.commitment)),
                          ("discounts", f"-{exact(t.discount)}"), ("net", str(t.net)), ("tax", str(t.tax)),
                          (f"total {h.currency}", str(t.total))):
         pdf.cell(60, 6, label)
@@ -183,7 +187,8 @@ def to_pdf(invoice: Invoice) -> bytes:
     return bytes(pdf.output())
 
 
-RENDER: dict[str, Callable[[Invoice], bytes]] = {"json": to_json, "csv": to_csv, "html": to_html, "pdf": to_pdf}
+RENDER: dict[str, Callable[[Invoice], bytes]] = {"json": to_json, "csv": to_csv, "html": to_html,
+                                                 "pdf": to_pdf}
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -39,7 +39,8 @@ def on_time(lines: list[tuple[bytes, datetime]]) -> list[tuple[bytes, datetime]]
     return [(line, when + timedelta(seconds=1)) for line, when in lines]
 
 
-def clock_past(period_end: datetime, tenant: str = "acme", customer: str = "cust-3") -> tuple[bytes, datetime]:
+def clock_past(period_end: datetime, tenant: str = "acme",
+               customer: str = "cust-3") -> tuple[bytes, datetime]:
     """One on-time event two days after a period's end: the pipeline's clock then says the period
     and its lateness allowance are over."""
     at = period_end + timedelta(days=2)

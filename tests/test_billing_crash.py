@@ -33,7 +33,8 @@ CATALOG = {
     "metrics": [{"tenant": "crash", "code": "calls", "event_type": "api.call", "aggregation": "count"}],
     "plans": [{"tenant": "crash", "code": "p", "version": 1, "currency": "EUR",
                "charges": [{"metric": "calls", "model": "graduated", "included": "3",
-                            "tiers": [{"up_to": 10, "unit_price": "0.4"}, {"up_to": None, "unit_price": "0.15"}]}]}],
+                            "tiers": [{"up_to": 10, "unit_price": "0.4"},
+                                      {"up_to": None, "unit_price": "0.15"}]}]}],
     "tax_rates": [{"tenant": "crash", "id": "vat", "name": "VAT 21%", "percent": "21"}],
     "coupons": [{"tenant": "crash", "code": "FIVE", "amount_off": "0.5"}],
     "customers": [{"tenant": "crash", "id": c, "tax_rate": "vat"} for c in CUSTOMERS],
@@ -85,7 +86,8 @@ def metered(settings) -> None:
     run(settings, once=True)
 
 
-def test_kill_9_during_a_bill_run_then_rerun_gives_the_same_invoices_and_no_gaps(settings, stack, template_db):
+def test_kill_9_during_a_bill_run_then_rerun_gives_the_same_invoices_and_no_gaps(settings, stack,
+                                                                                  template_db):
     metered(settings)
     # the same events metered by a second installation, billed without interruption
     reference = dataclasses.replace(settings, database_url_env=new_database(stack, template_db),

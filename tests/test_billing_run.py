@@ -9,7 +9,18 @@ from datetime import timedelta
 from decimal import Decimal as D
 
 import pytest
-from billing_fixtures import END, PERIOD, START, apply, cli, clock_past, event, ledger_revenue, on_time, send_at
+from billing_fixtures import (
+    END,
+    PERIOD,
+    START,
+    apply,
+    cli,
+    clock_past,
+    event,
+    ledger_revenue,
+    on_time,
+    send_at,
+)
 
 from flows.billing import bill_run
 from flows.metering import run
@@ -22,10 +33,11 @@ TERMS = {
                   {"tenant": "acme", "id": "export", "name": "Export", "percent": "0", "kind": "zero_rated"}],
     "customers": [{"tenant": "acme", "id": "cust-1", "name": "Globex Labs", "tax_rate": "vat20"},
                   {"tenant": "acme", "id": "cust-2", "name": "Initech", "tax_rate": "export"}],
-    "subscriptions": [{"tenant": "acme", "id": "sub-1", "customer": "cust-1", "plan": "pro", "plan_version": 1,
-                       "start": "2026-01-01T00:00:00Z", "minimum": "5.00"}],
+    "subscriptions": [{"tenant": "acme", "id": "sub-1", "customer": "cust-1", "plan": "pro",
+                       "plan_version": 1, "start": "2026-01-01T00:00:00Z", "minimum": "5.00"}],
     "coupons": [{"tenant": "acme", "code": "WELCOME10", "percent_off": "10", "periods": 3}],
-    "redemptions": [{"tenant": "acme", "customer": "cust-1", "coupon": "WELCOME10", "from_period": "2026-02"}],
+    "redemptions": [{"tenant": "acme", "customer": "cust-1", "coupon": "WELCOME10",
+                     "from_period": "2026-02"}],
 }
 
 
@@ -52,7 +64,7 @@ def test_a_period_is_billed_with_commitment_discount_and_tax_and_billing_again_c
     report = bill_run(settings, "acme", PERIOD)
     assert report.ok and report.closed_now
     by = {o.customer: o for o in report.outcomes}
-    assert {c: o.status for c, o in by.items()} == {"cust-1": "settled", "cust-2": "settled", "cust-3": "settled"}
+    assert {c: o.status for c, o in by.items()} == dict.fromkeys(("cust-1", "cust-2", "cust-3"), "settled")
     assert [by[c].invoice.number for c in ("cust-1", "cust-2", "cust-3")] == \
         ["INV-2026-0001", "INV-2026-0002", "INV-2026-0003"]
 
@@ -63,7 +75,8 @@ def test_a_period_is_billed_with_commitment_discount_and_tax_and_billing_again_c
     assert calls.usage_amount == ledger_revenue(settings, "cust-1")["api_calls"][1]
     assert tokens_4o.group == (("model", "gpt-4o"),) and tokens_4o.amount == D("0.01")
     assert tokens_mini.amount == D("0.0003")
-    assert inv.totals.usage_subtotal == D("0.1103") == sum(r for _, r in ledger_revenue(settings, "cust-1").values())
+    events_revenue = sum(r for _, r in ledger_revenue(settings, "cust-1").values())
+    assert inv.totals.usage_subtotal == D("0.1103") == events_revenue
     assert (true_up.kind, true_up.amount) == ("commitment", D("5.00") - D("0.1103"))
     assert sum(p.amount for p in true_up.parts) == true_up.amount
     assert [x.discount for x in inv.lines] == [D("0.01"), D("0.001"), D("0.00003"), D("0.48897")]
@@ -83,9 +96,8 @@ def test_a_period_is_billed_with_commitment_discount_and_tax_and_billing_again_c
     assert "(verified)" in shown and "minimum commitment true-up" in shown and "coupon WELCOME10" in shown
     stages = cli(settings, "bill", "show", str(report.run_id))
     assert stages.count("ok") == 30 and "settle" in stages and "quota_check" in stages
-    with connect(settings.database_url) as conn:  # settled is immutable
-        with pytest.raises(Exception, match="immutable"):
-            conn.execute("UPDATE invoices SET total = 0")
+    with connect(settings.database_url) as conn, pytest.raises(Exception, match="immutable"):
+        conn.execute("UPDATE invoices SET total = 0")  # settled is immutable
 
 
 def test_exports_are_deterministic_and_the_json_is_the_digested_document(settings, tmp_path):
@@ -117,7 +129,8 @@ MODELS = {
     "volume": {"model": "volume", "tiers": [{"up_to": 500, "unit_price": "0.07"},
                                             {"up_to": None, "unit_price": "0.05", "flat_fee": "3"}]},
     "package": {"model": "package", "package_size": "75", "package_price": "2.5", "free_units": "30"},
-    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 300, "price": "10"}, {"up_to": None, "price": "45"}]},
+    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 300, "price": "10"},
+                                                  {"up_to": None, "price": "45"}]},
     "percentage": {"model": "percentage", "rate": "2.9", "fixed_fee": "0.3", "min_per_event": "0.5",
                    "max_per_event": "4"},
     "matrix": {"model": "matrix", "dimensions": ["region"],
@@ -143,7 +156,8 @@ def test_every_pricing_model_bills_the_sum_of_its_events_marginal_revenue(settin
     lines = []
     for i in range(400):
         t = START + timedelta(minutes=100 * i)
-        data = {"q": f"{rnd.randint(0, 12)}.{rnd.randint(0, 99):02d}", "amount": f"{rnd.randint(1, 300)}.{rnd.randint(0, 99)}",
+        data = {"q": f"{rnd.randint(0, 12)}.{rnd.randint(0, 99):02d}",
+                "amount": f"{rnd.randint(1, 300)}.{rnd.randint(0, 99)}",
                 "region": rnd.choice(["eu", "us", "ap"])}
         lines.append((event(f"u{i}", "u1", t, "use", data, tenant="umbra"), t))
     send_at(settings, [*on_time(lines), clock_past(END, "umbra", "u1")])
@@ -174,8 +188,8 @@ def test_the_trace_of_a_line_verifies_offline_and_adds_up_to_its_usage_amount(se
     [inv] = [o.invoice for o in bill_run(settings, "acme", PERIOD).outcomes if o.customer == "cust-1"]
     for line in inv.lines[:3]:
         out = tmp_path / f"line{line.line_no}.ndjson"
-        assert f"{line.events} rows" in cli(settings, "invoice", "trace", inv.number, "--line", str(line.line_no),
-                                            "-o", str(out))
+        traced = cli(settings, "invoice", "trace", inv.number, "--line", str(line.line_no), "-o", str(out))
+        assert f"{line.events} rows" in traced
         manifest = json.loads((tmp_path / f"{out.name}.manifest.json").read_bytes())
         assert manifest["invoice"] == inv.number and manifest["rows"] == line.events
         assert D(manifest["totals"][line.metric]["revenue"]) == line.usage_amount
@@ -233,14 +247,15 @@ ROLLING = {
         {"metric": "api_calls", "model": "per_unit", "unit_price": "0.01", "included": "100",
          "rollover": {"max_units": "50", "expires_after_periods": 1}}]}],
     "customers": [{"tenant": "acme", "id": "cust-r", "name": "Rolls"}],
-    "subscriptions": [{"tenant": "acme", "id": "sub-r", "customer": "cust-r", "plan": "roll", "plan_version": 1,
-                       "start": "2026-02-01T00:00:00Z"}],
+    "subscriptions": [{"tenant": "acme", "id": "sub-r", "customer": "cust-r", "plan": "roll",
+                       "plan_version": 1, "start": "2026-02-01T00:00:00Z"}],
 }
 
 
 def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(settings):
     apply(settings, ROLLING)
-    lines = [(event(f"r{i}", "cust-r", START + timedelta(hours=i)), START + timedelta(hours=i)) for i in range(200)]
+    times = [START + timedelta(hours=i) for i in range(200)]
+    lines = [(event(f"r{i}", "cust-r", t), t) for i, t in enumerate(times)]
     send_at(settings, [*on_time(lines), clock_past(END)])
     run(settings, once=True)
 
@@ -253,7 +268,7 @@ def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(s
     shown = cli(settings, "bill", "show", str(first.run_id))
     assert "rollover     failed" in shown and "bill 2026-02 first" in shown
 
-    february = bill_run(settings, "acme", "2026-02")  # February used nothing: its 100 included units roll over
+    february = bill_run(settings, "acme", "2026-02")  # nothing used: its 100 included units roll over
     [feb] = [o.invoice for o in february.outcomes if o.customer == "cust-r"]
     assert [(c.metric, str(c.units)) for c in feb.rollover_out] == [("api_calls", "50")]
 
@@ -261,11 +276,13 @@ def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(s
     [resumed] = [o for o in again.outcomes if o.status != "already settled"]
     assert (resumed.customer, resumed.status, resumed.resumed_from) == ("cust-r", "settled", first.run_id)
     [x] = resumed.invoice.lines
-    assert (x.quantity, x.rollover_used, x.included_used, x.billable, x.amount) == (200, 50, 100, 50, D("0.50"))
+    assert (x.quantity, x.rollover_used, x.included_used, x.billable) == (200, 50, 100, 50)
+    assert x.amount == D("0.50")
     assert x.usage_amount == ledger_revenue(settings, "cust-r")["api_calls"][1] == D("2.00")
     assert resumed.invoice.number == "INV-2026-0008"  # after February's four: no gap, no repeat
     stages = cli(settings, "bill", "show", str(again.run_id))
-    assert "quota_check  reused" in stages and f"from run {first.run_id}" in stages and "rollover     ok" in stages
+    assert "quota_check  reused" in stages and f"from run {first.run_id}" in stages
+    assert "rollover     ok" in stages
 
 
 def test_a_dry_run_records_closes_and_sends_nothing(settings):
@@ -290,7 +307,8 @@ def test_held_events_stop_the_run_until_decided_or_allowed(settings):
 
     allowed = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--allow-held")
     assert "billed without 1 held events" in allowed and "period closed now" in allowed
-    assert "Billed without 1 held events awaiting reconciliation" in cli(settings, "invoice", "show", "INV-2026-0002")
+    shown = cli(settings, "invoice", "show", "INV-2026-0002")
+    assert "Billed without 1 held events awaiting reconciliation" in shown
     assert "Billed without" not in cli(settings, "invoice", "show", "INV-2026-0001")
 
 
@@ -307,13 +325,14 @@ def test_voiding_issues_a_credit_note_gives_credits_back_and_lets_the_period_be_
     assert f"CN-2026-0001 voids {inv.number}" in voided
     cli(settings, "invoice", "void", inv.number, "--reason", "again", code=1)
     listed = cli(settings, "invoice", "list", "--tenant", "acme")
-    assert f"voided by CN-2026-0001" in listed and f"voids {inv.number}" in listed
+    assert "voided by CN-2026-0001" in listed and f"voids {inv.number}" in listed
     note = json.loads(cli(settings, "invoice", "show", "CN-2026-0001", "--format", "json"))["invoice"]
     assert D(note["totals"]["total"]) == -inv.totals.total and note["credit_note_of"] == inv.number
     assert "remaining 30" in cli(settings, "credit", "list", "--tenant", "acme", "--customer", "cust-1")
 
     rebilled = bill_run(settings, "acme", PERIOD)
-    [(customer, number)] = [(o.customer, o.invoice.number) for o in rebilled.outcomes if o.status == "settled"]
+    [(customer, number)] = [(o.customer, o.invoice.number) for o in rebilled.outcomes
+                            if o.status == "settled"]
     assert (customer, number) == ("cust-1", "INV-2026-0004")
     cli(settings, "credit", "grant", "--tenant", "acme", "--customer", "nobody", "--metric", "api_calls",
         "--units", "1", "--from-period", PERIOD, code=1)
@@ -338,7 +357,8 @@ def test_catalog_billing_terms_apply_idempotently_and_recorded_grants_never_chan
                      "value": "$.amount"}],
         "plans": [{"tenant": "acme", "code": "pay", "version": 1, "charges": [
             {"metric": "fees", "model": "percentage", "rate": "2"}]}],
-        "subscriptions": [{"tenant": "acme", "id": "sub-p", "customer": "cust-1", "plan": "pay", "plan_version": 1,
-                           "start": "2026-01-01T00:00:00Z"}],
-        "quotas": [{"tenant": "acme", "subscription": "sub-p", "metric": "fees", "limit": "5", "overage": "block"}]}))
+        "subscriptions": [{"tenant": "acme", "id": "sub-p", "customer": "cust-1", "plan": "pay",
+                           "plan_version": 1, "start": "2026-01-01T00:00:00Z"}],
+        "quotas": [{"tenant": "acme", "subscription": "sub-p", "metric": "fees", "limit": "5",
+                    "overage": "block"}]}))
     assert "prices that metric by percentage" in cli(settings, "catalog", "apply", str(catalog), code=1)

@@ -48,7 +48,8 @@ END = datetime(2026, 4, 1, tzinfo=UTC)
 PER_UNIT = {"metric": "calls", "model": "per_unit", "unit_price": "0.5"}
 
 
-def charge(definition: dict = PER_UNIT, included: str = "0", rollover_terms: Rollover | None = None) -> PlanCharge:
+def charge(definition: dict = PER_UNIT, included: str = "0",
+           rollover_terms: Rollover | None = None) -> PlanCharge:
     return PlanCharge(metric=definition["metric"], definition=definition, included=D(included),
                       rollover=rollover_terms)
 
@@ -115,17 +116,17 @@ def flow(quantity: str, sub: str = "sub-1", metric: str = "calls", customer: str
 ])
 def test_hard_quotas_block_what_is_over_the_limit_or_bill_it(overage, used, blocked):
     rules = [QuotaRule(subscription="sub-1", metric="calls", limit=D(100), overage=overage),
-             QuotaRule(subscription="sub-9", metric="calls", limit=D(1), overage="block")]  # not this customer's
-    d = quota_check(header(), period_end=END, watermark=END + LATENESS, closed=True, held=[], allow_held=False,
-                    quotas=rules, flow=[flow(used)])
+             QuotaRule(subscription="sub-9", metric="calls", limit=D(1), overage="block")]  # someone else's
+    d = quota_check(header(), period_end=END, watermark=END + LATENESS, closed=True, held=[],
+                    allow_held=False, quotas=rules, flow=[flow(used)])
     assert d.quotas == (QuotaDecision(subscription="sub-1", metric="calls", limit=D(100), overage=overage,
                                       used=D(used), blocked=D(blocked)),)
 
 
 def test_a_period_that_is_not_closed_is_not_billed():
     with pytest.raises(BillingStageError, match="not closed"):
-        quota_check(header(), period_end=END, watermark=END + LATENESS, closed=False, held=[], allow_held=False,
-                    quotas=[], flow=[])
+        quota_check(header(), period_end=END, watermark=END + LATENESS, closed=False, held=[],
+                    allow_held=False, quotas=[], flow=[])
 
 
 # --- 2. Rollover ---------------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ def test_rollover_needs_the_previous_period_invoiced_when_the_subscription_was_a
 # --- 3. Aggregate -------------------------------------------------------------------------------------
 
 MATRIX = {"metric": "tokens", "model": "matrix", "dimensions": ["model"],
-          "prices": [{"match": {"model": "a"}, "unit_price": "0.1"}, {"match": {"model": "b"}, "unit_price": "0.2"}]}
+          "prices": [{"match": {"model": "a"}, "unit_price": "0.1"},
+                     {"match": {"model": "b"}, "unit_price": "0.2"}]}
 
 
 def ledger_line(metric: str, q: str, after: str, revenue: str, grp: dict | None = None,
@@ -178,13 +180,14 @@ def test_aggregate_groups_by_the_flows_own_groups_and_matches_its_totals():
     lines = [ledger_line("calls", "1", "1", "0.5"), ledger_line("calls", "1", "2", "0.5", adjusts="2026-02"),
              ledger_line("tokens", "10", "10", "1", {"model": "b", "region": "eu"}),
              ledger_line("tokens", "5", "5", "0.5", {"model": "a", "region": "eu"}),
-             ledger_line("tokens", "5", "15", "1", {"model": "b", "region": "us"}),  # same group as the first b
+             ledger_line("tokens", "5", "15", "1", {"model": "b", "region": "us"}),  # the first b's group
              ledger_line("storage", "7", "7", "0")]  # metered, not priced by the plan: no line
-    totals = [flow("2", revenue="1", cost="0.02"), flow("20", metric="tokens", events=3, revenue="2.5", cost="0.03"),
+    totals = [flow("2", revenue="1", cost="0.02"),
+              flow("20", metric="tokens", events=3, revenue="2.5", cost="0.03"),
               flow("7", metric="storage", events=1, cost="0.01")]
     d = aggregate(Draft(header=h), lines, totals)
-    got = [(x.line_no, x.metric, x.group, x.events, x.adjustment_events, str(x.quantity), str(x.ledger_revenue))
-           for x in d.lines]
+    got = [(x.line_no, x.metric, x.group, x.events, x.adjustment_events, str(x.quantity),
+            str(x.ledger_revenue)) for x in d.lines]
     assert got == [(1, "calls", (), 2, 1, "2", "1.0"),
                    (2, "tokens", (("model", "a"),), 1, 0, "5", "0.5"),
                    (3, "tokens", (("model", "b"),), 2, 0, "15", "2")]
@@ -228,7 +231,8 @@ def test_allowances_are_deducted_blocked_rollover_included_then_credits_oldest_f
               quotas=(QuotaDecision(subscription="sub-1", metric="calls", limit=D(80), overage="block",
                                     used=D(100), blocked=D(20)),),
               rollover_in=(Carry(subscription="sub-1", metric="calls",
-                                 buckets=(Bucket(origin="2026-01", units=D(5)), Bucket(origin="2026-02", units=D(8)))),))
+                                 buckets=(Bucket(origin="2026-01", units=D(5)),
+                                          Bucket(origin="2026-02", units=D(8)))),))
     credits = [CreditBalance(grant="g-new", metric="calls", from_period="2026-03", remaining=D(100)),
                CreditBalance(grant="g-old", metric="calls", from_period="2026-01", remaining=D(30)),
                CreditBalance(grant="g-later", metric="calls", from_period="2026-04", remaining=D(100)),
@@ -256,9 +260,10 @@ MODELS = {
     "volume": {"model": "volume", "tiers": [{"up_to": 10, "unit_price": "1"},
                                             {"up_to": None, "unit_price": "0.7", "flat_fee": "3"}]},
     "package": {"model": "package", "package_size": "7", "package_price": "2.5", "free_units": "3"},
-    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 5, "price": "10"}, {"up_to": None, "price": "25"}]},
-    "matrix": {"model": "matrix", "dimensions": ["model"], "prices": [{"match": {"model": "a"}, "unit_price": "0.2"}],
-               "default_unit_price": "0.05"},
+    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 5, "price": "10"},
+                                                  {"up_to": None, "price": "25"}]},
+    "matrix": {"model": "matrix", "dimensions": ["model"],
+               "prices": [{"match": {"model": "a"}, "unit_price": "0.2"}], "default_unit_price": "0.05"},
 }
 
 
@@ -270,8 +275,8 @@ def test_rate_prices_with_the_flows_pricing_and_the_events_add_up(model, quantit
     group = {"model": "a"} if model == "matrix" else None
     total, marginals = price_sequence(c, [(q, group) for q in quantities])
     q = sum(quantities)
-    line = usage_line(quantity=str(q), group=(("model", "a"),) if group else (), ledger_revenue=sum(marginals),
-                      billable=max(q - included, 0))
+    line = usage_line(quantity=str(q), group=(("model", "a"),) if group else (),
+                      ledger_revenue=sum(marginals), billable=max(q - included, 0))
     x = rate(draft(line, h=header(charge(definition))), {}).lines[0]
     assert x.usage_amount == total == sum(marginals)
     assert x.amount == period_price(c, x.billable, group)
@@ -280,8 +285,10 @@ def test_rate_prices_with_the_flows_pricing_and_the_events_add_up(model, quantit
 
 
 def test_rate_sums_a_percentage_charges_own_fees():
-    pct = {"metric": "calls", "model": "percentage", "rate": "2.5", "fixed_fee": "0.3", "min_per_event": "0.5"}
-    line = usage_line(quantity="110", ledger_revenue=D("3.3"), billable=D(110)).model_copy(update={"events": 2})
+    pct = {"metric": "calls", "model": "percentage", "rate": "2.5", "fixed_fee": "0.3",
+           "min_per_event": "0.5"}
+    line = usage_line(quantity="110", ledger_revenue=D("3.3"), billable=D(110))
+    line = line.model_copy(update={"events": 2})
     x = rate(draft(line, h=header(charge(pct))), {("sub-1", "calls"): [D(1), D(100)]}).lines[0]
     assert x.amount == x.usage_amount == D("0.5") + D("2.8")  # 0.025 + 0.3 raised to the minimum; 2.5 + 0.3
     with pytest.raises(BillingStageError, match="1 event amounts for 2 events"):
@@ -289,7 +296,7 @@ def test_rate_sums_a_percentage_charges_own_fees():
 
 
 def test_rate_stops_when_the_events_revenue_does_not_add_up_to_the_period_price():
-    with pytest.raises(BillingStageError, match=r"the period price of 10 is 5.0, but its 10 events' revenue adds up"):
+    with pytest.raises(BillingStageError, match=r"the period price of 10 is 5.0, but its 10 events' revenue"):
         rate(draft(usage_line(quantity="10", billable=D(10), ledger_revenue=D("4.5"))), {})
 
 
@@ -303,8 +310,8 @@ def test_price_parts_add_up_to_the_period_price(model, q):
 
 # --- 6. Commit ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("usage, true_up", [("500.00", None), ("500", None), ("499.99", "0.01"), ("0", "500.00"),
-                                            ("612.5", None)])
+@pytest.mark.parametrize("usage, true_up", [
+    ("500.00", None), ("500", None), ("499.99", "0.01"), ("0", "500.00"), ("612.5", None)])
 def test_a_minimum_commitment_is_trued_up_only_when_usage_falls_short(usage, true_up):
     d = commit(draft(priced(usage), h=header(minimum="500.00")))
     ups = [x for x in d.lines if x.kind == "commitment"]
@@ -313,7 +320,7 @@ def test_a_minimum_commitment_is_trued_up_only_when_usage_falls_short(usage, tru
         assert ups[0].line_no == 2 and "true-up" in ups[0].description
 
 
-# --- 7. Discount ---------------------------------------------------------------------------------------------
+# --- 7. Discount ---------------------------------------------------------------------------------------
 
 def coupon(code: str, pct: str | None = None, amount: str | None = None, charges: tuple[str, ...] = (),
            since: str = PERIOD, periods: int | None = None) -> CouponTerms:
@@ -327,7 +334,7 @@ def coupon(code: str, pct: str | None = None, amount: str | None = None, charges
     ([coupon("ten", pct="10")], ["8.0", "2.0"]),
     ([coupon("fix", amount="85")], ["80", "5"]),  # fixed: line order, never below zero
     ([coupon("fix", amount="500")], ["80", "20"]),
-    ([coupon("calls", pct="50", charges=("calls",)), coupon("ten", pct="10")], ["44.0", "2.0"]),  # charge first
+    ([coupon("calls", pct="50", charges=("calls",)), coupon("ten", pct="10")], ["44", "2"]),  # charge first
     ([coupon("b-fix", amount="10"), coupon("a-pct", pct="10")], ["18.0", "2.0"]),  # percentages first
     ([coupon("old", pct="10", since="2026-01", periods=2)], ["0", "0"]),  # 2 periods: Jan, Feb
     ([coupon("last", pct="10", since="2026-01", periods=3)], ["8.0", "2.0"]),  # 3 periods: Jan to Mar
@@ -344,7 +351,7 @@ def test_an_invoice_wide_coupon_covers_the_commitment_true_up():
     assert [(x.kind, x.discount) for x in got.lines] == [("usage", 55), ("commitment", 25)]
 
 
-# --- 8. Tax ---------------------------------------------------------------------------------------------------
+# --- 8. Tax ---------------------------------------------------------------------------------------------
 
 VAT = TaxTerms(id="vat", name="VAT 20%", percent=D(20))
 
@@ -360,7 +367,8 @@ VAT = TaxTerms(id="vat", name="VAT 20%", percent=D(20))
     ("100", None, 2, "100.00", "0.00", "100.00", "0"),
     ("1234.5", VAT, 0, "1234", "247", "1481", "-0.4"),  # JPY: no minor unit
 ])
-def test_tax_rounds_once_per_line_half_even_and_shows_the_difference(amount, rate_, minor, net, tax_, total, rounding):
+def test_tax_rounds_once_per_line_half_even_and_shows_the_difference(amount, rate_, minor, net, tax_, total,
+                                                                     rounding):
     d = tax(draft(priced(amount)), rate_, minor)
     x = d.lines[0]
     assert (str(x.net_rounded), str(x.tax), str(x.total)) == (net, tax_, total)
@@ -374,16 +382,18 @@ def test_a_fully_discounted_line_is_taxed_nothing():
     assert (x.net, x.tax, x.total) == (0, 0, 0)
 
 
-# --- 9. Route and 10. Settle ------------------------------------------------------------------------------------
+# --- 9. Route and 10. Settle ----------------------------------------------------------------------------
 
 def finished() -> Draft:
-    return tax(discount(commit(draft(priced("80"), h=header(minimum="100"))), [coupon("ten", pct="10")]), VAT, 2)
+    committed = commit(draft(priced("80"), h=header(minimum="100")))
+    return tax(discount(committed, [coupon("ten", pct="10")]), VAT, 2)
 
 
 def test_route_sends_to_kafka_then_each_destination_by_name():
     d = route(finished(), [Destination(name="zz", kind="directory", formats=("pdf",)),
                            Destination(name="erp", kind="webhook")])
-    assert [(r.destination, r.kind) for r in d.routes] == [("kafka", "kafka"), ("erp", "webhook"), ("zz", "directory")]
+    assert [(r.destination, r.kind) for r in d.routes] == [
+        ("kafka", "kafka"), ("erp", "webhook"), ("zz", "directory")]
     with pytest.raises(BillingStageError, match="Tax has not run"):
         route(draft(priced("1")), [])
 

@@ -16,7 +16,6 @@ from billing_fixtures import END, PERIOD, START, cli, clock_past, event, on_time
 
 import sinks.invoice_delivery
 from api.webhooks.signatures import SignatureError, SignedRequest, verify_generic
-from flows.billing import bill_run
 from flows.metering import run
 from sinks.postgres import connect
 
@@ -34,7 +33,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 req = SignedRequest(f"http://{self.headers['Host']}{self.path}",
                                     {k.lower(): v for k, v in self.headers.items()}, body)
@@ -73,7 +72,8 @@ def receiver():
 def test_a_failing_webhook_is_retried_and_recorded_and_each_invoice_arrives_once_signed(
         settings, receiver, tmp_path, monkeypatch):
     monkeypatch.setattr(sinks.invoice_delivery, "RETRY_DELAYS_S", (0.01, 0.01))
-    lines = [(event(f"d{i}", "cust-1", START + timedelta(hours=i)), START + timedelta(hours=i)) for i in range(130)]
+    times = [START + timedelta(hours=i) for i in range(130)]
+    lines = [(event(f"d{i}", "cust-1", t), t) for i, t in enumerate(times)]
     send_at(settings, [*on_time(lines), clock_past(END)])
     run(settings, once=True)
     cli(settings, "invoice", "destinations", "add", "erp", "--tenant", "acme", "--webhook", receiver.url,
@@ -115,6 +115,6 @@ def test_a_bad_secret_is_refused_by_the_receiver(settings, receiver, monkeypatch
     run(settings, once=True)
     cli(settings, "invoice", "destinations", "add", "erp", "--tenant", "acme", "--webhook", receiver.url,
         "--secret", "not-the-secret")
-    out = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--customer", "cust-1", "--quiet",
-              code=1)
+    out = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--customer", "cust-1",
+              "--quiet", code=1)
     assert "answered 401: signature does not match" in out and receiver.accepted == []

@@ -39,7 +39,8 @@ def allowance(draft: Draft, credits: Sequence[CreditBalance]) -> Draft:
         lines, carried_out = list(draft.lines), []
         for sub in h.subscriptions:
             for charge in sub.charges:
-                mine = [i for i, x in enumerate(lines) if (x.subscription, x.metric) == (sub.id, charge.metric)]
+                mine = [i for i, x in enumerate(lines)
+                        if (x.subscription, x.metric) == (sub.id, charge.metric)]
                 quota = draft.quota(sub.id, charge.metric)
                 blocked = quota.blocked if quota else ZERO
                 buckets = rolled.get((sub.id, charge.metric), [])

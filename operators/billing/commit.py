@@ -24,5 +24,6 @@ def commit(draft: Draft) -> Draft:
                 description="minimum commitment true-up",
                 parts=(Part(label=f"minimum of {sub.plan} v{sub.plan_version}", quantity=ONE,
                             unit_price=sub.minimum, amount=sub.minimum),
-                       Part(label="usage billed", quantity=ONE, unit_price=ZERO - usage, amount=ZERO - usage))))
+                       Part(label="usage billed", quantity=ONE, unit_price=ZERO - usage,
+                            amount=ZERO - usage))))
     return draft.model_copy(update={"lines": tuple(lines)})

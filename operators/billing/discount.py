@@ -35,7 +35,8 @@ def discount(draft: Draft, coupons: Sequence[CouponTerms]) -> Draft:
     lines = list(draft.lines)
     with localcontext(EXACT):
         for c in sorted((c for c in coupons if active(c, draft.header.period)), key=_order):
-            targets = [i for i, x in enumerate(lines) if not c.charges or (x.kind == "usage" and x.metric in c.charges)]
+            targets = [i for i, x in enumerate(lines)
+                       if not c.charges or (x.kind == "usage" and x.metric in c.charges)]
             left = c.amount_off
             for i in targets:
                 x = lines[i]
@@ -51,5 +52,6 @@ def discount(draft: Draft, coupons: Sequence[CouponTerms]) -> Draft:
 
 
 def _with(x: Line, applied: AppliedDiscount) -> Line:
-    return x.model_copy(update={"discounts": (*x.discounts, applied), "discount": x.discount + applied.amount})
+    return x.model_copy(update={"discounts": (*x.discounts, applied),
+                                "discount": x.discount + applied.amount})
 

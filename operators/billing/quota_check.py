@@ -39,8 +39,8 @@ def readiness(period_end: datetime, watermark: datetime | None, held: Sequence[H
         return (f"the period has not ended plus the lateness allowance: it needs an event ingested at "
                 f"or after {(period_end + LATENESS).isoformat()} ({seen})")
     if held and not allow_held:
-        named = ", ".join(f"{h.id} ({h.status}/{h.reason or '-'}{', approved, not rated yet' if h.approved else ''})"
-                          for h in held[:SHOWN])
+        named = ", ".join(f"{h.id} ({h.status}/{h.reason or '-'}"
+                          f"{', approved, not rated yet' if h.approved else ''})" for h in held[:SHOWN])
         more = f" and {len(held) - SHOWN} more" if len(held) > SHOWN else ""
         return (f"{len(held)} held events of the period are undecided: {named}{more}; decide them with "
                 "`aforo reconcile approve|reject` (and run the flow), or bill without them: --allow-held")

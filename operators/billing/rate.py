@@ -27,7 +27,8 @@ def rate(draft: Draft, event_amounts: Mapping[tuple[str, str], Sequence[Decimal]
         if isinstance(charge, PercentageCharge):
             amounts = event_amounts.get((x.subscription, x.metric), ())
             if len(amounts) != x.events:
-                raise BillingStageError(f"line {x.line_no}: {len(amounts)} event amounts for {x.events} events")
+                raise BillingStageError(
+                    f"line {x.line_no}: {len(amounts)} event amounts for {x.events} events")
             usage = amount = total(event_fee(charge, a) for a in amounts)
             parts = (Part(label=f"{charge.rate}% of {total(amounts)} over {x.events} events, per-event fee "
                           "bounds applied", quantity=Decimal(x.events), unit_price=None, amount=amount),)

@@ -20,8 +20,9 @@ from schemas.catalog import Rollover
 
 def usable(buckets: Iterable[Bucket], terms: Rollover, period: str) -> tuple[Bucket, ...]:
     """The buckets still usable in `period`, capped at max_units, newest first kept; oldest first."""
+    age = period_index(period)
     live = [b for b in buckets
-            if 0 < period_index(period) - period_index(b.origin) <= terms.expires_after_periods and b.units > 0]
+            if 0 < age - period_index(b.origin) <= terms.expires_after_periods and b.units > 0]
     kept, room = [], terms.max_units
     for b in sorted(live, key=lambda b: b.origin, reverse=True):
         units = min(b.units, room)
