@@ -170,6 +170,12 @@ def _range(below: Decimal, up_to: Decimal | None) -> str:
     return f"{below} to {up_to}" if up_to is not None else f"above {below}"
 
 
+def _span(bounds: tuple[Decimal, ...], tier_count: int, q: Decimal) -> tuple[int, str]:
+    """The tier q falls in and its range, for a label."""
+    i = _tier_of(bounds, tier_count, q)
+    return i, _range(bounds[i - 1] if i else _ZERO, bounds[i] if i < len(bounds) else None)
+
+
 @dataclass(frozen=True)
 class FlatCharge(Charge):
     model = "flat"
@@ -269,10 +275,8 @@ class VolumeCharge(Charge):
     def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
         if q == 0:
             return []
-        i = _tier_of(self.bounds, len(self.unit_prices), q)
-        below = self.bounds[i - 1] if i else _ZERO
-        up_to = self.bounds[i] if i < len(self.bounds) else None
-        parts = [_part(f"all units at tier {i + 1} ({_range(below, up_to)})", q, self.unit_prices[i])]
+        i, span = _span(self.bounds, len(self.unit_prices), q)
+        parts = [_part(f"all units at tier {i + 1} ({span})", q, self.unit_prices[i])]
         if self.flat_fees[i]:
             parts.append(_part(f"tier {i + 1} flat fee", Decimal(1), self.flat_fees[i]))
         return parts
@@ -327,10 +331,8 @@ class StairstepCharge(Charge):
     def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
         if q == 0:
             return []
-        i = _tier_of(self.bounds, len(self.prices), q)
-        below = self.bounds[i - 1] if i else _ZERO
-        up_to = self.bounds[i] if i < len(self.bounds) else None
-        return [_part(f"step {i + 1} ({_range(below, up_to)})", Decimal(1), self.prices[i])]
+        i, span = _span(self.bounds, len(self.prices), q)
+        return [_part(f"step {i + 1} ({span})", Decimal(1), self.prices[i])]
 
 
 @dataclass(frozen=True)

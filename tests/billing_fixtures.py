@@ -65,3 +65,23 @@ def ledger_revenue(settings: config.Settings, customer: str, period: str = PERIO
             "SELECT x.metric, count(*), sum(x.revenue) FROM ledger l JOIN ledger_lines x"
             " USING (raw_topic_id, raw_partition, raw_offset) WHERE l.customer = %s AND l.period = %s"
             " AND l.status = 'accepted' GROUP BY 1", (customer, period))}
+
+
+# one charge of each pricing model (a metric of its own each, priced by the same plan)
+MODELS = {
+    "flat": {"model": "flat", "amount": "20"},
+    "per_unit": {"model": "per_unit", "unit_price": "0.0031"},
+    "graduated": {"model": "graduated", "tiers": [{"up_to": 100, "unit_price": "0.5", "flat_fee": "2"},
+                                                  {"up_to": 1000, "unit_price": "0.25", "flat_fee": "1"},
+                                                  {"up_to": None, "unit_price": "0.1"}]},
+    "volume": {"model": "volume", "tiers": [{"up_to": 500, "unit_price": "0.07"},
+                                            {"up_to": None, "unit_price": "0.05", "flat_fee": "3"}]},
+    "package": {"model": "package", "package_size": "75", "package_price": "2.5", "free_units": "30"},
+    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 300, "price": "10"},
+                                                  {"up_to": None, "price": "45"}]},
+    "percentage": {"model": "percentage", "rate": "2.9", "fixed_fee": "0.3", "min_per_event": "0.5",
+                   "max_per_event": "4"},
+    "matrix": {"model": "matrix", "dimensions": ["region"],
+               "prices": [{"match": {"region": "eu"}, "unit_price": "0.013"},
+                          {"match": {"region": "us"}, "unit_price": "0.011"}], "default_unit_price": "0.02"},
+}

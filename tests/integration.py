@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 import config
 from sinks.kafka import RawProducer, ensure_topics, kafka_config
@@ -47,25 +48,32 @@ def outcomes(s: config.Settings) -> Counter:
     return Counter(f"{row[2]}/{row[3] or ''}" for row in ledger(s))
 
 
-def routed(s: config.Settings) -> dict[str, set[str]]:
-    """raw reference -> the output topics it was produced to (read to partition EOF)."""
+def read_to_end(s: config.Settings, topics) -> Iterator[Message]:
+    """Every message of the topics, each partition read from its start to its end (EOF)."""
     c = Consumer(kafka_config(s, "consumer", group_id="aforo-test", enable_partition_eof=True))
     parts = []
-    for topic in s.topics.outputs:
+    for topic in topics:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
     c.assign(parts)
-    seen: dict[str, set[str]] = {}
     remaining = len(parts)
-    while remaining:
-        for m in c.consume(1000, 5.0):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                remaining -= 1
-                continue
-            ref = dict(m.headers())["aforo-raw"].decode()
-            seen.setdefault(ref, set()).add(m.topic())
-    c.close()
+    try:
+        while remaining:
+            for m in c.consume(1000, 5.0):
+                if m.error():
+                    assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                    remaining -= 1
+                    continue
+                yield m
+    finally:
+        c.close()
+
+
+def routed(s: config.Settings) -> dict[str, set[str]]:
+    """raw reference -> the output topics it was produced to (read to partition EOF)."""
+    seen: dict[str, set[str]] = {}
+    for m in read_to_end(s, s.topics.outputs):
+        seen.setdefault(dict(m.headers())["aforo-raw"].decode(), set()).add(m.topic())
     return seen
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 from billing_fixtures import END, PERIOD, START, apply, clock_past, event, on_time, send_at
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from conftest import new_database
-from integration import env_of
+from integration import env_of, read_to_end
 
 from flows.billing import bill_run
 from flows.metering import run
 from sinks.invoice_delivery import invoices_topic
-from sinks.kafka import kafka_config
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -60,20 +58,9 @@ def stages_done(settings) -> int:
 
 def published(settings) -> dict[str, set[bytes]]:
     """invoice number -> the distinct messages the invoices topic holds for it."""
-    c = Consumer(kafka_config(settings, "consumer", group_id="billing-test", enable_partition_eof=True))
-    topic = invoices_topic(settings)
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
     seen: dict[str, set[bytes]] = {}
-    remaining = len(parts)
-    while remaining:
-        for m in c.consume(1000, 5.0):
-            if m.error():
-                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                remaining -= 1
-                continue
-            seen.setdefault(dict(m.headers())["aforo-invoice"].decode(), set()).add(m.value())
-    c.close()
+    for m in read_to_end(settings, [invoices_topic(settings)]):
+        seen.setdefault(dict(m.headers())["aforo-invoice"].decode(), set()).add(m.value())
     return seen
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal as D
 import pytest
 from billing_fixtures import (
     END,
+    MODELS,
     PERIOD,
     START,
     apply,
@@ -120,23 +121,6 @@ def test_exports_are_deterministic_and_the_json_is_the_digested_document(setting
 
 # --- all eight pricing models: the invoice adds up to the events' marginal revenue ---------------------
 
-MODELS = {
-    "flat": {"model": "flat", "amount": "20"},
-    "per_unit": {"model": "per_unit", "unit_price": "0.0031"},
-    "graduated": {"model": "graduated", "tiers": [{"up_to": 100, "unit_price": "0.5", "flat_fee": "2"},
-                                                  {"up_to": 1000, "unit_price": "0.25", "flat_fee": "1"},
-                                                  {"up_to": None, "unit_price": "0.1"}]},
-    "volume": {"model": "volume", "tiers": [{"up_to": 500, "unit_price": "0.07"},
-                                            {"up_to": None, "unit_price": "0.05", "flat_fee": "3"}]},
-    "package": {"model": "package", "package_size": "75", "package_price": "2.5", "free_units": "30"},
-    "stairstep": {"model": "stairstep", "tiers": [{"up_to": 300, "price": "10"},
-                                                  {"up_to": None, "price": "45"}]},
-    "percentage": {"model": "percentage", "rate": "2.9", "fixed_fee": "0.3", "min_per_event": "0.5",
-                   "max_per_event": "4"},
-    "matrix": {"model": "matrix", "dimensions": ["region"],
-               "prices": [{"match": {"region": "eu"}, "unit_price": "0.013"},
-                          {"match": {"region": "us"}, "unit_price": "0.011"}], "default_unit_price": "0.02"},
-}
 EIGHT = {
     "tenants": [{"id": "umbra", "currency": "USD"}],
     "metrics": [{"tenant": "umbra", "code": m, "event_type": "use", "aggregation": "sum",
