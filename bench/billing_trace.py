@@ -78,7 +78,8 @@ def measure(settings: config.Settings, events: int, workdir: Path) -> dict:
     trace_s, trace_out = _timed(
         [AFORO, "invoice", "trace", outcome.invoice.number, "--line", "1", "-o", str(out)], env)
     verify_s, verify_out = _timed([AFORO, "audit", "verify", str(out)], env)
-    return {"events": events, "line_events": line.events, "line_usage_amount": str(line.usage_amount),
+    return {"load_average": os.getloadavg(), "events": events, "line_events": line.events,
+            "line_usage_amount": str(line.usage_amount),
             "send_s": round(sent, 1), "meter_s": round(metered, 1), "bill_run_s": round(billed, 2),
             "trace_export_s": round(trace_s, 2), "trace_file_mb": round(out.stat().st_size / 2**20, 1),
             "verify_s": round(verify_s, 2), "trace_output": trace_out, "verify_output": verify_out[:120]}

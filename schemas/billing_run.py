@@ -9,6 +9,7 @@ digest recorded, and a resumed run starts from it bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -94,8 +95,10 @@ class FlowTotal(_Frozen):
     cost: Decimal
 
 
-class LedgerLine(_Frozen):
-    """One accepted event's line of one metric, in the order the flow rated them."""
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """One accepted event's line of one metric, in the order the flow rated them (read only, one
+    per event: a plain slotted dataclass, not a validated model)."""
 
     subscription: str
     plan: str

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 
+import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from operators.billing import STAGES
 from operators.billing.common import shift_period
@@ -141,8 +142,10 @@ _RATING_ORDER = " ORDER BY l.ingested_at, l.raw_partition, l.raw_offset, x.metri
 
 
 def _stream(conn: psycopg.Connection, sql: str, params: tuple) -> Iterator[tuple]:
-    """Rows through a server-side cursor (a line of 100k+ events never sits in memory whole)."""
+    """Rows through a server-side cursor (a line of 100k+ events never sits in memory whole), jsonb
+    decoded by orjson."""
     with conn.transaction(), conn.cursor(name="aforo_bill_lines") as cur:
+        set_json_loads(orjson.loads, cur)
         cur.itersize = 10_000
         cur.execute(sql, params)
         yield from cur
@@ -151,10 +154,7 @@ def _stream(conn: psycopg.Connection, sql: str, params: tuple) -> Iterator[tuple
 def ledger_lines(conn: psycopg.Connection, tenant: str, customer: str, period: str) -> Iterator[LedgerLine]:
     """The customer's accepted lines billed in the period, adjustments included, in rating order."""
     for row in _stream(conn, _LINES + _RATING_ORDER, (tenant, period, customer)):
-        s, plan, version, cur, metric, grp, q, after, rev, cost, adjusts = row[:11]
-        yield LedgerLine.model_construct(subscription=s, plan=plan, plan_version=version, currency=cur,
-                                         metric=metric, grp=grp, quantity=q, total_after=after, revenue=rev,
-                                         cost=cost, adjusts_period=adjusts)
+        yield LedgerLine(*row[:11])
 
 
 def event_amounts(conn: psycopg.Connection, draft: Draft) -> dict[tuple[str, str], list[Decimal]]:
@@ -330,8 +330,9 @@ def next_number(conn: psycopg.Connection, tenant: str, series: str, period: str)
 
 
 _LINE_COLUMNS = (("invoice_id", "int8"), ("line_no", "int4"), ("kind", "text"), ("subscription", "text"),
-                 ("metric", "text"), ("grp", "jsonb"), ("description", "text"), ("events", "int8"),
-                 ("quantity", "numeric"), ("billable", "numeric"), ("usage_amount", "numeric"),
+                 ("metric", "text"), ("grp", "jsonb"), ("description", "text"), ("model", "text"),
+                 ("events", "int8"), ("quantity", "numeric"), ("billable", "numeric"), ("parts", "jsonb"),
+                 ("usage_amount", "numeric"),
                  ("amount", "numeric"), ("discount", "numeric"), ("tax", "numeric"), ("total", "numeric"))
 _INDEX_BATCH = 20_000
 _INDEX_COLUMNS = (("invoice_id", "int8"), ("line_no", "int4"), ("raw_topic_id", "text"),
@@ -353,7 +354,8 @@ def store_invoice(conn: psycopg.Connection, invoice: Invoice, run_id: int | None
     with conn.cursor() as cur:
         copy_rows(cur, "invoice_lines", _LINE_COLUMNS, [
             (invoice_id, x.line_no, x.kind, x.subscription, x.metric, Jsonb(dict(x.group)), x.description,
-             x.events, x.quantity, x.billable, x.usage_amount, x.amount, x.discount, x.tax, x.total)
+             x.model, x.events, x.quantity, x.billable, Jsonb([p.model_dump(mode="json") for p in x.parts]),
+             x.usage_amount, x.amount, x.discount, x.tax, x.total)
             for x in invoice.lines])
         if invoice.kind == "invoice":
             draws: dict[str, Decimal] = {}

@@ -77,9 +77,11 @@ CREATE TABLE invoice_lines (
     metric        text,
     grp           jsonb    NOT NULL DEFAULT '{}',
     description   text     NOT NULL,
+    model         text,                -- the charge's pricing model
     events        bigint   NOT NULL,
     quantity      numeric  NOT NULL,
-    billable      numeric  NOT NULL,
+    billable      numeric  NOT NULL,   -- quantity less blocked, rolled-over, included and prepaid units
+    parts         jsonb    NOT NULL,   -- the unit/tier breakdown: [{label, quantity, unit_price, amount}]
     usage_amount  numeric  NOT NULL,   -- the period price of the metered quantity: the events' revenue
     amount        numeric  NOT NULL,   -- the price of the billable quantity, or the true-up
     discount      numeric  NOT NULL,
