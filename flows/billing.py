@@ -119,7 +119,8 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
         if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant,)).fetchone() is None:
             raise LookupError(f"no tenant {tenant!r}")
         db.lock_period(conn, tenant, period)
-        customers = db.customers_to_bill(conn, tenant, period, customer)
+        flow = db.flow_totals(conn, tenant, period)
+        customers = db.customers_to_bill(conn, tenant, period, customer, flow)
         if customer is not None and not customers:
             raise LookupError(f"{tenant} has no customer {customer!r} with a subscription or usage in "
                               f"{period}")
@@ -139,7 +140,6 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
                 close_period(conn, tenant, period, settings.actor)  # `aforo period close`
                 closed = report.closed_now = True
         report.held = len(held) if allow_held else 0
-        flow = db.flow_totals(conn, tenant, period)
         for c in todo:
             ctx = _Context(tenant, period, c, period_end, watermark, closed or dry_run, held, allow_held,
                            flow)

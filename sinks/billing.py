@@ -79,14 +79,14 @@ def held_events(conn: psycopg.Connection, tenant: str, period: str) -> list[Held
                       approved=action == "approve") for i, ref, st, rs, sub, src, eid, action in rows]
 
 
-def customers_to_bill(conn: psycopg.Connection, tenant: str, period: str, only: str | None) -> list[str]:
+def customers_to_bill(conn: psycopg.Connection, tenant: str, period: str, only: str | None,
+                      flow: list[FlowTotal]) -> list[str]:
     """Customers with a subscription during the period or usage billed in it, in id order."""
     start, end = period_bounds(period)
-    return [c for (c,) in conn.execute(
-        "SELECT customer FROM subscriptions WHERE tenant = %(t)s AND starts_at < %(end)s"
-        " AND (ends_at IS NULL OR ends_at > %(start)s)"
-        " UNION SELECT customer FROM revenue WHERE tenant = %(t)s AND period = %(p)s ORDER BY 1",
-        {"t": tenant, "p": period, "start": start, "end": end}) if only is None or c == only]
+    subscribed = {c for (c,) in conn.execute(
+        "SELECT customer FROM subscriptions WHERE tenant = %s AND starts_at < %s"
+        " AND (ends_at IS NULL OR ends_at > %s)", (tenant, end, start))}
+    return sorted(c for c in subscribed | {f.customer for f in flow} if only is None or c == only)
 
 
 def _charges(definitions: list[dict]) -> tuple[PlanCharge, ...]:
