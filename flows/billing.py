@@ -32,20 +32,20 @@ from operators.billing.quota_check import quota_check, readiness
 from operators.billing.rate import rate
 from operators.billing.rollover import rollover
 from operators.billing.route import route
-from operators.billing.settle import digest, settle
+from operators.billing.settle import credit_note, digest, settle
 from operators.billing.tax import tax
-from operators.pricing import PricingError, Unpriceable
 from operators.revenue import period_bounds
-from schemas.billing_run import BillingStageError, Draft, Invoice
+from schemas.billing_run import Draft, Invoice
 from sinks import billing as db
 from sinks.invoice_delivery import deliver_pending
 from sinks.periods import close_period, is_closed
 from sinks.postgres import connect
 
 SETTLE = len(STAGES)
-# What a stage may fail with and still leave the other customers to bill: the stage's own verdict,
-# a charge it cannot price, arithmetic that would not be exact.
-STAGE_ERRORS = (BillingStageError, PricingError, Unpriceable, ArithmeticError, LookupError, TypeError)
+# What a stage may fail with and still leave the other customers to bill: its own verdict
+# (BillingStageError), a charge it cannot price (PricingError, Unpriceable), arithmetic that would
+# not be exact, terms that do not parse. A database that is down ends the run instead.
+STAGE_ERRORS = (ValueError, LookupError, ArithmeticError, TypeError)
 
 
 @dataclass
@@ -196,7 +196,6 @@ def _bill_customer(conn: psycopg.Connection, ctx: _Context, run_id: int | None, 
 def void_invoice(settings: Settings, number: str, reason: str, tenant: str | None = None) -> Invoice:
     """Issue the credit note that voids a settled invoice: its lines negated, a number of its own,
     delivered where the invoice went."""
-    from operators.billing.settle import credit_note
     with connect(settings.database_url, autocommit=True) as conn:
         invoice_id = db.find_invoice(conn, number, tenant)
         original, _ = db.load_invoice(conn, invoice_id)

@@ -106,17 +106,18 @@ def header(conn: psycopg.Connection, tenant: str, customer: str, period: str) ->
     name, currency = conn.execute(
         "SELECT c.name, t.currency FROM customers c JOIN tenants t ON t.id = c.tenant"
         " WHERE c.tenant = %s AND c.id = %s", (tenant, customer)).fetchone()
-    rated = dict(conn.execute(
-        "SELECT subscription, CASE WHEN count(DISTINCT (plan, plan_version)) = 1"
-        " THEN max(plan_version) END FROM ledger"
+    # (plan, version) that rated each subscription's events, when it is one (Aggregate refuses more)
+    used = conn.execute(
+        "SELECT subscription, min(plan), min(plan_version), count(DISTINCT (plan, plan_version)) FROM ledger"
         " WHERE tenantid = %s AND period = %s AND customer = %s AND status = 'accepted' GROUP BY 1",
-        (tenant, period, customer)).fetchall())
+        (tenant, period, customer)).fetchall()
+    rated = {s: (plan, version) for s, plan, version, n in used if n == 1}
     subscriptions = []
     for sid, plan, version, minimum in conn.execute(
             "SELECT id, plan, plan_version, minimum FROM subscriptions WHERE tenant = %s AND customer = %s"
             " AND ((starts_at < %s AND (ends_at IS NULL OR ends_at > %s)) OR id = ANY(%s)) ORDER BY id",
-            (tenant, customer, end, start, list(rated))).fetchall():
-        version = rated.get(sid) or version
+            (tenant, customer, end, start, [s for s, *_ in used])).fetchall():
+        plan, version = rated.get(sid, (plan, version))
         charges = conn.execute("SELECT charges FROM plans WHERE tenant = %s AND code = %s AND version = %s",
                                (tenant, plan, version)).fetchone()[0]
         subscriptions.append(SubscriptionTerms(id=sid, plan=plan, plan_version=version, minimum=minimum,
