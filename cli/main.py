@@ -79,17 +79,18 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
+    from sinks.invoice_delivery import invoices_topic
     from sinks.kafka import ensure_topics
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     try:
         applied = pg_migrate(s.database_url)
-        ensure_topics(s)
+        ensure_topics(s, invoices_topic(s))
     except config.NotConfigured as exc:
         _fail(str(exc))
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
-               + ", ".join(s.topics.outputs))
+               + ", ".join((*s.topics.outputs, invoices_topic(s))))
 
 
 # --- sending and running --------------------------------------------------------------------------
