@@ -94,6 +94,8 @@ def bill_run_cmd(tenant, period_, customer, dry_run, allow_held, quiet) -> None:
     """Bill a tenant's period: QuotaCheck, Rollover, Aggregate, Allowance, Rate, Commit, Discount, Tax,
     Route, Settle. Running it again resumes what failed and never bills a customer twice; exit 1
     when a customer's invoice or a delivery failed."""
+    import psycopg
+
     from flows.billing import bill_run
     from sinks.billing import RunInProgress
     try:
@@ -101,6 +103,8 @@ def bill_run_cmd(tenant, period_, customer, dry_run, allow_held, quiet) -> None:
                           dry_run=dry_run)
     except (RunInProgress, LookupError, ValueError, config.NotConfigured) as exc:
         raise click.ClickException(str(exc)) from None
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"the database is unavailable: {exc}; run again to resume") from None
     what = ("dry run (nothing recorded)" if dry_run else
             f"bill run {report.run_id}" if report.run_id else "nothing to run")
     click.echo(f"{what}: {tenant} {period_}" + (", period closed now" if report.closed_now else ""))

@@ -204,8 +204,11 @@ def void_invoice(settings: Settings, number: str, reason: str, tenant: str | Non
         if (by := db.voided_by(conn, invoice_id)) is not None:
             raise ValueError(f"{number} is already voided by {by}")
         h = original.header
-        with conn.transaction():
-            note = credit_note(original, db.next_number(conn, h.tenant, "CN", h.period), reason)
-            db.store_invoice(conn, note, None, original=invoice_id)
+        try:
+            with conn.transaction():
+                note = credit_note(original, db.next_number(conn, h.tenant, "CN", h.period), reason)
+                db.store_invoice(conn, note, None, original=invoice_id)
+        except psycopg.errors.UniqueViolation:  # voided at the same moment by someone else
+            raise ValueError(f"{number} is already voided by {db.voided_by(conn, invoice_id)}") from None
         deliver_pending(settings, conn, h.tenant, h.period)
     return note
