@@ -16,5 +16,18 @@ def serve(host: str, port: int, options: ApiOptions, access_log: bool = True) ->
     a load balancer to scale out; they share nothing but Kafka and Postgres."""
     settings = config.load()
     ensure_topics(settings)  # fail fast, with the broker's error, before accepting traffic
-    uvicorn.run(create_app(settings, options), host=host, port=port, proxy_headers=True,
-                log_level="info", access_log=access_log, timeout_graceful_shutdown=10)
+    app = create_app(settings, options)
+    _Server(uvicorn.Config(app, host=host, port=port, proxy_headers=True, log_level="info",
+                           access_log=access_log, timeout_graceful_shutdown=10)).run()
+
+
+class _Server(uvicorn.Server):
+    """Ends the live event streams as soon as a shutdown begins (SIGTERM, Ctrl-C): each client is
+    told `event: closing` and reconnects later, instead of holding the graceful shutdown to its
+    timeout. (uvicorn re-raises the signal once the server has stopped.)"""
+
+    def handle_exit(self, sig, frame) -> None:
+        services = getattr(self.config.app.state, "services", None)
+        if services is not None:
+            services.live.end_streams()
+        super().handle_exit(sig, frame)

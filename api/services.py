@@ -14,6 +14,8 @@ from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
 from api.producer import RawTopicProducer
+from api.sessions import session_key
+from api.stream import LiveTail
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
 
@@ -38,6 +40,8 @@ class Services:
         self.limiter = RateLimiter(options.rate, options.burst)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
+        self.sessions: TtlCache[str] = TtlCache(lambda token: self.db(session_key, token))  # -> key id
+        self.live = LiveTail(settings)  # one output-topic consumer for every SSE client
 
     async def db(self, query: Callable[..., T], *args: object) -> T:
         """Run a plain `(conn, ...)` query function (the same ones the CLI calls) off the event loop."""
@@ -47,6 +51,7 @@ class Services:
         return await anyio.to_thread.run_sync(run)
 
     def close(self) -> None:
+        self.live.close()
         self.producer.close()
         self.pool.close()
 

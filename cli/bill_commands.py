@@ -11,6 +11,7 @@ import orjson
 
 import config
 from operators.billing.common import group_label
+from schemas.errors import NotFound
 
 
 def _settings() -> config.Settings:
@@ -19,10 +20,7 @@ def _settings() -> config.Settings:
 
 def _connect():
     from sinks.postgres import connect
-    try:
-        return connect(_settings().database_url, autocommit=True)
-    except config.NotConfigured as exc:
-        raise click.ClickException(str(exc)) from None
+    return connect(_settings().database_url, autocommit=True)
 
 
 def _period(value: str | None) -> str | None:
@@ -94,17 +92,8 @@ def bill_run_cmd(tenant, period_, customer, dry_run, allow_held, quiet) -> None:
     """Bill a tenant's period: QuotaCheck, Rollover, Aggregate, Allowance, Rate, Commit, Discount, Tax,
     Route, Settle. Running it again resumes what failed and never bills a customer twice; exit 1
     when a customer's invoice or a delivery failed."""
-    import psycopg
-
     from flows.billing import bill_run
-    from sinks.billing import RunInProgress
-    try:
-        report = bill_run(_settings(), tenant, period_, customer=customer, allow_held=allow_held,
-                          dry_run=dry_run)
-    except (RunInProgress, LookupError, ValueError, config.NotConfigured) as exc:
-        raise click.ClickException(str(exc)) from None
-    except psycopg.OperationalError as exc:
-        raise click.ClickException(f"the database is unavailable: {exc}; run again to resume") from None
+    report = bill_run(_settings(), tenant, period_, customer=customer, allow_held=allow_held, dry_run=dry_run)
     what = ("dry run (nothing recorded)" if dry_run else
             f"bill run {report.run_id}" if report.run_id else "nothing to run")
     click.echo(f"{what}: {tenant} {period_}" + (", period closed now" if report.closed_now else ""))
@@ -136,10 +125,7 @@ def bill_show(run_id, fmt) -> None:
     """A bill run's stages per customer: status, timings, digest of the output, error."""
     from sinks.billing import run_stages
     with _connect() as conn:
-        try:
-            run, stages = run_stages(conn, run_id)
-        except LookupError as exc:
-            raise click.ClickException(str(exc)) from None
+        run, stages = run_stages(conn, run_id)
     if fmt == "json":
         click.echo(_json({"run": run, "stages": stages}))
         return
@@ -164,10 +150,7 @@ def invoice() -> None:
 
 def _load(conn, number: str, tenant: str | None):
     from sinks.billing import find_invoice, load_invoice
-    try:
-        invoice_id = find_invoice(conn, number, tenant)
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from None
+    invoice_id = find_invoice(conn, number, tenant)
     inv, stored = load_invoice(conn, invoice_id)
     return invoice_id, inv, stored
 
@@ -240,10 +223,7 @@ def invoice_void(number, reason, tenant) -> None:
     """Void a settled invoice by issuing a credit note (a negative invoice referencing it). The
     invoice itself never changes; its period can then be billed again."""
     from flows.billing import void_invoice
-    try:
-        note = void_invoice(_settings(), number, reason, tenant)
-    except (LookupError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    note = void_invoice(_settings(), number, reason, tenant)
     click.echo(f"{note.number} voids {number}: total {note.totals.total} {note.header.currency}")
 
 
@@ -255,23 +235,18 @@ def invoice_void(number, reason, tenant) -> None:
 def invoice_trace(number, line_no, output, tenant) -> None:
     """The ledger rows behind an invoice line, with their validation hashes and audit chain entries,
     in `aforo audit export`'s format (NDJSON + manifest): `aforo audit verify FILE` checks it."""
-    from cli.main import write_audit_export
-    from sinks.audit import export_rows
+    from sinks.audit import export_file
+    from sinks.billing import traced_rows
     with _connect() as conn:
         invoice_id, inv, _ = _load(conn, number, tenant)
         lines = [x for x in inv.lines if x.kind == "usage" and (line_no is None or x.line_no == line_no)]
         if line_no is not None and not lines:
-            raise click.ClickException(f"{number} has no usage line {line_no}")
-        sql = "SELECT raw_topic_id, raw_partition, raw_offset FROM bill_run_event_index WHERE invoice_id = %s"
-        params: tuple = (invoice_id,)
-        if line_no is not None:
-            sql, params = sql + " AND line_no = %s", (invoice_id, line_no)
-        selection = {"customer": inv.header.customer, "period": inv.header.period, "invoice": inv.number,
-                     "lines": [{"line_no": x.line_no, "metric": x.metric, "group": group_label(x.group),
-                                "events": x.events, "usage_amount": str(x.usage_amount)} for x in lines]}
-        rows, manifest = write_audit_export(conn, inv.header.tenant,
-                                            export_rows(conn, inv.header.tenant, None, None, (sql, params)),
-                                            "ndjson", output, selection)
+            raise NotFound(f"{number} has no usage line {line_no}")
+        about = {"customer": inv.header.customer, "period": inv.header.period, "invoice": inv.number,
+                 "lines": [{"line_no": x.line_no, "metric": x.metric, "group": group_label(x.group),
+                            "events": x.events, "usage_amount": str(x.usage_amount)} for x in lines]}
+        rows, manifest = export_file(conn, output, "ndjson", inv.header.tenant,
+                                     coords=traced_rows(conn, invoice_id, line_no), about=about)
     click.echo(f"{rows} rows -> {output}; manifest {manifest}")
 
 
@@ -289,26 +264,18 @@ def destinations() -> None:
 @click.option("--formats", default="json", show_default=True, help="For a directory: json,csv,pdf,html.")
 def destinations_add(name, tenant, url, secret, directory, formats) -> None:
     """Add a signed webhook or a file directory."""
-    import psycopg
-
     from sinks.billing import add_destination
     from sinks.invoice_files import FORMATS
     if (url is None) == (directory is None):
-        raise click.ClickException("give exactly one of --webhook URL or --directory DIR")
+        raise click.UsageError("give exactly one of --webhook URL or --directory DIR")
     if url is not None and not secret:
-        raise click.ClickException("a webhook needs --secret (receivers verify the signature)")
+        raise click.UsageError("a webhook needs --secret (receivers verify the signature)")
     wanted = [f.strip() for f in formats.split(",") if f.strip()]
     if not wanted or set(wanted) - set(FORMATS):
-        raise click.ClickException(f"--formats: choose from {', '.join(FORMATS)}")
+        raise click.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--formats")
     directory = str(Path(directory).absolute()) if directory else None
-    try:
-        with _connect() as conn:
-            kind = "webhook" if url else "directory"
-            add_destination(conn, tenant, name, kind, url, secret, directory, wanted)
-    except psycopg.errors.UniqueViolation:
-        raise click.ClickException(f"{tenant} already has a destination {name!r}") from None
-    except psycopg.errors.ForeignKeyViolation:
-        raise click.ClickException(f"no tenant {tenant!r}") from None
+    with _connect() as conn:
+        add_destination(conn, tenant, name, "webhook" if url else "directory", url, secret, directory, wanted)
     click.echo(f"invoices of {tenant} now also go to {name}")
 
 
@@ -328,8 +295,7 @@ def destinations_list(tenant) -> None:
 def destinations_remove(name, tenant) -> None:
     from sinks.billing import remove_destination
     with _connect() as conn:
-        if not remove_destination(conn, tenant, name):
-            raise click.ClickException(f"{tenant} has no destination {name!r}")
+        remove_destination(conn, tenant, name)
     click.echo(f"removed {name}")
 
 
@@ -350,8 +316,6 @@ def credit() -> None:
 @click.option("--note")
 def credit_grant(tenant, customer, metric, units, from_period, note) -> None:
     """Grant prepaid units; invoices draw them after included and rolled-over units."""
-    import psycopg
-
     from sinks.billing import grant_credit
     try:
         amount = Decimal(units)
@@ -359,11 +323,8 @@ def credit_grant(tenant, customer, metric, units, from_period, note) -> None:
         raise click.BadParameter(f"{units!r} is not a number", param_hint="--units") from None
     if not amount.is_finite() or amount <= 0:
         raise click.BadParameter("must be a positive number", param_hint="--units")
-    try:
-        with _connect() as conn:
-            grant = grant_credit(conn, tenant, customer, metric, amount, from_period, _settings().actor, note)
-    except psycopg.errors.ForeignKeyViolation:
-        raise click.ClickException(f"{tenant} has no customer {customer!r} or no metric {metric!r}") from None
+    with _connect() as conn:
+        grant = grant_credit(conn, tenant, customer, metric, amount, from_period, _settings().actor, note)
     click.echo(f"granted {amount} {metric} units to {tenant}/{customer} from {from_period}: grant {grant}")
 
 

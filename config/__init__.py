@@ -9,9 +9,13 @@ from pathlib import Path
 
 import orjson
 
+from schemas.errors import Unavailable
 
-class NotConfigured(RuntimeError):
+
+class NotConfigured(Unavailable):
     """A service has no URL: neither an environment variable nor a running embedded stack."""
+
+    code = "not_configured"
 
 
 @dataclass(frozen=True)

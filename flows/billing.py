@@ -36,6 +36,7 @@ from operators.billing.settle import credit_note, digest, settle
 from operators.billing.tax import tax
 from operators.revenue import period_bounds
 from schemas.billing_run import Draft, Invoice
+from schemas.errors import AforoError, Conflict, NotFound
 from sinks import billing as db
 from sinks.invoice_delivery import deliver_pending
 from sinks.periods import close_period, is_closed
@@ -45,7 +46,7 @@ SETTLE = len(STAGES)
 # What a stage may fail with and still leave the other customers to bill: its own verdict
 # (BillingStageError), a charge it cannot price (PricingError, Unpriceable), arithmetic that would
 # not be exact, terms that do not parse. A database that is down ends the run instead.
-STAGE_ERRORS = (ValueError, LookupError, ArithmeticError, TypeError)
+STAGE_ERRORS = (AforoError, ValueError, LookupError, ArithmeticError, TypeError)
 
 
 @dataclass
@@ -117,13 +118,13 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
     _, period_end = period_bounds(period)  # ValueError for anything but YYYY-MM
     with connect(settings.database_url, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant,)).fetchone() is None:
-            raise LookupError(f"no tenant {tenant!r}")
+            raise NotFound(f"no tenant {tenant!r}")
         db.lock_period(conn, tenant, period)
         flow = db.flow_totals(conn, tenant, period)
         customers = db.customers_to_bill(conn, tenant, period, customer, flow)
         if customer is not None and not customers:
-            raise LookupError(f"{tenant} has no customer {customer!r} with a subscription or usage in "
-                              f"{period}")
+            raise NotFound(f"{tenant} has no customer {customer!r} with a subscription or usage in "
+                           f"{period}")
         report = Report(tenant, period, None)
         todo = []
         for c in customers:
@@ -200,15 +201,15 @@ def void_invoice(settings: Settings, number: str, reason: str, tenant: str | Non
         invoice_id = db.find_invoice(conn, number, tenant)
         original, _ = db.load_invoice(conn, invoice_id)
         if original.kind != "invoice":
-            raise ValueError(f"{number} is a credit note: only an invoice can be voided")
+            raise Conflict(f"{number} is a credit note: only an invoice can be voided")
         if (by := db.voided_by(conn, invoice_id)) is not None:
-            raise ValueError(f"{number} is already voided by {by}")
+            raise Conflict(f"{number} is already voided by {by}")
         h = original.header
         try:
             with conn.transaction():
                 note = credit_note(original, db.next_number(conn, h.tenant, "CN", h.period), reason)
                 db.store_invoice(conn, note, None, original=invoice_id)
         except psycopg.errors.UniqueViolation:  # voided at the same moment by someone else
-            raise ValueError(f"{number} is already voided by {db.voided_by(conn, invoice_id)}") from None
+            raise Conflict(f"{number} is already voided by {db.voided_by(conn, invoice_id)}") from None
         deliver_pending(settings, conn, h.tenant, h.period)
     return note

@@ -16,13 +16,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from schemas.catalog import Rollover
+from schemas.errors import Conflict
 
 ZERO = Decimal(0)
 # A matrix charge's dimension values of a line, in the charge's order; () for other models.
 Group = tuple[tuple[str, str | None], ...]
 
 
-class BillingStageError(ValueError):
+class BillingStageError(Conflict):
     """A stage cannot finish this customer's invoice; the message says why, with the figures."""
 
 

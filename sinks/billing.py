@@ -34,13 +34,14 @@ from schemas.billing_run import (
     TaxTerms,
 )
 from schemas.catalog import ChargeTerms
+from schemas.errors import Conflict, NotFound
 from sinks.ledger import copy_rows
 from sinks.postgres import as_dicts
 
 _LOCK_SPACE = 0x0AF0_0015  # advisory locks of bill runs: (this, hash of tenant and period)
 
 
-class RunInProgress(RuntimeError):
+class RunInProgress(Conflict):
     """Another bill run holds the tenant's period."""
 
 
@@ -281,7 +282,7 @@ def resume_point(conn: psycopg.Connection, tenant: str, period: str,
 def run_stages(conn: psycopg.Connection, run_id: int) -> tuple[dict, list[dict]]:
     run = as_dicts(conn.execute("SELECT * FROM bill_runs WHERE id = %s", (run_id,)))
     if not run:
-        raise LookupError(f"no bill run {run_id}")
+        raise NotFound(f"no bill run {run_id}")
     stages = as_dicts(conn.execute(
         "SELECT customer, stage_no, stage, status, started_at, finished_at, error, digest, from_run"
         " FROM bill_run_stages WHERE run_id = %s ORDER BY customer, stage_no", (run_id,)))
@@ -315,9 +316,9 @@ def find_invoice(conn: psycopg.Connection, number_: str, tenant: str | None = No
     rows = conn.execute("SELECT id FROM invoices WHERE number = %s AND (%s::text IS NULL OR tenant = %s)"
                         " ORDER BY tenant", (number_, tenant, tenant)).fetchall()
     if not rows:
-        raise LookupError(f"no invoice {number_}" + (f" of tenant {tenant}" if tenant else ""))
+        raise NotFound(f"no invoice {number_}" + (f" of tenant {tenant}" if tenant else ""))
     if len(rows) > 1:
-        raise LookupError(f"{number_} exists in several tenants: give --tenant")
+        raise Conflict(f"{number_} exists in several tenants: give --tenant")
     return rows[0][0]
 
 
@@ -404,6 +405,13 @@ def index_events(conn: psycopg.Connection, invoice_id: int, invoice: Invoice) ->
         raise RuntimeError("the ledger changed while the run was billing it: " + "; ".join(moved))
 
 
+def traced_rows(conn: psycopg.Connection, invoice_id: int, line_no: int | None) -> list[tuple[str, int, int]]:
+    """The raw coordinates of the ledger rows behind an invoice line (every usage line: None)."""
+    return conn.execute(
+        "SELECT raw_topic_id, raw_partition, raw_offset FROM bill_run_event_index WHERE invoice_id = %s"
+        " AND (%s::int IS NULL OR line_no = %s) ORDER BY 1, 2, 3", (invoice_id, line_no, line_no)).fetchall()
+
+
 def list_invoices(conn: psycopg.Connection, tenant: str | None, period: str | None,
                   customer: str | None) -> list[dict]:
     return as_dicts(conn.execute(
@@ -451,22 +459,28 @@ def destination_config(conn: psycopg.Connection, tenant: str, name: str) -> dict
                                  " FROM invoice_destinations WHERE tenant = %s AND name = %s",
                                  (tenant, name)))
     if not rows:
-        raise LookupError(f"tenant {tenant} has no invoice destination {name!r}")
+        raise NotFound(f"tenant {tenant} has no invoice destination {name!r}")
     return rows[0]
 
 
 def add_destination(conn: psycopg.Connection, tenant: str, name: str, kind: str, url: str | None,
                     secret: str | None, directory: str | None, formats: list[str]) -> None:
-    with conn.transaction():
-        conn.execute("INSERT INTO invoice_destinations (tenant, name, kind, url, secret, directory, formats)"
-                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                     (tenant, name, kind, url, secret, directory, Jsonb(formats)))
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO invoice_destinations (tenant, name, kind, url, secret, directory,"
+                         " formats) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                         (tenant, name, kind, url, secret, directory, Jsonb(formats)))
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"{tenant} already has a destination {name!r}") from None
+    except psycopg.errors.ForeignKeyViolation:
+        raise NotFound(f"no tenant {tenant!r}") from None
 
 
-def remove_destination(conn: psycopg.Connection, tenant: str, name: str) -> bool:
+def remove_destination(conn: psycopg.Connection, tenant: str, name: str) -> None:
     with conn.transaction():
-        return conn.execute("DELETE FROM invoice_destinations WHERE tenant = %s AND name = %s",
-                            (tenant, name)).rowcount > 0
+        if not conn.execute("DELETE FROM invoice_destinations WHERE tenant = %s AND name = %s",
+                            (tenant, name)).rowcount:
+            raise NotFound(f"{tenant} has no destination {name!r}")
 
 
 def list_destinations(conn: psycopg.Connection, tenant: str | None) -> list[dict]:
@@ -485,7 +499,11 @@ def grant_credit(conn: psycopg.Connection, tenant: str, customer: str, metric: s
         n = conn.execute("SELECT count(*) + 1 FROM credit_grants WHERE tenant = %s AND source = 'command'",
                          (tenant,)).fetchone()[0]
         grant = f"cmd-{n}"
-        conn.execute("INSERT INTO credit_grants (tenant, id, customer, metric, units, from_period, source,"
-                     " granted_by, note) VALUES (%s, %s, %s, %s, %s, %s, 'command', %s, %s)",
-                     (tenant, grant, customer, metric, units, from_period, actor, note))
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO credit_grants (tenant, id, customer, metric, units, from_period,"
+                             " source, granted_by, note) VALUES (%s, %s, %s, %s, %s, %s, 'command', %s, %s)",
+                             (tenant, grant, customer, metric, units, from_period, actor, note))
+        except psycopg.errors.ForeignKeyViolation:
+            raise NotFound(f"{tenant} has no customer {customer!r} or no metric {metric!r}") from None
     return grant

@@ -19,8 +19,9 @@ import psycopg
 from confluent_kafka import Producer
 
 from api.webhooks.signatures import sign_generic
-from config import Settings
+from config import Settings, clock
 from schemas.billing_run import Invoice
+from schemas.errors import NotFound
 from sinks import billing as db
 from sinks.invoice_files import export_files, to_json
 from sinks.kafka import ensure_topics, kafka_config, produce
@@ -51,7 +52,7 @@ class _Kafka:
 
 def send_webhook(url: str, secret: str, invoice: Invoice) -> None:
     body = to_json(invoice)
-    headers = {**sign_generic(secret, body, int(time.time())), "Content-Type": "application/json",
+    headers = {**sign_generic(secret, body, int(clock.now().timestamp())), "Content-Type": "application/json",
                "Idempotency-Key": invoice.number}
     try:
         reply = httpx.post(url, content=body, headers=headers, timeout=10)
@@ -67,7 +68,7 @@ def _attempts(send: Callable[[], None]) -> tuple[int, str | None]:
         try:
             send()
             return tries, None
-        except (RuntimeError, OSError, LookupError) as exc:
+        except (RuntimeError, OSError, NotFound) as exc:
             if delay is None:
                 return tries, str(exc)
             time.sleep(delay)
@@ -96,11 +97,11 @@ def deliver_pending(settings: Settings, conn: psycopg.Connection, tenant: str,
 def _sender(conn: psycopg.Connection, tenant: str, name: str, invoice: Invoice) -> Callable[[], None]:
     try:
         d = db.destination_config(conn, tenant, name)
-    except LookupError as exc:
+    except NotFound as exc:
         gone = str(exc)
 
         def missing() -> None:
-            raise LookupError(gone)
+            raise NotFound(gone)
         return missing
     if d["kind"] == "webhook":
         return partial(send_webhook, d["url"], d["secret"], invoice)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from billing_fixtures import END, PERIOD, START, apply, clock_past, event, on_time, send_at
 from conftest import new_database
-from integration import env_of, read_to_end
+from integration import env_of, messages
 
 from flows.billing import bill_run
 from flows.metering import run
@@ -59,7 +59,7 @@ def stages_done(settings) -> int:
 def published(settings) -> dict[str, set[bytes]]:
     """invoice number -> the distinct messages the invoices topic holds for it."""
     seen: dict[str, set[bytes]] = {}
-    for m in read_to_end(settings, [invoices_topic(settings)]):
+    for m in messages(settings, (invoices_topic(settings),)):
         seen.setdefault(dict(m.headers())["aforo-invoice"].decode(), set()).add(m.value())
     return seen
 
