@@ -35,7 +35,6 @@ from schemas.billing_run import (
 )
 from schemas.catalog import ChargeTerms
 from schemas.errors import Conflict, NotFound
-from sinks.ledger import copy_rows
 from sinks.postgres import as_dicts
 
 _LOCK_SPACE = 0x0AF0_0015  # advisory locks of bill runs: (this, hash of tenant and period)
@@ -141,6 +140,15 @@ WHERE l.tenantid = %s AND l.period = %s AND l.customer = %s AND l.status = 'acce
 """
 # The order the flow rated them in, as the revenue totals are rebuilt (sinks/replay.py).
 _RATING_ORDER = " ORDER BY l.ingested_at, l.raw_partition, l.raw_offset, x.metric"
+
+
+def copy_rows(cur: psycopg.Cursor, table: str, columns: tuple[tuple[str, str], ...], rows) -> None:
+    """Binary COPY of rows into the named (column, Postgres type) columns of a table."""
+    names = ", ".join(name for name, _ in columns)
+    with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([pg_type for _, pg_type in columns])
+        for row in rows:
+            copy.write_row(row)
 
 
 def _stream(conn: psycopg.Connection, sql: str, params: tuple) -> Iterator[tuple]:
