@@ -115,40 +115,46 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
              allow_held: bool = False, dry_run: bool = False, deliver: bool = True) -> Report:
     """Bill the tenant's period (or one customer of it). A dry run computes the drafts and records,
     closes and sends nothing."""
-    _, period_end = period_bounds(period)  # ValueError for anything but YYYY-MM
+    period_bounds(period)  # ValueError for anything but YYYY-MM
     with connect(settings.database_url, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant,)).fetchone() is None:
             raise NotFound(f"no tenant {tenant!r}")
-        db.lock_period(conn, tenant, period)
-        flow = db.flow_totals(conn, tenant, period)
-        customers = db.customers_to_bill(conn, tenant, period, customer, flow)
-        if customer is not None and not customers:
-            raise NotFound(f"{tenant} has no customer {customer!r} with a subscription or usage in "
-                           f"{period}")
-        report = Report(tenant, period, None)
-        todo = []
-        for c in customers:
-            settled = db.settled_invoice(conn, tenant, period, c)
-            if settled is not None:
-                report.outcomes.append(Outcome(c, "already settled", invoice=settled))
-            else:
-                todo.append(c)
-        watermark, held = db.watermark(conn), db.held_events(conn, tenant, period)
-        closed = is_closed(conn, tenant, period)
-        if todo and not dry_run:
-            report.run_id = db.start_run(conn, tenant, period, customer, allow_held, settings.actor)
-            if not closed and readiness(period_end, watermark, held, allow_held) is None:
-                close_period(conn, tenant, period, settings.actor)  # `aforo period close`
-                closed = report.closed_now = True
-        report.held = len(held) if allow_held else 0
-        for c in todo:
-            ctx = _Context(tenant, period, c, period_end, watermark, closed or dry_run, held, allow_held,
-                           flow)
-            report.outcomes.append(_bill_customer(conn, ctx, report.run_id, dry_run))
-        if report.run_id is not None:
-            db.finish_run(conn, report.run_id, all(o.status != "failed" for o in report.outcomes))
-        if deliver and not dry_run:
-            report.deliveries = deliver_pending(settings, conn, tenant, period)
+        with db.period_lock(conn, tenant, period):
+            return _bill_period(settings, conn, tenant, period, customer, allow_held, dry_run, deliver)
+
+
+def _bill_period(settings: Settings, conn: psycopg.Connection, tenant: str, period: str, customer: str | None,
+                 allow_held: bool, dry_run: bool, deliver: bool) -> Report:
+    _, period_end = period_bounds(period)
+    flow = db.flow_totals(conn, tenant, period)
+    customers = db.customers_to_bill(conn, tenant, period, customer, flow)
+    if customer is not None and not customers:
+        raise NotFound(f"{tenant} has no customer {customer!r} with a subscription or usage in "
+                       f"{period}")
+    report = Report(tenant, period, None)
+    todo = []
+    for c in customers:
+        settled = db.settled_invoice(conn, tenant, period, c)
+        if settled is not None:
+            report.outcomes.append(Outcome(c, "already settled", invoice=settled))
+        else:
+            todo.append(c)
+    watermark, held = db.watermark(conn), db.held_events(conn, tenant, period)
+    closed = is_closed(conn, tenant, period)
+    if todo and not dry_run:
+        report.run_id = db.start_run(conn, tenant, period, customer, allow_held, settings.actor)
+        if not closed and readiness(period_end, watermark, held, allow_held) is None:
+            close_period(conn, tenant, period, settings.actor)  # `aforo period close`
+            closed = report.closed_now = True
+    report.held = len(held) if allow_held else 0
+    for c in todo:
+        ctx = _Context(tenant, period, c, period_end, watermark, closed or dry_run, held, allow_held,
+                       flow)
+        report.outcomes.append(_bill_customer(conn, ctx, report.run_id, dry_run))
+    if report.run_id is not None:
+        db.finish_run(conn, report.run_id, all(o.status != "failed" for o in report.outcomes))
+    if deliver and not dry_run:
+        report.deliveries = deliver_pending(settings, conn, tenant, period)
     return report
 
 

@@ -5,6 +5,7 @@ invoices, their lines and event index, credit draws, the delivery outbox)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
@@ -227,13 +228,27 @@ def destinations(conn: psycopg.Connection, tenant: str) -> list[Destination]:
 
 # --- runs and their stages -------------------------------------------------------------------------
 
-def lock_period(conn: psycopg.Connection, tenant: str, period: str) -> None:
-    """Hold the tenant's period for this session: one bill run at a time (released on exit, crash
-    included, when the connection goes)."""
-    got = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                       (_LOCK_SPACE, f"{tenant}\x1f{period}")).fetchone()[0]
-    if not got:
-        raise RunInProgress(f"another bill run for {tenant} {period} is in progress")
+LOCK_WAIT = "10s"  # a run killed a moment ago holds its lock until the server sees it gone
+
+
+@contextmanager
+def period_lock(conn: psycopg.Connection, tenant: str, period: str) -> Iterator[None]:
+    """Hold the tenant's period for a block: one bill run at a time. Released at the end of the
+    block, or by the server when the session dies (`kill -9` included), which it notices within a
+    moment: the lock is waited for that long before another run is refused."""
+    key = (_LOCK_SPACE, f"{tenant}\x1f{period}")
+    conn.execute(f"SET lock_timeout = '{LOCK_WAIT}'")
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+    except psycopg.errors.LockNotAvailable:
+        raise RunInProgress(f"another bill run for {tenant} {period} is in progress") from None
+    finally:
+        conn.execute("RESET lock_timeout")
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
 
 
 def start_run(conn: psycopg.Connection, tenant: str, period: str, customer: str | None, allow_held: bool,

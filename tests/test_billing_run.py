@@ -19,12 +19,12 @@ from billing_fixtures import (
     clock_past,
     event,
     ledger_revenue,
+    meter,
     on_time,
     send_at,
 )
 
 from flows.billing import bill_run
-from flows.metering import run
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def month_of_usage(settings, n: int = 150) -> None:
               (event("t2", "cust-1", t2, "llm.completion", {"tokens": 500, "model": "gpt-4o-mini"}), t2)]
     timed = sorted(lines, key=lambda x: x[1])
     send_at(settings, [*on_time(timed), clock_past(END)])
-    run(settings, once=True)
+    meter(settings)
 
 
 def test_a_period_is_billed_with_commitment_discount_and_tax_and_billing_again_changes_nothing(settings):
@@ -149,7 +149,7 @@ def test_every_pricing_model_bills_the_sum_of_its_events_marginal_revenue(settin
                 "region": rnd.choice(["eu", "us", "ap"])}
         lines.append((event(f"u{i}", "u1", t, "use", data, tenant="umbra"), t))
     send_at(settings, [*on_time(lines), clock_past(END, "umbra", "u1")])
-    run(settings, once=True)
+    meter(settings)
 
     report = bill_run(settings, "umbra", PERIOD)
     assert report.ok, report.outcomes
@@ -207,10 +207,10 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
 
     late_at = END - timedelta(hours=2)  # belongs to March, arrives three days late
     send_at(settings, [(event("late-1", "cust-1", late_at), END + timedelta(days=3))])
-    run(settings, once=True)
+    meter(settings)
     [held] = json.loads(cli(settings, "reconcile", "list", "--tenant", "acme", "--format", "json"))
     cli(settings, "reconcile", "approve", str(held["id"]))
-    run(settings, once=True)
+    meter(settings)
 
     assert "already settled" in cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD)
     after = json.loads(cli(settings, "invoice", "show", settled.number, "--format", "json"))
@@ -220,7 +220,7 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
     assert [(a["billed_in"], a["events"]) for a in closed["adjustments"]] == [("2026-04", 1)]
 
     send_at(settings, [clock_past(END + timedelta(days=30))])  # past April's end plus the lateness
-    run(settings, once=True)
+    meter(settings)
     april = bill_run(settings, "acme", "2026-04", customer="cust-1")
     [inv] = [o.invoice for o in april.outcomes]
     [calls] = [x for x in inv.lines if x.metric == "api_calls"]
@@ -245,7 +245,7 @@ def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(s
     times = [START + timedelta(hours=i) for i in range(200)]
     lines = [(event(f"r{i}", "cust-r", t), t) for i, t in enumerate(times)]
     send_at(settings, [*on_time(lines), clock_past(END)])
-    run(settings, once=True)
+    meter(settings)
 
     first = bill_run(settings, "acme", PERIOD)
     by = {o.customer: o for o in first.outcomes}
@@ -287,7 +287,7 @@ def test_held_events_stop_the_run_until_decided_or_allowed(settings):
     late_at = START + timedelta(days=10)
     send_at(settings, [(event("held-1", "cust-2", late_at), late_at + timedelta(days=2)),  # late: held
                        *on_time([(event("ok-1", "cust-1", START), START)]), clock_past(END)])
-    run(settings, once=True)
+    meter(settings)
     refused = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, code=1)
     assert refused.count("FAILED at quota_check: 1 held events of the period are undecided") == 3
     with connect(settings.database_url) as conn:  # not closed: the held event can still be billed in March
@@ -351,3 +351,17 @@ def test_catalog_billing_terms_apply_idempotently_and_recorded_grants_never_chan
         "quotas": [{"tenant": "acme", "subscription": "sub-p", "metric": "fees", "limit": "5",
                     "overage": "block"}]}))
     assert "prices that metric by percentage" in cli(settings, "catalog", "apply", str(catalog), code=1)
+
+
+def test_one_bill_run_per_tenant_period_at_a_time(settings, monkeypatch):
+    import sinks.billing
+    monkeypatch.setattr(sinks.billing, "LOCK_WAIT", "200ms")
+    with connect(settings.database_url, autocommit=True) as other, \
+            sinks.billing.period_lock(other, "acme", PERIOD):
+        busy = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, code=1)
+        assert "another bill run for acme 2026-03 is in progress" in busy
+        other_period = cli(settings, "bill", "run", "--tenant", "acme", "--period", "2026-02", "--dry-run",
+                           code=1)  # not ready to bill (no events), but not locked out
+        assert "dry run (nothing recorded): acme 2026-02" in other_period
+    released = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--dry-run", code=1)
+    assert "dry run (nothing recorded): acme 2026-03" in released
