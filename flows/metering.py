@@ -140,9 +140,13 @@ def _run_once(settings: Settings, *, once: bool, workers: int, cluster: Cluster 
         with connect(settings.database_url) as conn:
             return high_water(conn, tid, partition)
 
+    catalog = CatalogCache(settings.database_url, settings.redis_url)
     flow = build(
         RawSource(settings, raw_topic_id, start_at, tail=not once, stopping=stopping),
         LedgerSink(settings.database_url, partial(OutputTopics, settings), on_commit=totals.committed),
-        catalog=CatalogCache(settings.database_url, settings.redis_url), claims=state, totals=totals,
-        topics=settings.topics, secret=settings.secret)
-    execute(flow, settings, None, workers, cluster)
+        catalog=catalog, claims=state, totals=totals, topics=settings.topics, secret=settings.secret)
+    try:
+        execute(flow, settings, None, workers, cluster)
+    finally:
+        state.close()
+        catalog.close()

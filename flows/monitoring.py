@@ -55,7 +55,9 @@ def _customer_key(u: Usage) -> str:
 
 
 def build(settings: Settings, *, once: bool) -> Dataflow:
-    client = kafka_config(settings, "consumer")  # the installation's properties (TLS, SASL, ...)
+    # The installation's connection properties (TLS, SASL, ...): the admin role's, since Bytewax
+    # also builds an admin client (a producer instance) from them.
+    client = kafka_config(settings, "admin")
     source = KafkaSource(client.pop("bootstrap.servers").split(","), [settings.topics.enriched],
                          tail=not once, batch_size=settings.batch_size, add_config=client)
     flow = Dataflow("monitoring")

@@ -12,6 +12,7 @@ and stops with TopicRecreated rather than read the new incarnation as if it were
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from sinks.kafka import BACKFILL_HEADER, REINJECT_HEADER, TIER_HEADER, kafka_con
 _CREATE_OR_LOG_APPEND_TIME = (1, 2)
 _IDLE_WAIT_S = 0.01  # how long a poll waits for data when the worker's partitions are all idle
 INCARNATION_CHECK_S = 5.0
+# Errors that mean the topic is away for now (deleted and about to come back as a new
+# incarnation, or a broker restarting): wait for it rather than fail.
+_TOPIC_AWAY = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION)
+_log = logging.getLogger(__name__)
 
 
 class TopicRecreated(RuntimeError):
@@ -102,6 +108,7 @@ class _RawPartition(StatefulSourcePartition[Batch, None]):
         self._batch_size, self._tail = batch_size, tail
         self._stopping, self._incarnation = stopping, incarnation
         self._eof = False
+        self._away = False  # the topic or partition is unavailable (deleted, broker restarting)
         _idle_rounds().partitions += 1
 
     def next_batch(self) -> list[Batch]:
@@ -122,8 +129,15 @@ class _RawPartition(StatefulSourcePartition[Batch, None]):
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = not self._tail
                     continue
-                self._incarnation.check(force=True)
+                self._incarnation.check(force=True)  # a recreated topic ends this flow here
+                if err.retriable() or err.code() in _TOPIC_AWAY:
+                    if not self._away:
+                        _log.warning("raw topic %s partition %d unavailable (%s): waiting for it",
+                                     self._topic, self._partition, err.str())
+                    self._away = True
+                    continue
                 raise RuntimeError(f"reading {self._topic} partition {self._partition}: {err}")
+            self._away = False
             records.append(record_of(m, self._topic_id))
         self._incarnation.check()
         idle.empty = 0 if records else idle.empty + 1

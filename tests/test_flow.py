@@ -41,10 +41,14 @@ def batches(lines: list[bytes], partitions: int = 3, size: int = 250) -> list[Ba
 
 def decide(settings, lines: list[bytes]) -> list[Record]:
     decided: list[Batch] = []
-    flow = build(TestingSource(batches(lines)), TestingSink(decided),
-                 catalog=CatalogCache(settings.database_url, settings.redis_url), claims=InMemoryClaims(),
+    catalog = CatalogCache(settings.database_url, settings.redis_url)
+    flow = build(TestingSource(batches(lines)), TestingSink(decided), catalog=catalog,
+                 claims=InMemoryClaims(),
                  totals=PartitionTotals(fresh_totals), topics=settings.topics, secret=b"s")
-    run_main(flow)
+    try:
+        run_main(flow)
+    finally:
+        catalog.close()
     return [r for b in decided for r in b.records]
 
 
