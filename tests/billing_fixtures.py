@@ -4,7 +4,6 @@ moved past the period's end plus the lateness allowance. Nothing depends on toda
 
 from __future__ import annotations
 
-import gc
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -14,7 +13,6 @@ from integration import env_of
 import config
 from cli.demo import send_timed
 from cli.main import main
-from flows.metering import run
 from schemas.catalog import Catalog
 from sinks.catalog import apply_catalog
 from sinks.postgres import connect
@@ -29,16 +27,6 @@ def event(i: int | str, customer: str, when: datetime, type_: str = "api.call", 
     return orjson.dumps({"specversion": "1.0", "id": f"b{i}", "source": "billing-test", "type": type_,
                          "subject": customer, "tenantid": tenant, "data": data or {},
                          "time": when.isoformat().replace("+00:00", "Z")})
-
-
-def meter(settings: config.Settings) -> None:
-    """Run the metering flow over what was sent. flows/execution.py freezes the garbage collector
-    for the flow's speed, which in a long-lived process (this test session) also keeps each run's
-    catalog and state connections, cyclic garbage, open for good; unfreezing lets them be
-    collected, so the suite stays under Postgres' connection limit."""
-    run(settings, once=True)
-    gc.unfreeze()
-    gc.collect()
 
 
 def send_at(settings: config.Settings, lines: list[tuple[bytes, datetime]]) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from billing_fixtures import END, PERIOD, START, apply, clock_past, event, meter, on_time, send_at
+from billing_fixtures import END, PERIOD, START, apply, clock_past, event, on_time, send_at
 from conftest import new_database
 from integration import env_of, messages
 
 from flows.billing import bill_run
+from flows.metering import run
 from sinks.invoice_delivery import invoices_topic
 from sinks.postgres import connect
 
@@ -69,7 +70,7 @@ def metered(settings) -> None:
               START + timedelta(hours=7 * j + i))
              for i, c in enumerate(CUSTOMERS) for j in range(1 + i % 17)]
     send_at(settings, [*on_time(sorted(lines, key=lambda x: x[1])), clock_past(END, "crash", "k00")])
-    meter(settings)
+    run(settings, once=True)
 
 
 def test_kill_9_during_a_bill_run_then_rerun_gives_the_same_invoices_and_no_gaps(settings, stack,

@@ -19,12 +19,12 @@ from billing_fixtures import (
     clock_past,
     event,
     ledger_revenue,
-    meter,
     on_time,
     send_at,
 )
 
 from flows.billing import bill_run
+from flows.metering import run
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def month_of_usage(settings, n: int = 150) -> None:
               (event("t2", "cust-1", t2, "llm.completion", {"tokens": 500, "model": "gpt-4o-mini"}), t2)]
     timed = sorted(lines, key=lambda x: x[1])
     send_at(settings, [*on_time(timed), clock_past(END)])
-    meter(settings)
+    run(settings, once=True)
 
 
 def test_a_period_is_billed_with_commitment_discount_and_tax_and_billing_again_changes_nothing(settings):
@@ -149,7 +149,7 @@ def test_every_pricing_model_bills_the_sum_of_its_events_marginal_revenue(settin
                 "region": rnd.choice(["eu", "us", "ap"])}
         lines.append((event(f"u{i}", "u1", t, "use", data, tenant="umbra"), t))
     send_at(settings, [*on_time(lines), clock_past(END, "umbra", "u1")])
-    meter(settings)
+    run(settings, once=True)
 
     report = bill_run(settings, "umbra", PERIOD)
     assert report.ok, report.outcomes
@@ -207,10 +207,10 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
 
     late_at = END - timedelta(hours=2)  # belongs to March, arrives three days late
     send_at(settings, [(event("late-1", "cust-1", late_at), END + timedelta(days=3))])
-    meter(settings)
+    run(settings, once=True)
     [held] = json.loads(cli(settings, "reconcile", "list", "--tenant", "acme", "--format", "json"))
     cli(settings, "reconcile", "approve", str(held["id"]))
-    meter(settings)
+    run(settings, once=True)
 
     assert "already settled" in cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD)
     after = json.loads(cli(settings, "invoice", "show", settled.number, "--format", "json"))
@@ -220,7 +220,7 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
     assert [(a["billed_in"], a["events"]) for a in closed["adjustments"]] == [("2026-04", 1)]
 
     send_at(settings, [clock_past(END + timedelta(days=30))])  # past April's end plus the lateness
-    meter(settings)
+    run(settings, once=True)
     april = bill_run(settings, "acme", "2026-04", customer="cust-1")
     [inv] = [o.invoice for o in april.outcomes]
     [calls] = [x for x in inv.lines if x.metric == "api_calls"]
@@ -245,7 +245,7 @@ def test_a_failed_stage_stops_only_its_customer_and_the_next_run_resumes_there(s
     times = [START + timedelta(hours=i) for i in range(200)]
     lines = [(event(f"r{i}", "cust-r", t), t) for i, t in enumerate(times)]
     send_at(settings, [*on_time(lines), clock_past(END)])
-    meter(settings)
+    run(settings, once=True)
 
     first = bill_run(settings, "acme", PERIOD)
     by = {o.customer: o for o in first.outcomes}
@@ -287,7 +287,7 @@ def test_held_events_stop_the_run_until_decided_or_allowed(settings):
     late_at = START + timedelta(days=10)
     send_at(settings, [(event("held-1", "cust-2", late_at), late_at + timedelta(days=2)),  # late: held
                        *on_time([(event("ok-1", "cust-1", START), START)]), clock_past(END)])
-    meter(settings)
+    run(settings, once=True)
     refused = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, code=1)
     assert refused.count("FAILED at quota_check: 1 held events of the period are undecided") == 3
     with connect(settings.database_url) as conn:  # not closed: the held event can still be billed in March

@@ -12,10 +12,11 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from billing_fixtures import END, PERIOD, START, cli, clock_past, event, meter, on_time, send_at
+from billing_fixtures import END, PERIOD, START, cli, clock_past, event, on_time, send_at
 
 import sinks.invoice_delivery
 from api.webhooks.signatures import SignatureError, SignedRequest, verify_generic
+from flows.metering import run
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def test_a_failing_webhook_is_retried_and_recorded_and_each_invoice_arrives_once
     times = [START + timedelta(hours=i) for i in range(130)]
     lines = [(event(f"d{i}", "cust-1", t), t) for i, t in enumerate(times)]
     send_at(settings, [*on_time(lines), clock_past(END)])
-    meter(settings)
+    run(settings, once=True)
     cli(settings, "invoice", "destinations", "add", "erp", "--tenant", "acme", "--webhook", receiver.url,
         "--secret", SECRET)
     cli(settings, "invoice", "destinations", "add", "archive", "--tenant", "acme", "--directory",
@@ -111,7 +112,7 @@ def test_a_failing_webhook_is_retried_and_recorded_and_each_invoice_arrives_once
 def test_a_bad_secret_is_refused_by_the_receiver(settings, receiver, monkeypatch):
     monkeypatch.setattr(sinks.invoice_delivery, "RETRY_DELAYS_S", ())
     send_at(settings, [*on_time([(event("x", "cust-1", START), START)]), clock_past(END)])
-    meter(settings)
+    run(settings, once=True)
     cli(settings, "invoice", "destinations", "add", "erp", "--tenant", "acme", "--webhook", receiver.url,
         "--secret", "not-the-secret")
     out = cli(settings, "bill", "run", "--tenant", "acme", "--period", PERIOD, "--customer", "cust-1",
