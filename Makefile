@@ -10,15 +10,16 @@ STAMP  := $(VENV)/.installed
 # work offline); `make test` installs it when it is missing (as root, as CI runs).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test test-clock lint bench bench-quick up down status clean
+.PHONY: install sdk-toolchains run test test-clock lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdks/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Aforo needs Python 3.11 or 3.12 (Bytewax has no wheels for newer)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e './sdks/python[test]'
 	touch $(STAMP)
 
 # --yes: as root, `aforo up` lists what Postgres needs changed on the machine and makes the
@@ -28,9 +29,13 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
+# Go, a JDK with JUnit 5, Node.js and the Node SDK's packages, for the SDK suites (apt, npm).
+sdk-toolchains:
+	sdks/toolchains.sh
+
 # Tests marked time_sensitive also run at 00:30 UTC on the 1st of a month and on 1 January
 # (tests/conftest.py): `make test` includes them; `make test-clock` runs only them.
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) sdk-toolchains
 	$(BIN)/python -m pytest
 
 test-clock: install

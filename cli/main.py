@@ -205,10 +205,7 @@ def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | N
             cluster = Cluster(tuple(a.strip() for a in addresses.split(",")), process_id)
         except ValueError as exc:
             _fail(str(exc))
-    try:
-        elapsed = run_flow(settings, once, workers, cluster)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    elapsed = run_flow(settings, once, workers, cluster)
     if once:
         click.echo(f"done in {elapsed:.1f}s")
 

@@ -1,5 +1,6 @@
-"""POST /v1/events (tier `rest`); reading events back: GET /v1/events (the latest),
-/v1/events/counters, /v1/events/stream (live) and /v1/events/{source}/{id} (provenance)."""
+"""POST /v1/events (tier `rest`, or `sdk` when an Aforo SDK sends them); reading events back:
+GET /v1/events (the latest), /v1/events/counters, /v1/events/stream (live) and
+/v1/events/{source}/{id} (provenance)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ from sinks.reports import event_chain
 
 router = APIRouter(tags=["events"])
 
+# Aforo's SDKs name themselves ("python/0.1.0") in this header; their events are recorded as tier
+# `sdk`. The tier is provenance, not a permission: a caller claiming it changes nothing it is billed.
+SDK_HEADER = "aforo-sdk"
+
 CLOUDEVENT = {
     "type": "object",
     "description": "A CloudEvents 1.0 event in structured JSON mode; tenantid defaults to the key's tenant.",
@@ -70,7 +75,8 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
                        f"Content-Type must be one of {', '.join(EVENT_MEDIA_TYPES)}, got {content_type!r}")
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")), MIB)
     events = admit_batch(batch_of(parse_json(body), content_type), caller.tenant)
-    return json_response(await produce_events(svc, events, "rest", received), 202)
+    tier = "sdk" if request.headers.get(SDK_HEADER) else "rest"
+    return json_response(await produce_events(svc, events, tier, received), 202)
 
 
 class Line(BaseModel):
