@@ -82,3 +82,58 @@ def demo_stream(now: datetime, normal: int = 2000, seed: int = 7) -> tuple[list[
     add(orjson.dumps({**broken, "data": [1, 2]}), "rejected/schema")
     rnd.shuffle(lines)
     return lines, expected
+
+
+# --- billing history: a whole past period, so the demo has something to invoice ---------------------
+
+# per (tenant, customer): api calls, llm completions and storage writes in the billed period
+HISTORY = {
+    ("acme", "cust-1"): (400, 30, 4),
+    ("acme", "cust-2"): (560, 5, 0),  # over its quota of 500 (overage `block`): 60 calls not billed
+    ("acme", "cust-3"): (120, 8, 1),  # far below its minimum of 25.00: a true-up, 15% off, NY tax
+    ("globex", "cust-a"): (1300, 20, 3),  # 1,000 prepaid calls drawn, VAT 21%
+    ("globex", "cust-b"): (150, 0, 0),  # a 5.00 coupon on api calls, reverse charge
+}
+LATENESS = timedelta(hours=24)  # operators/timestamp_gate.py: older events are held as late
+
+
+def billable_period(now: datetime) -> str:
+    """The latest period whose end plus the lateness allowance has passed (on 2026-12-01 that is
+    2026-10: November's events may still arrive on time until 2026-12-02)."""
+    month = (now - LATENESS).replace(day=1)
+    return (month - timedelta(days=1)).strftime("%Y-%m")
+
+
+def billing_history(period: str) -> list[tuple[bytes, datetime]]:
+    """The demo customers' usage of a past period, each line with the ingestion time it is sent
+    with: a second after its event time, so the gates see it on time (an event ingested today
+    with last month's time would be held as late). The same period always gives the same lines,
+    so a second demo sends duplicates, never more usage."""
+    rnd = random.Random(f"history-{period}")
+    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    seconds = int(((start + timedelta(days=32)).replace(day=1) - start).total_seconds())
+    lines = []
+    for (tenant, customer), counts in HISTORY.items():
+        for kind, n in zip(("api.call", "llm.completion", "storage.write"), counts, strict=True):
+            for i in range(n):
+                when = start + timedelta(seconds=rnd.randrange(seconds))
+                event = {"specversion": "1.0", "id": f"hist-{period}-{customer}-{kind}-{i}",
+                         "source": "demo/history", "type": kind, "subject": customer, "time": _rfc3339(when),
+                         "tenantid": tenant, "data": _data(rnd, kind)}
+                lines.append((when, orjson.dumps(event)))
+    lines.sort()
+    return [(line, when + timedelta(seconds=1)) for when, line in lines]
+
+
+def send_timed(settings, lines: list[tuple[bytes, datetime]]) -> int:
+    """Produce each line with its own ingestion time (the raw record's Kafka timestamp)."""
+    from sinks.kafka import RawProducer, ensure_topics
+    ensure_topics(settings)
+    producer = RawProducer(settings)
+    for line, ingested in lines:
+        for _ in producer.send([line], timestamp_ms=int(ingested.timestamp() * 1000)):
+            pass
+    producer.flush()
+    if producer.errors:
+        raise RuntimeError(f"{len(producer.errors)} records not acknowledged, e.g. {producer.errors[0]}")
+    return producer.acked

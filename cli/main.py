@@ -19,6 +19,7 @@ import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
 from cli.backfill_commands import backfill
+from cli.bill_commands import bill, credit, invoice
 from cli.errors import AforoGroup
 from config import clock
 
@@ -38,7 +39,8 @@ def main() -> None:
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
                  monitor, alerts,  # the monitoring flow and its alerts
-                 backfill):  # the record of backfills (`aforo upload --backfill`)
+                 backfill,  # the record of backfills (`aforo upload --backfill`)
+                 bill, invoice, credit):  # the bill run and its invoices
     main.add_command(_command)
 
 
@@ -91,18 +93,19 @@ def status() -> None:
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
     from api.webhooks.secrets import seal_stored_secrets
+    from sinks.invoice_delivery import invoices_topic
     from sinks.kafka import ensure_topics, require_broker
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     require_broker(s)  # at once, and before the database changes
     applied = pg_migrate(s.database_url)
     sealed = seal_stored_secrets(s)
-    ensure_topics(s)
+    ensure_topics(s, invoices_topic(s))
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     if sealed:
         click.echo(f"encrypted {sealed} webhook secrets stored in plaintext")
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
-               + ", ".join(s.topics.outputs))
+               + ", ".join((*s.topics.outputs, invoices_topic(s))))
 
 
 # --- sending and running --------------------------------------------------------------------------
@@ -660,10 +663,11 @@ def print_summary(settings: config.Settings, since: datetime | None = None) -> N
 @main.command()
 @click.option("--events", "normal", default=2000, show_default=True, help="Normal events in the stream.")
 def demo(normal: int) -> None:
-    """Apply the demo catalog, send the demo stream, run both flows once, print the summary, the
-    alerts and revenue."""
+    """Apply the demo catalog, send the demo stream (and the last ended period's usage), run both
+    flows once, print the summary, the alerts and revenue, then bill that period."""
     from cli.alerts_commands import demo_monitoring_lines, print_demo_alerts, run_monitoring
-    from cli.demo import CATALOG, demo_stream
+    from cli.bill_commands import demo_billing
+    from cli.demo import CATALOG, billable_period, billing_history, demo_stream, send_timed
     s = _settings()
     apply_catalog_file(s, CATALOG)
     started = clock.now()
@@ -675,6 +679,8 @@ def demo(normal: int) -> None:
     click.echo(f"sent {acked} raw records "
                f"({sum(v for k, v in expected.items() if not k.startswith('accepted'))} of them "
                "duplicates, conflicts, late, future, too old, malformed or schema-broken)")
+    click.echo(f"sent {send_timed(s, billing_history(billable_period(started)))} records of "
+               f"{billable_period(started)}'s usage, each with its own (past) ingestion time")
     elapsed = run_flow(s, once=True, workers=1)
     click.echo(f"metering flow processed the raw topic in {elapsed:.1f}s")
     click.echo(f"monitoring flow processed the enriched topic in {run_monitoring(s):.1f}s")
@@ -683,6 +689,7 @@ def demo(normal: int) -> None:
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(revenue, tenant=None, period=None, fmt="table")
+    demo_billing(s, started)
 
 
 @main.command()

@@ -26,6 +26,7 @@ from decimal import (
 from typing import Any, ClassVar
 
 _EXACT = Context(prec=50, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+EXACT = _EXACT  # for other exact money arithmetic (the bill run's allowances and discounts)
 _ZERO = Decimal(0)
 
 Group = Mapping[str, str]
@@ -146,6 +147,34 @@ class Charge:
         """P(q) for q >= 0, evaluated inside the exact context."""
         raise NotImplementedError
 
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        """P(q) as the parts an invoice shows (units per tier, fees); they add up to P(q)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a period price: `quantity` x `unit_price` = `amount`."""
+
+    label: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+def _part(label: str, quantity: Decimal, unit_price: Decimal) -> Part:
+    return Part(label, quantity, unit_price, quantity * unit_price)
+
+
+def _range(below: Decimal, up_to: Decimal | None) -> str:
+    return f"{below} to {up_to}" if up_to is not None else f"above {below}"
+
+
+def _span(bounds: tuple[Decimal, ...], tier_count: int, q: Decimal) -> tuple[int, str]:
+    """The tier q falls in and its range, for a label."""
+    i = _tier_of(bounds, tier_count, q)
+    return i, _range(bounds[i - 1] if i else _ZERO, bounds[i] if i < len(bounds) else None)
+
 
 @dataclass(frozen=True)
 class FlatCharge(Charge):
@@ -158,6 +187,9 @@ class FlatCharge(Charge):
 
     def _price(self, q: Decimal, group: Group | None) -> Decimal:
         return self.amount if q > 0 else _ZERO
+
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        return [_part("flat fee", Decimal(1), self.amount)] if q > 0 else []
 
 
 @dataclass(frozen=True)
@@ -172,6 +204,9 @@ class PerUnitCharge(Charge):
     def _price(self, q: Decimal, group: Group | None) -> Decimal:
         return q * self.unit_price
 
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        return [_part("units", q, self.unit_price)]
+
 
 @dataclass(frozen=True)
 class GraduatedCharge(Charge):
@@ -181,6 +216,7 @@ class GraduatedCharge(Charge):
     # For q in tier i: P(q) = P(below) + flat_fee + (q - below) * unit_price, where `below` is the
     # previous up_to. Everything but q * unit_price is a constant of the tier, kept in bases[i].
     bases: tuple[Decimal, ...]
+    flat_fees: tuple[Decimal, ...]
 
     @classmethod
     def _parse(cls, d: Mapping) -> GraduatedCharge:
@@ -194,13 +230,27 @@ class GraduatedCharge(Charge):
             if i < len(bounds):
                 price_below += fee + (bounds[i] - below) * unit
                 below = bounds[i]
-        return cls(bounds, unit_prices, tuple(bases))
+        return cls(bounds, unit_prices, tuple(bases), flat_fees)
 
     def _price(self, q: Decimal, group: Group | None) -> Decimal:
         if q == 0:
             return _ZERO  # the first tier's flat fee is due only once usage begins
         i = _tier_of(self.bounds, len(self.unit_prices), q)
         return self.bases[i] + q * self.unit_prices[i]
+
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        if q == 0:
+            return []
+        last = _tier_of(self.bounds, len(self.unit_prices), q)
+        parts, below = [], _ZERO
+        for i in range(last + 1):
+            up_to = self.bounds[i] if i < len(self.bounds) else None
+            units = (q if i == last else up_to) - below
+            parts.append(_part(f"tier {i + 1} ({_range(below, up_to)})", units, self.unit_prices[i]))
+            if self.flat_fees[i]:
+                parts.append(_part(f"tier {i + 1} flat fee", Decimal(1), self.flat_fees[i]))
+            below = up_to
+        return parts
 
 
 @dataclass(frozen=True)
@@ -222,6 +272,15 @@ class VolumeCharge(Charge):
         i = _tier_of(self.bounds, len(self.unit_prices), q)
         return q * self.unit_prices[i] + self.flat_fees[i]
 
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        if q == 0:
+            return []
+        i, span = _span(self.bounds, len(self.unit_prices), q)
+        parts = [_part(f"all units at tier {i + 1} ({span})", q, self.unit_prices[i])]
+        if self.flat_fees[i]:
+            parts.append(_part(f"tier {i + 1} flat fee", Decimal(1), self.flat_fees[i]))
+        return parts
+
 
 @dataclass(frozen=True)
 class PackageCharge(Charge):
@@ -237,11 +296,20 @@ class PackageCharge(Charge):
             raise PricingError("package_size must be greater than 0")
         return cls(size, _required(d, "package_price"), _zero_default(d, "free_units"))
 
-    def _price(self, q: Decimal, group: Group | None) -> Decimal:
-        billable = max(q - self.free_units, _ZERO)
+    def _packages(self, q: Decimal) -> Decimal:
         # divmod is exact for Decimal; true division could round (1/3) and ceil the wrong value.
-        packages, rest = divmod(billable, self.package_size)
-        return (packages + (1 if rest else 0)) * self.package_price
+        packages, rest = divmod(max(q - self.free_units, _ZERO), self.package_size)
+        return packages + (1 if rest else 0)
+
+    def _price(self, q: Decimal, group: Group | None) -> Decimal:
+        return self._packages(q) * self.package_price
+
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        packages = self._packages(q)
+        if not packages:
+            return []
+        free = f" after {self.free_units} free units" if self.free_units else ""
+        return [_part(f"packages of {self.package_size}{free}", packages, self.package_price)]
 
 
 @dataclass(frozen=True)
@@ -259,6 +327,12 @@ class StairstepCharge(Charge):
         if q == 0:
             return _ZERO
         return self.prices[_tier_of(self.bounds, len(self.prices), q)]
+
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        if q == 0:
+            return []
+        i, span = _span(self.bounds, len(self.prices), q)
+        return [_part(f"step {i + 1} ({span})", Decimal(1), self.prices[i])]
 
 
 @dataclass(frozen=True)
@@ -279,6 +353,8 @@ class PercentageCharge(Charge):
     def _price(self, q: Decimal, group: Group | None) -> Decimal:
         # A clamp per event does not distribute over a sum, so there is no P(total) to give.
         raise TypeError("a percentage charge is priced per event: use event_fee or marginal")
+
+    _parts = _price
 
     def _fee(self, amount: Decimal) -> Decimal:
         fee = amount * self.rate / 100 + self.fixed_fee
@@ -322,12 +398,20 @@ class MatrixCharge(Charge):
     def _price(self, q: Decimal, group: Group | None) -> Decimal:
         # Looked up even for q == 0: an event whose dimensions have no price is unresolved,
         # whatever its quantity.
+        return q * self._unit(group)
+
+    def _unit(self, group: Group | None) -> Decimal:
         key = group_key(self, group)
         unit = self.prices.get(key, self.default_unit_price)
         if unit is None:
             values = ", ".join(f"{n}={v!r}" for n, v in zip(self.dimensions, key, strict=True))
             raise Unpriceable(f"matrix charge has no price for {values} and no default_unit_price")
-        return q * unit
+        return unit
+
+    def _parts(self, q: Decimal, group: Group | None) -> list[Part]:
+        key = group_key(self, group)
+        label = ", ".join(f"{n}={v}" for n, v in zip(self.dimensions, key, strict=True))
+        return [_part(label, q, self._unit(group))]
 
 
 _MODELS: dict[str, type[Charge]] = {
@@ -376,6 +460,15 @@ def period_price(charge: Charge, total: Decimal, group: Group | None = None) -> 
     """P(total) for one group (a matrix charge needs the group's dimension values)."""
     with localcontext(_EXACT):
         return _period(charge, total, group)
+
+
+def price_parts(charge: Charge, total: Decimal, group: Group | None = None) -> list[Part]:
+    """P(total) as an invoice shows it: units per tier, packages, steps, fees. The parts' amounts
+    add up to period_price(charge, total, group) (tests check every model)."""
+    with localcontext(_EXACT):
+        if total < 0:
+            raise ValueError(f"cannot price a negative period total ({total})")
+        return charge._parts(total, group)
 
 
 def event_fee(charge: Charge, amount: Decimal) -> Decimal:

@@ -25,6 +25,7 @@ def _exact(value: Any) -> Any:
 Exact = Annotated[Decimal, BeforeValidator(_exact), Field(ge=0)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 Aggregation = Literal["count", "sum", "max", "unique_count", "latest"]
+Period = Annotated[str, Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]  # YYYY-MM
 
 
 class _Entry(BaseModel):
@@ -73,15 +74,39 @@ class Plan(_Entry):
             seen.add(metric)
             try:
                 parse_charge(charge)
-            except (PricingError, TypeError) as exc:
+                _allowance_terms(charge)
+            except (PricingError, TypeError, ValueError) as exc:
                 raise ValueError(f"charges[{i}] ({metric}): {exc}") from None
         return charges
+
+
+def _allowance_terms(charge: dict[str, Any]) -> None:
+    """`included` units per period and their `rollover`, billing terms that ride on a charge
+    (the flow prices every event without them; the bill run applies them)."""
+    terms = ChargeTerms.model_validate({k: charge[k] for k in ("included", "rollover") if k in charge})
+    if charge["model"] == "percentage" and (terms.included or terms.rollover):
+        raise ValueError("a percentage charge prices each event's own amount: it has no units to include")
+    if terms.rollover is not None and not terms.included:
+        raise ValueError("rollover carries unused included units: it needs `included`")
+
+
+class Rollover(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_units: Exact
+    expires_after_periods: Annotated[int, Field(ge=1)]
+
+
+class ChargeTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    included: Exact = Decimal(0)
+    rollover: Rollover | None = None
 
 
 class Customer(_Entry):
     tenant: Name
     id: Name
     name: str = ""
+    tax_rate: Name | None = None  # a tax_rates id; none: the invoice carries no tax
 
 
 class Subscription(_Entry):
@@ -92,6 +117,7 @@ class Subscription(_Entry):
     plan_version: Annotated[int, Field(ge=1)]
     start: datetime
     end: datetime | None = None
+    minimum: Exact | None = None  # commitment per period: a true-up line when usage is below it
 
     @model_validator(mode="after")
     def _window(self) -> Subscription:
@@ -107,6 +133,7 @@ class Quota(_Entry):
     subscription: Name
     metric: Name
     limit: Exact
+    overage: Literal["bill", "block"] = "bill"  # charge usage over the limit, or cap billing at it
 
 
 class Cost(_Entry):
@@ -114,6 +141,54 @@ class Cost(_Entry):
     metric: Name
     match: dict[Name, str] = {}
     unit_cost: Exact
+
+
+class TaxRate(_Entry):
+    tenant: Name
+    id: Name
+    name: Name
+    percent: Exact
+    kind: Literal["standard", "zero_rated", "reverse_charge"] = "standard"
+
+    @model_validator(mode="after")
+    def _no_tax_unless_standard(self) -> TaxRate:
+        if self.kind != "standard" and self.percent != 0:
+            raise ValueError(f"tax rate {self.id}: a {self.kind} rate charges 0 percent")
+        return self
+
+
+class Coupon(_Entry):
+    tenant: Name
+    code: Name
+    name: str = ""
+    percent_off: Annotated[Decimal, BeforeValidator(_exact), Field(gt=0, le=100)] | None = None
+    amount_off: Annotated[Decimal, BeforeValidator(_exact), Field(gt=0)] | None = None
+    periods: Annotated[int, Field(ge=1)] | None = None  # how many periods from redemption; none: forever
+    charges: list[Name] = []  # the metrics it discounts; none: the whole invoice
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Coupon:
+        if (self.percent_off is None) == (self.amount_off is None):
+            raise ValueError(f"coupon {self.code}: give exactly one of percent_off and amount_off")
+        return self
+
+
+class Redemption(_Entry):
+    tenant: Name
+    customer: Name
+    coupon: Name
+    from_period: Period
+
+
+class Credit(_Entry):
+    """Prepaid units of a metric; a recorded grant is never changed (grant more with a new id)."""
+
+    tenant: Name
+    id: Name
+    customer: Name
+    metric: Name
+    units: Annotated[Decimal, BeforeValidator(_exact), Field(gt=0)]
+    from_period: Period
 
 
 class Catalog(_Entry):
@@ -124,3 +199,7 @@ class Catalog(_Entry):
     subscriptions: list[Subscription] = []
     quotas: list[Quota] = []
     costs: list[Cost] = []
+    tax_rates: list[TaxRate] = []
+    coupons: list[Coupon] = []
+    redemptions: list[Redemption] = []
+    credits: list[Credit] = []

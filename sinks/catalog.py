@@ -44,23 +44,44 @@ _UPSERTS = {
                 " WHERE (metrics.event_type, metrics.aggregation, metrics.value_path, metrics.group_by)"
                 " IS DISTINCT FROM (excluded.event_type, excluded.aggregation, excluded.value_path,"
                 " excluded.group_by)"),
-    "customers": ("INSERT INTO customers (tenant, id, name) VALUES (%s, %s, %s)"
-                  " ON CONFLICT (tenant, id) DO UPDATE SET name = excluded.name"
-                  " WHERE customers.name IS DISTINCT FROM excluded.name"),
+    "customers": ("INSERT INTO customers (tenant, id, name, tax_rate) VALUES (%s, %s, %s, %s)"
+                  " ON CONFLICT (tenant, id) DO UPDATE SET name = excluded.name, tax_rate = excluded.tax_rate"
+                  " WHERE (customers.name, customers.tax_rate) IS DISTINCT FROM"
+                  " (excluded.name, excluded.tax_rate)"),
     "subscriptions": ("INSERT INTO subscriptions (tenant, id, customer, plan, plan_version, starts_at,"
-                      " ends_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, id) DO UPDATE"
-                      " SET customer = excluded.customer, plan = excluded.plan,"
+                      " ends_at, minimum) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, id)"
+                      " DO UPDATE SET customer = excluded.customer, plan = excluded.plan,"
                       " plan_version = excluded.plan_version, starts_at = excluded.starts_at,"
-                      " ends_at = excluded.ends_at WHERE (subscriptions.customer, subscriptions.plan,"
-                      " subscriptions.plan_version, subscriptions.starts_at, subscriptions.ends_at)"
+                      " ends_at = excluded.ends_at, minimum = excluded.minimum"
+                      " WHERE (subscriptions.customer, subscriptions.plan, subscriptions.plan_version,"
+                      " subscriptions.starts_at, subscriptions.ends_at, subscriptions.minimum)"
                       " IS DISTINCT FROM (excluded.customer, excluded.plan, excluded.plan_version,"
-                      " excluded.starts_at, excluded.ends_at)"),
-    "quotas": ('INSERT INTO quotas (tenant, subscription, metric, "limit") VALUES (%s, %s, %s, %s)'
-               ' ON CONFLICT (tenant, subscription, metric) DO UPDATE SET "limit" = excluded."limit"'
-               ' WHERE quotas."limit" IS DISTINCT FROM excluded."limit"'),
+                      " excluded.starts_at, excluded.ends_at, excluded.minimum)"),
+    "quotas": ('INSERT INTO quotas (tenant, subscription, metric, "limit", overage)'
+               ' VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, subscription, metric) DO UPDATE SET'
+               ' "limit" = excluded."limit", overage = excluded.overage WHERE (quotas."limit",'
+               ' quotas.overage) IS DISTINCT FROM (excluded."limit", excluded.overage)'),
     "costs": ("INSERT INTO costs (tenant, metric, match, unit_cost) VALUES (%s, %s, %s, %s)"
               " ON CONFLICT (tenant, metric, match) DO UPDATE SET unit_cost = excluded.unit_cost"
               " WHERE costs.unit_cost IS DISTINCT FROM excluded.unit_cost"),
+    "tax_rates": ("INSERT INTO tax_rates (tenant, id, name, percent, kind) VALUES (%s, %s, %s, %s, %s)"
+                  " ON CONFLICT (tenant, id) DO UPDATE SET name = excluded.name, percent = excluded.percent,"
+                  " kind = excluded.kind WHERE (tax_rates.name, tax_rates.percent, tax_rates.kind)"
+                  " IS DISTINCT FROM (excluded.name, excluded.percent, excluded.kind)"),
+    "coupons": ("INSERT INTO coupons (tenant, code, name, percent_off, amount_off, periods, charges)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, code) DO UPDATE SET"
+                " name = excluded.name, percent_off = excluded.percent_off, amount_off = excluded.amount_off,"
+                " periods = excluded.periods, charges = excluded.charges"
+                " WHERE (coupons.name, coupons.percent_off, coupons.amount_off, coupons.periods,"
+                " coupons.charges) IS DISTINCT FROM (excluded.name, excluded.percent_off,"
+                " excluded.amount_off, excluded.periods, excluded.charges)"),
+    "redemptions": ("INSERT INTO coupon_redemptions (tenant, customer, coupon, from_period)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant, customer, coupon) DO UPDATE SET"
+                    " from_period = excluded.from_period"
+                    " WHERE coupon_redemptions.from_period IS DISTINCT FROM excluded.from_period"),
+    # grants are appended only: a repeated file changes nothing, a changed grant is refused
+    "credits": ("INSERT INTO credit_grants (tenant, id, customer, metric, units, from_period, source,"
+                " granted_by) VALUES (%s, %s, %s, %s, %s, %s, 'catalog', 'catalog') ON CONFLICT DO NOTHING"),
 }
 
 
@@ -75,21 +96,29 @@ def apply_catalog(conn: psycopg.Connection, catalog: Catalog) -> dict[str, int]:
         "tenants": [(t.id, t.name, t.currency, t.idempotency_key) for t in c.tenants],
         "metrics": [(m.tenant, m.code, m.event_type, m.aggregation, m.value, Jsonb(m.group_by))
                     for m in c.metrics],
-        "customers": [(x.tenant, x.id, x.name) for x in c.customers],
-        "subscriptions": [(s.tenant, s.id, s.customer, s.plan, s.plan_version, s.start, s.end)
+        "customers": [(x.tenant, x.id, x.name, x.tax_rate) for x in c.customers],
+        "subscriptions": [(s.tenant, s.id, s.customer, s.plan, s.plan_version, s.start, s.end, s.minimum)
                           for s in c.subscriptions],
-        "quotas": [(q.tenant, q.subscription, q.metric, q.limit) for q in c.quotas],
+        "quotas": [(q.tenant, q.subscription, q.metric, q.limit, q.overage) for q in c.quotas],
         "costs": [(x.tenant, x.metric, Jsonb(x.match), x.unit_cost) for x in c.costs],
+        "tax_rates": [(x.tenant, x.id, x.name, x.percent, x.kind) for x in c.tax_rates],
+        "coupons": [(x.tenant, x.code, x.name, x.percent_off, x.amount_off, x.periods, Jsonb(x.charges))
+                    for x in c.coupons],
+        "redemptions": [(x.tenant, x.customer, x.coupon, x.from_period) for x in c.redemptions],
+        "credits": [(x.tenant, x.id, x.customer, x.metric, x.units, x.from_period) for x in c.credits],
     }
     changed: dict[str, int] = {}
     try:
         with conn.transaction():
             conn.execute("LOCK TABLE catalog_state IN EXCLUSIVE MODE")
-            for kind in ("tenants", "metrics"):
+            for kind in ("tenants", "metrics", "tax_rates"):
                 changed[kind] = _upsert(conn, kind, rows[kind])
             changed["plans"] = _publish_plans(conn, c)
-            for kind in ("customers", "subscriptions", "quotas", "costs"):
+            for kind in ("customers", "subscriptions", "quotas", "costs", "coupons", "redemptions"):
                 changed[kind] = _upsert(conn, kind, rows[kind])
+            _check_credits_unchanged(conn, c)
+            changed["credits"] = _upsert(conn, "credits", rows["credits"])
+            _check_block_quotas(conn)
             if any(changed.values()):
                 conn.execute("UPDATE catalog_state SET version = version + 1")
     except psycopg.errors.ForeignKeyViolation as exc:
@@ -141,6 +170,29 @@ def _publish_plans(conn: psycopg.Connection, c: Catalog) -> int:
     return n
 
 
+def _check_credits_unchanged(conn: psycopg.Connection, c: Catalog) -> None:
+    for x in c.credits:
+        row = conn.execute("SELECT customer, metric, units, from_period FROM credit_grants"
+                           " WHERE tenant = %s AND id = %s", (x.tenant, x.id)).fetchone()
+        if row is not None and row != (x.customer, x.metric, x.units, x.from_period):
+            raise CatalogError(f"credit grant {x.tenant}/{x.id} is recorded and never changes; "
+                               "grant more units under a new id")
+
+
+def _check_block_quotas(conn: psycopg.Connection) -> None:
+    """A `block` quota caps billable units; a percentage charge has none to cap."""
+    row = conn.execute(
+        "SELECT q.tenant, q.subscription, q.metric FROM quotas q"
+        " JOIN subscriptions s ON (s.tenant, s.id) = (q.tenant, q.subscription)"
+        " JOIN plans p ON (p.tenant, p.code, p.version) = (s.tenant, s.plan, s.plan_version)"
+        " CROSS JOIN jsonb_array_elements(p.charges) ch"
+        " WHERE q.overage = 'block' AND ch->>'metric' = q.metric AND ch->>'model' = 'percentage'"
+        " ORDER BY 1, 2, 3 LIMIT 1").fetchone()
+    if row is not None:
+        raise CatalogError(f"quota {row[0]}/{row[1]}/{row[2]}: overage `block` caps units, but the "
+                           "subscription's plan prices that metric by percentage; use `bill`")
+
+
 def _next_version(conn: psycopg.Connection, tenant: str, code: str) -> int:
     return conn.execute("SELECT max(version) + 1 FROM plans WHERE tenant = %s AND code = %s",
                         (tenant, code)).fetchone()[0]
@@ -156,12 +208,19 @@ def show_catalog(conn: psycopg.Connection) -> dict:
                         " FROM metrics ORDER BY tenant, code"),
         "plans": rows("SELECT tenant, code, version, currency, charges FROM plans"
                       " ORDER BY tenant, code, version"),
-        "customers": rows("SELECT tenant, id, name FROM customers ORDER BY tenant, id"),
+        "customers": rows("SELECT tenant, id, name, tax_rate FROM customers ORDER BY tenant, id"),
         "subscriptions": rows("SELECT tenant, id, customer, plan, plan_version, starts_at AS start,"
-                              " ends_at AS end FROM subscriptions ORDER BY tenant, id"),
-        "quotas": rows('SELECT tenant, subscription, metric, "limit" FROM quotas'
+                              " ends_at AS end, minimum FROM subscriptions ORDER BY tenant, id"),
+        "quotas": rows('SELECT tenant, subscription, metric, "limit", overage FROM quotas'
                        " ORDER BY tenant, subscription, metric"),
         "costs": rows("SELECT tenant, metric, match, unit_cost FROM costs ORDER BY tenant, metric"),
+        "tax_rates": rows("SELECT tenant, id, name, percent, kind FROM tax_rates ORDER BY tenant, id"),
+        "coupons": rows("SELECT tenant, code, name, percent_off, amount_off, periods, charges FROM coupons"
+                        " ORDER BY tenant, code"),
+        "redemptions": rows("SELECT tenant, customer, coupon, from_period FROM coupon_redemptions"
+                            " ORDER BY tenant, customer, coupon"),
+        "credits": rows("SELECT tenant, id, customer, metric, units, from_period FROM credit_grants"
+                        " WHERE source = 'catalog' ORDER BY tenant, id"),
     }
 
 

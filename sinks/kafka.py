@@ -62,8 +62,9 @@ def require_broker(settings: Settings) -> None:
                       "check AFORO_KAFKA_BOOTSTRAP or `aforo status`")
 
 
-def ensure_topics(settings: Settings) -> None:
-    """Create Aforo's topics if missing (raw with the configured partition count)."""
+def ensure_topics(settings: Settings, *extra: str) -> None:
+    """Create Aforo's topics if missing (raw with the configured partition count), and any `extra`
+    topic (one partition) a component of its own needs."""
     require_broker(settings)
     admin = AdminClient(kafka_config(settings, "admin"))
     try:
@@ -73,7 +74,7 @@ def ensure_topics(settings: Settings) -> None:
                           f"{exc.args[0].str()}") from None
     t = settings.topics
     wanted = [NewTopic(name, settings.raw_partitions if name == t.raw else 1, 1)
-              for name in (t.raw, *t.outputs) if name not in existing]
+              for name in (t.raw, *t.outputs, *extra) if name not in existing]
     if not wanted:
         return
     for name, future in admin.create_topics(wanted, operation_timeout=10).items():

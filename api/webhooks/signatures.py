@@ -131,6 +131,12 @@ GENERIC_TIMESTAMP = "X-Aforo-Timestamp"
 GENERIC_SIGNATURE = "X-Aforo-Signature"
 
 
+def sign_generic(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """The headers verify_generic checks, for what Aforo itself sends (invoice webhooks)."""
+    ts = str(timestamp)
+    return {GENERIC_TIMESTAMP: ts, GENERIC_SIGNATURE: "v1=" + _hmac_hex(secret, ts.encode() + b"." + body)}
+
+
 def verify_generic(secret: str, req: SignedRequest, now: float) -> None:
     """Aforo's own scheme for any other sender: X-Aforo-Timestamp: <unix seconds> and
     X-Aforo-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">."""
