@@ -127,13 +127,15 @@ def billing_history(period: str) -> list[tuple[bytes, datetime]]:
 
 def send_timed(settings, lines: list[tuple[bytes, datetime]]) -> int:
     """Produce each line with its own ingestion time (the raw record's Kafka timestamp)."""
-    from sinks.kafka import RawProducer, ensure_topics
+    from sinks.kafka import ensure_topics
+    from sinks.raw_producer import RawProducer
     ensure_topics(settings)
     producer = RawProducer(settings)
-    for line, ingested in lines:
-        for _ in producer.send([line], timestamp_ms=int(ingested.timestamp() * 1000)):
-            pass
-    producer.flush()
-    if producer.errors:
-        raise RuntimeError(f"{len(producer.errors)} records not acknowledged, e.g. {producer.errors[0]}")
-    return producer.acked
+    try:
+        acks = producer.send(((i, line) for i, (line, _) in enumerate(lines)), "sdk",
+                             timestamp_ms=lambda i: int(lines[i][1].timestamp() * 1000))
+    finally:
+        producer.close()
+    if acks.failed:
+        raise RuntimeError(f"{acks.failed} records not acknowledged, e.g. {next(iter(acks.errors.values()))}")
+    return acks.acked

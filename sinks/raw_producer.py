@@ -160,13 +160,15 @@ class RawProducer:
         await done
         return acks
 
-    def send(self, records: Iterable[tuple[int, bytes]], tier: str, *, timestamp_ms: int | None = None,
+    def send(self, records: Iterable[tuple[int, bytes]], tier: str, *,
+             timestamp_ms: int | Callable[[int], int] | None = None,
              headers: Headers = (), keep_coords: bool = False,
              progress: Callable[[int], None] | None = None) -> Acks:
         """Produce (ref, value) records as they come, in order (each stamped with the time it is
-        read unless `timestamp_ms` is given), and wait until every one has a report. A record that
-        failed only because its producer had to be replaced is produced again, up to
-        MAX_ATTEMPTS times (after the records sent meanwhile: order holds unless the broker fails)."""
+        read unless `timestamp_ms` is given, as one time or a function of the ref), and wait until
+        every one has a report. A record that failed only because its producer had to be replaced
+        is produced again, up to MAX_ATTEMPTS times (after the records sent meanwhile: order holds
+        unless the broker fails)."""
         done = threading.Event()
         acks = Acks(done.set, keep_coords=keep_coords)
         again: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -185,7 +187,7 @@ class RawProducer:
 
         n = 0
         for n, (ref, value) in enumerate(records, 1):
-            stamp = timestamp_ms or clock.now_ms()
+            stamp = (timestamp_ms(ref) if callable(timestamp_ms) else timestamp_ms) or clock.now_ms()
             self.produce(acks, value, tier, stamp, ref, resend=resend, headers=headers)
             retry_failed()
             if progress is not None and n % 1000 == 0:
