@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from api import observe
 from api.errors import ApiError
 from api.routes import events, gateways, uploads, webhooks
 from api.services import ApiOptions, Services
@@ -61,7 +62,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         try:
             yield
         finally:
-            app.state.services.close()
+            await app.state.services.aclose()
 
     app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)
@@ -72,6 +73,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
     app.add_exception_handler(ClientDisconnect, _disconnected)
     for module in (events, uploads, webhooks, gateways):
         app.include_router(module.router)
+    observe.add_to(app, log_access=options.access_log)
     app.openapi = lambda: _without_422(app)
     return app
 

@@ -28,7 +28,7 @@ from flows.execution import execute
 from operators.anomaly import Alert, CustomerMonitor, FirstDelivery, Usage, parse_enriched
 from operators.quota_pacing import Quota, QuotaPacing
 from sinks.alerts import AlertSink, QuotaCatalog, ensure_alerts_topic
-from sinks.kafka import ensure_topics, topic_id
+from sinks.kafka import ensure_topics, source_config, topic_id
 
 
 class _DedupStep(StatefulBatchLogic[Usage, Usage, FirstDelivery]):
@@ -84,7 +84,7 @@ def _customer_key(u: Usage) -> str:
 
 def build(settings: Settings, *, once: bool) -> Dataflow:
     source = KafkaSource([settings.kafka_bootstrap], [settings.topics.enriched], tail=not once,
-                         batch_size=settings.batch_size)
+                         batch_size=settings.batch_size, add_config=source_config(settings))
     flow = Dataflow("monitoring")
     messages = op.input("enriched", flow, source)
     usage = op.filter_map("parse", messages, lambda msg: parse_enriched(msg.value or b""))

@@ -17,14 +17,14 @@ from decimal import Decimal
 import orjson
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from config import Settings
 from operators.anomaly import Alert, utc
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
-from sinks.kafka import kafka_config, produce, producer_config
+from sinks.kafka import TopicSpec, create_topics, kafka_config, produce, producer_config
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
@@ -36,16 +36,10 @@ def alerts_topic(settings: Settings) -> str:
 
 
 def ensure_alerts_topic(settings: Settings) -> None:
+    """One partition: alerts are few, and consumers see them in the order they fired."""
     admin = AdminClient(kafka_config(settings, "admin"))
-    name = alerts_topic(settings)
-    if name in admin.list_topics(timeout=10).topics:
-        return
-    [future] = admin.create_topics([NewTopic(name, 1, 1)], operation_timeout=10).values()
-    try:
-        future.result()
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise RuntimeError(f"cannot create topic {name}: {exc}") from None
+    create_topics(admin, [TopicSpec(alerts_topic(settings), 1, settings.replication_factor)],
+                  admin.list_topics(timeout=10).topics)
 
 
 def alert_key(alert: Alert) -> bytes:

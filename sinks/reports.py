@@ -87,3 +87,16 @@ def revenue_between(conn: psycopg.Connection, start: datetime, end: datetime,
         "SELECT currency, sum(revenue) FROM ledger WHERE status = 'accepted' AND revenue IS NOT NULL"
         " AND event_time >= %s AND event_time < %s AND (%s::text IS NULL OR tenantid = %s)"
         " GROUP BY currency", (start, end, tenant, tenant)).fetchall())
+
+
+def ledger_positions(conn: psycopg.Connection, raw_topic_id: str,
+                     partitions: Iterable[int]) -> dict[int, int]:
+    """Per raw partition, the offset after the highest one in the ledger (partitions with no row
+    are left out). One primary-key lookup per partition."""
+    positions = {}
+    for p in sorted(partitions):
+        (top,) = conn.execute("SELECT max(raw_offset) FROM ledger"
+                              " WHERE raw_topic_id = %s AND raw_partition = %s", (raw_topic_id, p)).fetchone()
+        if top is not None:
+            positions[p] = top + 1
+    return positions

@@ -16,6 +16,7 @@ from api.producer import now_ms
 from api.services import Svc
 from api.webhooks.mapping import map_events, parse_payload
 from api.webhooks.signatures import PROVIDERS, VERIFIERS, SignatureError, SignedRequest
+from observe.metrics import WEBHOOK_VERIFICATION_FAILURES
 
 router = APIRouter(tags=["webhooks"])
 
@@ -47,18 +48,24 @@ def tenant_of(configured: str | None, header: str | None) -> str:
 async def receive_webhook(provider: Provider, source: str, request: Request, svc: Svc) -> Response:
     """The signature is verified before anything else is read into an event; a bad or stale one is
     401 and nothing is produced. The CloudEvent id is the provider's event id, so a replay is a
-    duplicate in the ledger, never billed twice."""
+    duplicate in the ledger, never billed twice.
+
+    The signature is checked before the rate limit (an HMAC of at most 5 MiB costs little), and
+    requests that fail it draw from a budget of their own: a flood of forged or stale requests is
+    refused without spending the source's budget for genuine deliveries."""
     received = now_ms()
     configured = await svc.sources.get(source) if "\x00" not in source else None
     if configured is None or configured.provider != provider:
         raise ApiError(404, "not_found", f"no {provider} webhook source {source!r}")
-    svc.limiter.check(f"webhook:{source}")
     body = await read_body(request.stream(), MAX_WEBHOOK_BYTES)
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:
         VERIFIERS[provider](configured.secret, SignedRequest(str(request.url), headers, body), time.time())
     except SignatureError as exc:
+        WEBHOOK_VERIFICATION_FAILURES.labels(provider).inc()
+        await svc.limiter.check(f"webhook_unverified:{source}")
         raise ApiError(401, "bad_signature", f"{provider} signature refused: {exc}") from None
+    await svc.limiter.check(f"webhook:{source}")
     try:
         payload = parse_payload(body, media_type(headers.get("content-type")))
     except ValueError as exc:
