@@ -17,6 +17,8 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.ops_commands import doctor
+from observe.logs import configure as configure_logging
 
 
 def _settings() -> config.Settings:
@@ -30,10 +32,15 @@ def _fail(message: str) -> None:
 @click.group()
 def main() -> None:
     """Aforo: financial-grade usage metering."""
+    try:
+        configure_logging(_settings(), service=False)  # services switch to JSON lines when they start
+    except ValueError as exc:  # a setting with a value Aforo cannot use
+        _fail(str(exc))
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
-                 monitor, alerts):  # the monitoring flow and its alerts
+                 monitor, alerts,  # the monitoring flow and its alerts
+                 doctor):  # operations
     main.add_command(_command)
 
 
@@ -77,15 +84,19 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
-    from sinks.kafka import ensure_topics
+    from sinks.kafka import ensure_topics, topic_differences
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     try:
         applied = pg_migrate(s.database_url)
         ensure_topics(s)
+        differences = topic_differences(s)
     except config.NotConfigured as exc:
         _fail(str(exc))
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
+    if differences:
+        _fail("the topics differ from the configuration (nothing was changed; see README, "
+              "Operations: topics):\n  " + "\n  ".join(differences))
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
                + ", ".join(s.topics.outputs))
 
@@ -157,11 +168,20 @@ def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
 @main.command("run")
 @click.option("--once", is_flag=True, help="Process what is in the raw topic, then exit.")
 @click.option("--workers", default=1, show_default=True, help="Bytewax workers in this process.")
-def run_cmd(once: bool, workers: int) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve /metrics, /healthz and /readyz on AFORO_METRICS_HOST:PORT.")
+def run_cmd(once: bool, workers: int, metrics_port: int | None) -> None:
     """Run the metering flow (with crash recovery: it resumes where it stopped)."""
+    from observe.server import start_for_flow
+    s = _settings()
+    configure_logging(s, service=True)
     try:
-        elapsed = run_flow(_settings(), once, workers)
+        if metrics_port is not None:
+            start_for_flow(s, metrics_port, "metering", ledger_gauges=True)
+        elapsed = run_flow(s, once, workers)
     except config.NotConfigured as exc:
+        _fail(str(exc))
+    except OSError as exc:  # the metrics port is taken
         _fail(str(exc))
     if once:
         click.echo(f"done in {elapsed:.1f}s")

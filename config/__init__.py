@@ -133,6 +133,7 @@ class Settings:
     log_level: str | None = None  # unset: INFO for services, WARNING for commands (observe.logs)
     log_format_env: str | None = None  # json or text; unset: json for services, text for commands
     kafka_config_file: str | None = None
+    metrics_host: str = "127.0.0.1"  # where --metrics-port listens; 0.0.0.0 in containers
     # (name, value) pairs; a name may start with producer., consumer. or admin. (see kafka_config)
     kafka_properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
@@ -159,6 +160,7 @@ class Settings:
             log_level=_choice(e, "AFORO_LOG_LEVEL", LOG_LEVELS, None),
             log_format_env=_choice(e, "AFORO_LOG_FORMAT", LOG_FORMATS, None),
             kafka_config_file=e.get("AFORO_KAFKA_CONFIG") or None,
+            metrics_host=e.get("AFORO_METRICS_HOST") or "127.0.0.1",
             kafka_properties=_kafka_properties(e),
         )
 
@@ -185,6 +187,7 @@ class Settings:
                 "AFORO_EPOCH_INTERVAL": str(self.epoch_interval_s),
                 "AFORO_BATCH_SIZE": str(self.batch_size), "AFORO_RAW_PARTITIONS": str(self.raw_partitions),
                 "AFORO_REPLICATION_FACTOR": str(self.replication_factor),
+                "AFORO_METRICS_HOST": self.metrics_host,
                 **({"AFORO_LOG_LEVEL": self.log_level} if self.log_level else {}),
                 **({"AFORO_LOG_FORMAT": self.log_format_env} if self.log_format_env else {}),
                 **{_KAFKA_ENV + k.upper().replace(".", "_"): v for k, v in self.kafka_properties}}

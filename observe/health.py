@@ -57,8 +57,8 @@ def check_postgres(settings: Settings, timeout_s: float = TIMEOUT_S) -> list[Che
                 Check("migrations", False, "unknown: Postgres is unreachable")]
     reached = Check("postgres", True, f"PostgreSQL {version // 10000}.{version % 10000}, {tls}")
     if pending:
-        return [reached, Check("migrations", False, f"{len(pending)} pending ({', '.join(pending)}): "
-                                                    "run `aforo migrate`")]
+        names = ", ".join(pending) if len(pending) <= 3 else f"{pending[0]} ... {pending[-1]}"
+        return [reached, Check("migrations", False, f"{len(pending)} pending ({names}): run `aforo migrate`")]
     return [reached, Check("migrations", True, f"{len(migrations())} applied")]
 
 
@@ -81,7 +81,9 @@ def check_kafka(settings: Settings, admin: AdminClient | None = None,
     try:
         admin = admin or AdminClient(kafka_config(settings, "admin"))
         meta = admin.list_topics(timeout=timeout_s)
-    except (KafkaException, NotConfigured) as exc:
+    except KafkaException as exc:
+        return Check("kafka", False, f"{settings.kafka_bootstrap}: {exc.args[0].str()}")
+    except NotConfigured as exc:
         return Check("kafka", False, _first_line(exc))
     finally:
         if admin is not None:

@@ -78,8 +78,9 @@ def configure(settings: Settings, *, service: bool) -> None:
     inner = _json_formatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Redacting(inner, settings.secrets()))
+    handler.aforo = True  # configured again (a command, then the service it starts): replace only ours
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if getattr(h, "aforo", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

@@ -77,6 +77,16 @@ WEBHOOK_VERIFICATION_FAILURES = Counter("aforo_webhook_verification_failures", "
                                         "whose signature was refused.", ["provider"])
 RATE_LIMITED = Counter("aforo_rate_limited", "Requests refused with 429, by budget.", ["kind"])
 
+# --- the MCP proxy ------------------------------------------------------------------------------
+
+MCP_SESSIONS = Counter("aforo_mcp_sessions", "MCP sessions metered (session.start events).")
+MCP_TOOL_CALLS = Counter("aforo_mcp_tool_calls", "MCP tool calls metered, by outcome.", ["outcome"])
+MCP_EVENTS = Counter("aforo_mcp_events", "Metered events the proxy handed on: delivered, rejected by "
+                     "the endpoint (kept aside in the spool), or dropped (spool and memory full).",
+                     ["result"])
+MCP_SPOOL_BYTES = Gauge("aforo_mcp_spool_bytes", "Bytes of undelivered events waiting in the spool.")
+MCP_QUEUED_EVENTS = Gauge("aforo_mcp_queued_events", "Events waiting in memory for the next delivery.")
+
 # --- any process -----------------------------------------------------------------------------------
 
 READY = Gauge("aforo_ready", "1 when the check passed at the last readiness evaluation, else 0.",
@@ -139,7 +149,9 @@ def snapshot(sink: str) -> Iterator[None]:
 
 
 def alert_fired(tenant: str, kind: str) -> None:
-    ALERTS_FIRED.labels(tenant_label(tenant), kind).inc()
+    """A new alert, once committed. Its tenant is a catalog tenant (alerts come from accepted
+    events only), so it is used as the label as is."""
+    ALERTS_FIRED.labels(tenant, kind).inc()
 
 
 def exposition() -> tuple[bytes, str]:

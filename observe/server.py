@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
+from config import Settings
+from observe.health import Readiness
 from observe.metrics import exposition
 
 log = logging.getLogger("aforo.observe")
@@ -74,4 +76,15 @@ def start(host: str, port: int, role: str, ready: ReadyFn | None = None) -> Obse
     threading.Thread(target=server.serve_forever, name=f"aforo-{role}-metrics", daemon=True).start()
     log.info("metrics, health and readiness on http://%s:%d (/metrics, /healthz, /readyz)",
              host, server.server_address[1], extra={"role": role})
+    return server
+
+
+def start_for_flow(settings: Settings, port: int, role: str, *, ledger_gauges: bool) -> ObservabilityServer:
+    """A flow process's server (AFORO_METRICS_HOST:port) with its readiness checks; with
+    ledger_gauges, this process also refreshes the lag and held-events gauges (one process of a
+    cluster should: see observe.ledger_gauges)."""
+    server = start(settings.metrics_host, port, role, Readiness(settings).report)
+    if ledger_gauges:
+        from observe import ledger_gauges as gauges
+        gauges.start(settings)
     return server

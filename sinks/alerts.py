@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from config import Settings
+from observe.metrics import alert_fired
 from operators.anomaly import Alert, utc
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
@@ -117,11 +118,13 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
         columns = [list(c) for c in zip(*(
             (*a.key, utc(a.window_start_us), utc(a.window_end_us), utc(a.event_us),
              orjson.dumps(a.details).decode()) for a in items), strict=True)]
+        fired = []
         with self._conn.transaction():
             new = set(self._conn.execute(_INSERT, columns).fetchall())  # not written by an earlier run
             for a in items:
                 if a.key in new:
                     new.discard(a.key)
+                    fired.append(a)
                     produce(self._producer, self._topic, alert_message(a),
                             key=f"{a.tenant}/{a.customer}".encode(), headers=[(ALERT_HEADER, alert_key(a))],
                             on_delivery=self._on_delivery)
@@ -129,6 +132,8 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
             if self._errors:  # roll back: the replay after the crash writes them again
                 errors, self._errors = self._errors, []
                 raise RuntimeError(f"producing alerts failed: {errors[:3]}")
+        for a in fired:  # committed
+            alert_fired(a.tenant, a.kind)
 
     def close(self) -> None:
         self._producer.flush()

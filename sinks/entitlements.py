@@ -18,6 +18,7 @@ import orjson
 import psycopg
 import redis
 
+from observe import metrics
 from schemas.billing import Entitlement, SubscriptionRef, TenantInfo
 from sinks.catalog import catalog_state, load_entitlements, load_tenants
 from sinks.postgres import connect
@@ -79,6 +80,7 @@ class CatalogCache:
             with self._lock:
                 self._version, self._tenants, self._entitlements = state, tenants, {}
                 self._key_paths = {tid: t.idempotency_key for tid, t in tenants.items()}
+            metrics.known_tenants(tenants)
         return self._tenants
 
     def key_paths(self) -> dict[str, str | None]:
@@ -91,14 +93,17 @@ class CatalogCache:
         local = self._entitlements
         found = {k: local[k] for k in wanted if k in local}
         missing = [k for k in wanted if k not in found]
+        metrics.cache_lookups("entitlements", "process", len(found), len(missing))
         if missing:
             from_redis = self._redis_get(missing)
             found.update(from_redis)
             missing = [k for k in missing if k not in from_redis]
+            metrics.cache_lookups("entitlements", "redis", len(from_redis), len(missing))
         if missing:
             from_pg = load_entitlements(self._conn(), missing)
             found.update(from_pg)
             self._redis_set(from_pg)
+            metrics.cache_lookups("entitlements", "postgres", len(from_pg), 0)  # the source: always answers
         with self._lock:
             if len(local) > LOCAL_MAX:
                 local.clear()
