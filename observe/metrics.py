@@ -31,8 +31,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+disable_created_metrics()  # a `_created` series per labelled counter doubles the series for no use
 
 OTHER_TENANT = "_other"
 _known_tenants: frozenset[str] = frozenset()
