@@ -6,10 +6,24 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TOOLS  := .tools
 
-.PHONY: install run test lint bench bench-quick up down status clean
+.PHONY: install tools run test lint bench bench-quick up down status clean
 
 install: $(STAMP)
+
+# promtool checks the Prometheus rules (tests/test_deploy.py): taken from Debian's prometheus
+# package without installing it (no daemon, no dependencies). Without apt the rules are still
+# checked for structure and metric names.
+tools: $(TOOLS)/promtool
+
+$(TOOLS)/promtool:
+	@mkdir -p $(TOOLS)
+	@cd $(TOOLS) && { apt-get download prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool.tmp \
+	  && chmod +x promtool.tmp && mv promtool.tmp promtool && rm -f prometheus_*.deb \
+	  || { rm -f promtool.tmp prometheus_*.deb; echo "promtool not available: rules checked for structure only"; }
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Aforo needs Python 3.11 or 3.12 (Bytewax has no wheels for newer)"; exit 1; }
@@ -23,7 +37,7 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest
 
 lint: install
