@@ -36,7 +36,7 @@ async def authenticate(svc: Services, key: str | None) -> Caller:
     tenant = verify(await svc.keys.get(key_id), key)
     if tenant is None:
         raise unauthorized
-    await svc.limiter.check(f"key:{key_id}")
+    await svc.limiter.acquire(f"key:{key_id}")
     return Caller(tenant, key_id)
 
 

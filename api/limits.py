@@ -183,8 +183,9 @@ class RateLimiter:
         self._clock = clock
         self._redis_down_until = 0.0
 
-    async def check(self, source: str) -> None:
-        """Take a token for `source`, or raise 429 with Retry-After."""
+    async def acquire(self, source: str) -> None:
+        """Take a token for `source`, or raise 429 with Retry-After. (Named apart from the local
+        limiter's synchronous `check`: a call left without `await` fails loudly.)"""
         refuse_if_waiting(source, await self._wait_s(source))
 
     async def _wait_s(self, source: str) -> float:

@@ -63,9 +63,9 @@ async def receive_webhook(provider: Provider, source: str, request: Request, svc
         VERIFIERS[provider](configured.secret, SignedRequest(str(request.url), headers, body), time.time())
     except SignatureError as exc:
         WEBHOOK_VERIFICATION_FAILURES.labels(provider).inc()
-        await svc.limiter.check(f"webhook_unverified:{source}")
+        await svc.limiter.acquire(f"webhook_unverified:{source}")
         raise ApiError(401, "bad_signature", f"{provider} signature refused: {exc}") from None
-    await svc.limiter.check(f"webhook:{source}")
+    await svc.limiter.acquire(f"webhook:{source}")
     try:
         payload = parse_payload(body, media_type(headers.get("content-type")))
     except ValueError as exc:
