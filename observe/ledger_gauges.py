@@ -56,14 +56,16 @@ def start(settings: Settings, interval_s: float = INTERVAL_S) -> threading.Event
     stop = threading.Event()
 
     def loop() -> None:
-        admin = AdminClient(kafka_config(settings, "admin"))
+        admin = None
         while True:
             try:
+                admin = admin or AdminClient(kafka_config(settings, "admin"))
                 refresh(settings, admin)
             except Exception as exc:  # a monitoring thread must outlive any one failure
                 log.warning("ledger gauges not refreshed: %s", exc)
             finally:
-                admin.poll(0)
+                if admin is not None:
+                    admin.poll(0)  # hand librdkafka's queued log lines to Python logging
             if stop.wait(interval_s):
                 return
 
