@@ -64,6 +64,19 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record arrives, not the stream it was created with
+    (a test runner or a daemon may swap it, and a closed one would make every later record fail)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _json_formatter() -> logging.Formatter:
     return OrjsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
                            rename_fields={"levelname": "level", "name": "logger"})
@@ -76,7 +89,7 @@ def configure(settings: Settings, *, service: bool) -> None:
     fmt = settings.log_format_env or ("json" if service else "text")
     level = settings.log_level or ("INFO" if service else "WARNING")
     inner = _json_formatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(Redacting(inner, settings.secrets()))
     handler.aforo = True  # configured again (a command, then the service it starts): replace only ours
     root = logging.getLogger()

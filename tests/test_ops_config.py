@@ -3,9 +3,7 @@ and a properties file, credentials kept out of reprs and log lines, the JSON log
 
 from __future__ import annotations
 
-import io
 import logging
-import sys
 
 import orjson
 import pytest
@@ -88,26 +86,16 @@ def test_credentials_never_in_repr():
     assert config.redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
 
 
-def _capture(settings: Settings, service: bool) -> io.StringIO:
-    out = io.StringIO()
-    stderr, sys.stderr = sys.stderr, out
-    try:
-        logs.configure(settings, service=service)
-    finally:
-        sys.stderr = stderr
-    return out
-
-
 def _remove_ours() -> None:
     root = logging.getLogger()
     for h in [h for h in root.handlers if getattr(h, "aforo", False)]:
         root.removeHandler(h)
 
 
-def test_json_lines_with_credentials_masked_everywhere():
+def test_json_lines_with_credentials_masked_everywhere(capsys):
     s = Settings.from_env({**BASE, "AFORO_KAFKA_SASL_PASSWORD": 'pw"with quote', "AFORO_SECRET": "hmacsecret",
                            "AFORO_LOG_LEVEL": "debug"})
-    out = _capture(s, service=True)
+    logs.configure(s, service=True)
     try:
         log = logging.getLogger("aforo.test")
         log.info("connecting with %s", 'pw"with quote', extra={"tenant": "acme"})
@@ -118,23 +106,24 @@ def test_json_lines_with_credentials_masked_everywhere():
         log.debug("debug is on")
     finally:
         _remove_ours()
-    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    err = capsys.readouterr().err
+    lines = [orjson.loads(line) for line in err.splitlines()]
     assert [(x["level"], x["logger"]) for x in lines] == [("INFO", "aforo.test"), ("ERROR", "aforo.test"),
                                                           ("DEBUG", "aforo.test")]
     assert lines[0]["message"] == "connecting with ***" and lines[0]["tenant"] == "acme"
     assert lines[0]["time"].endswith("+00:00")
-    assert "hmacsecret" not in out.getvalue() and "with quote" not in out.getvalue()
+    assert "hmacsecret" not in err and "with quote" not in err
     assert "RuntimeError: bad secret ***" in lines[1]["exc_info"]
 
 
-def test_commands_log_plain_text_at_warning_by_default():
-    out = _capture(Settings.from_env(BASE), service=False)
+def test_commands_log_plain_text_at_warning_by_default(capsys):
+    logs.configure(Settings.from_env(BASE), service=False)
     try:
         logging.getLogger("aforo.test").info("not shown")
         logging.getLogger("aforo.test").warning("shown")
     finally:
         _remove_ours()
-    assert out.getvalue() == "WARNING aforo.test: shown\n"
+    assert capsys.readouterr().err == "WARNING aforo.test: shown\n"
 
 
 def test_librdkafka_repeats_are_collapsed():
