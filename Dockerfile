@@ -28,8 +28,8 @@ FROM python:3.12-slim
 RUN groupadd --system --gid 10001 aforo \
  && useradd --system --uid 10001 --gid aforo --home-dir /var/lib/aforo --create-home --shell /usr/sbin/nologin aforo
 COPY --from=build /opt/aforo /opt/aforo
-# AFORO_HOME holds the recovery snapshots (mount a volume at AFORO_RECOVERY_DIR) and, only when
-# AFORO_SECRET is unset, a generated secret: set AFORO_SECRET in every deployment.
+# AFORO_HOME holds the monitoring flow's recovery snapshots (mount a volume at AFORO_RECOVERY_DIR)
+# and, only when AFORO_SECRET is unset, a generated secret: set AFORO_SECRET in every deployment.
 ENV PATH=/opt/aforo/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     AFORO_HOME=/var/lib/aforo \

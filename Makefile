@@ -7,8 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOLS  := .tools
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot
+# work offline); `make test` installs it when it is missing (as root, as CI runs).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install tools run test lint bench bench-quick up down status clean
+.PHONY: install tools run test test-clock lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
@@ -32,13 +35,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
 	touch $(STAMP)
 
+# --yes: as root, `aforo up` lists what Postgres needs changed on the machine and makes the
+# changes without asking (run `aforo up` yourself to be asked first).
 run: install
-	$(BIN)/aforo up
+	$(BIN)/aforo up --yes
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
-test: install tools
+# Tests marked time_sensitive also run at 00:30 UTC on the 1st of a month and on 1 January
+# (tests/conftest.py): `make test` includes them; `make test-clock` runs only them.
+test: install tools $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+test-clock: install
+	$(BIN)/python -m pytest -m time_sensitive
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; \
+	else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -50,7 +65,7 @@ bench-quick: install
 	$(BIN)/python -m bench --quick
 
 up: install
-	$(BIN)/aforo up
+	$(BIN)/aforo up --yes
 
 down: install
 	$(BIN)/aforo down

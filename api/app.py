@@ -10,19 +10,26 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from api import observe
-from api.errors import ApiError
-from api.routes import events, gateways, uploads, webhooks
+from api.console import pages
+from api.routes import backfills, events, gateways, guide, portal, revenue, uploads, usage, webhooks
 from api.services import ApiOptions, Services
 from config import Settings
+from schemas.errors import AforoError
 
 DESCRIPTION = """Aforo's front doors. Every door produces CloudEvents to the raw topic, stamped with
 the time of receipt, for the metering pipeline; semantic validation happens there, and every event
-that reached the raw topic ends in the ledger with a status and a reason."""
+that reached the raw topic ends in the ledger with a status and a reason.
+
+The read side (tags console and portal) is the web console's data: revenue, margins, events and
+their provenance, unit health, alerts, quotas, the integration guide and the customer portal,
+each narrowed to the key's tenant (an operator key may read every tenant; a customer key only its
+own customer)."""
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -30,8 +37,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+async def _aforo_error(_request: Request, exc: AforoError) -> JSONResponse:
+    """Every AforoError (ApiError included): its status, code and message (schemas/errors.py)."""
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
 
 
 async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -64,15 +72,19 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         finally:
             await app.state.services.aclose()
 
-    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)
+    # /docs is the console's own page on the vendored Swagger UI (works offline); no ReDoc.
+    app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.add_exception_handler(AforoError, _aforo_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways):
+    for module in (events, uploads, webhooks, gateways, backfills, revenue, usage, guide, portal):
         app.include_router(module.router)
+    app.include_router(pages.router)  # the web console and the portal, at /
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     observe.add_to(app, log_access=options.access_log)
     app.openapi = lambda: _without_422(app)
     return app

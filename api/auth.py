@@ -1,4 +1,4 @@
-"""Who is calling: the tenant of the API key presented, and that key's rate limit."""
+"""Who is calling: the API key presented, its tenant and scope, and that key's rate limit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
-from api.keys import key_id_of, verify
+from api.keys import StoredKey, key_id_of, verify
 from api.services import Services, Svc
 
 bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
@@ -27,17 +27,28 @@ class Caller:
     key_id: str
 
 
-async def authenticate(svc: Services, key: str | None) -> Caller:
-    unauthorized = ApiError(401, "unauthorized", "a valid API key is required "
-                            "(Authorization: Bearer afk_...)", headers={"WWW-Authenticate": "Bearer"})
+def unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer afk_...)",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+async def live_key(svc: Services, key: str | None) -> StoredKey:
+    """The live stored key matching `key` (401 otherwise), within its rate limit."""
     key_id = key_id_of(key) if key else None
-    if key_id is None:
-        raise unauthorized
-    tenant = verify(await svc.keys.get(key_id), key)
-    if tenant is None:
-        raise unauthorized
-    await svc.limiter.acquire(f"key:{key_id}")
-    return Caller(tenant, key_id)
+    stored = verify(await svc.keys.get(key_id), key) if key_id else None
+    if stored is None:
+        raise unauthorized()
+    await svc.limiter.acquire(f"key:{stored.id}")
+    return stored
+
+
+async def authenticate(svc: Services, key: str | None) -> Caller:
+    """A caller that sends events: only a tenant key does (operator and customer keys read)."""
+    stored = await live_key(svc, key)
+    if stored.scope != "tenant" or stored.tenant is None:
+        raise ApiError(403, "forbidden", f"this is a {stored.scope} key, which only reads; "
+                       "send events with a tenant key (aforo keys create --tenant T)")
+    return Caller(stored.tenant, stored.id)
 
 
 async def rest_caller(credentials: Bearer, svc: Svc) -> Caller:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.errors import AforoError
 
-class ApiError(Exception):
-    """A refusal with its HTTP status; `extra` fields are added to the JSON body."""
+
+class ApiError(AforoError):
+    """A refusal only the API makes, with its HTTP status; `extra` fields are added to the JSON
+    body. Answered by the one AforoError handler (api/app.py), like every other AforoError."""
 
     def __init__(self, status: int, code: str, message: str, *,
                  headers: dict[str, str] | None = None, **extra: object):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.http_status, self.code, self.message = status, code, message
         self.headers = headers
         self.extra = extra
 
     def body(self) -> dict[str, object]:
-        return {"error": self.code, "message": self.message, **self.extra}
+        return {**super().body(), **self.extra}
 
 
 class ErrorBody(BaseModel):
@@ -38,7 +41,7 @@ def too_large(message: str) -> ApiError:
 _DESCRIPTIONS = {
     400: "Structurally broken input (not JSON, wrong shape); the message names the problem",
     401: "Missing or invalid credentials or signature, or a stale signed request",
-    403: "An event names another tenant than the caller's",
+    403: "An event names another tenant than the caller's, or the key's scope does not allow this",
     404: "Not found",
     413: "Body or batch too large",
     415: "Unsupported Content-Type or Content-Encoding",

@@ -1,7 +1,11 @@
-"""Per-tenant API keys: `afk_<id>_<secret>`, shown once, stored as the SHA-256 of the whole key.
+"""API keys: `afk_<id>_<secret>`, shown once, stored as the SHA-256 of the whole key.
 
 The secret is 256 random bits, so a fast hash is safe (nothing to brute-force) and lets every
 request be checked without a slow KDF; the comparison is constant-time. `id` finds the row.
+
+A key's scope says what it may do: a `tenant` key sends its tenant's events and reads its data;
+an `operator` key reads every tenant's data; a `customer` key reads one customer's own usage (the
+portal). Only tenant keys send events.
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ PREFIX = "afk"
 _KEY = re.compile(r"afk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 
 
+SCOPES = ("tenant", "operator", "customer")
+_COLUMNS = "id, tenant, key_hash, created_at, revoked_at, scope, customer"
+
+
 @dataclass(frozen=True)
 class StoredKey:
     id: str
-    tenant: str
+    tenant: str | None  # None for an operator key
     key_hash: bytes
     created_at: datetime
     revoked_at: datetime | None
+    scope: str = "tenant"
+    customer: str | None = None  # a customer key's customer
 
 
 def digest(key: str) -> bytes:
@@ -43,11 +53,13 @@ def key_id_of(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def create_key(conn: psycopg.Connection, tenant: str) -> tuple[str, str]:
-    """A new key for a tenant of the catalog; returns (id, key). The key is not stored."""
+def create_key(conn: psycopg.Connection, tenant: str | None, scope: str = "tenant",
+               customer: str | None = None) -> tuple[str, str]:
+    """A new key; returns (id, key). The key is not stored. The tenant (and a customer key's
+    customer) must be in the catalog; an operator key has neither."""
     key_id, key = new_key()
-    conn.execute("INSERT INTO api_keys (id, tenant, key_hash) VALUES (%s, %s, %s)",
-                 (key_id, tenant, digest(key)))
+    conn.execute("INSERT INTO api_keys (id, tenant, key_hash, scope, customer) VALUES (%s, %s, %s, %s, %s)",
+                 (key_id, tenant, digest(key), scope, customer))
     return key_id, key
 
 
@@ -59,20 +71,18 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> bool:
 
 
 def list_keys(conn: psycopg.Connection, tenant: str | None = None) -> list[StoredKey]:
-    rows = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys"
-                        " WHERE %s::text IS NULL OR tenant = %s ORDER BY tenant, created_at",
-                        (tenant, tenant)).fetchall()
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE %s::text IS NULL OR tenant = %s"
+                        " ORDER BY tenant NULLS FIRST, created_at", (tenant, tenant)).fetchall()
     return [StoredKey(*row) for row in rows]
 
 
 def find_key(conn: psycopg.Connection, key_id: str) -> StoredKey | None:
-    row = conn.execute("SELECT id, tenant, key_hash, created_at, revoked_at FROM api_keys WHERE id = %s",
-                       (key_id,)).fetchone()
+    row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,)).fetchone()
     return StoredKey(*row) if row else None
 
 
-def verify(stored: StoredKey | None, key: str) -> str | None:
-    """The key's tenant when it matches a live stored key, else None."""
+def verify(stored: StoredKey | None, key: str) -> StoredKey | None:
+    """The stored key when `key` matches it and it is live, else None."""
     if stored is None or stored.revoked_at is not None:
         return None
-    return stored.tenant if hmac.compare_digest(stored.key_hash, digest(key)) else None
+    return stored if hmac.compare_digest(stored.key_hash, digest(key)) else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
-from config import Settings
+from config import Settings, clock
 from sinks.kafka import TIER_HEADER, producer_config, record_key
 
 MAX_KEPT_ERRORS = 1000  # an upload to a dead broker must not collect millions of error strings
@@ -78,10 +78,11 @@ class RawTopicProducer:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    def _produce(self, line: bytes, tier: str, timestamp_ms: int, acks: Acks, ref: int) -> None:
+    def _produce(self, line: bytes, tier: str, timestamp_ms: int, acks: Acks, ref: int,
+                 headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         """Raises BufferError when the local queue is full (callers wait and retry)."""
         self._producer.produce(self._topic, line, key=record_key(line),
-                               headers=[(TIER_HEADER, tier.encode())], timestamp=timestamp_ms,
+                               headers=[(TIER_HEADER, tier.encode()), *headers], timestamp=timestamp_ms,
                                on_delivery=acks.report(ref))
         acks.sent += 1
 
@@ -101,11 +102,13 @@ class RawTopicProducer:
         await done
         return acks
 
-    def send_stream(self, acks: Acks, line: bytes, tier: str, timestamp_ms: int, ref: int) -> None:
-        """Produce one record of a long stream (an upload) from a worker thread."""
+    def send_stream(self, acks: Acks, line: bytes, tier: str, timestamp_ms: int, ref: int,
+                    headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        """Produce one record of a long stream (an upload, a backfill) from a worker thread, in
+        the order of the calls (the producer is idempotent, so each partition keeps it)."""
         while True:
             try:
-                self._produce(line, tier, timestamp_ms, acks, ref)
+                self._produce(line, tier, timestamp_ms, acks, ref, headers)
                 return
             except BufferError:
                 time.sleep(0.005)
@@ -125,4 +128,4 @@ def _resolve(future: asyncio.Future) -> None:
 def now_ms() -> int:
     """The time of receipt, which becomes the raw record's Kafka timestamp (the pipeline's
     ingestion time)."""
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()

@@ -18,7 +18,20 @@ def serve(host: str, port: int, options: ApiOptions) -> None:
     settings = config.load()
     configure_logging(settings, service=True)
     ensure_topics(settings)  # fail fast, with the broker's error, before accepting traffic
+    app = create_app(settings, options)
     # log_config=None: uvicorn's records go through the process's logging (observe.logs); its own
     # access lines are replaced by the structured ones of api.observe
-    uvicorn.run(create_app(settings, options), host=host, port=port, proxy_headers=True,
-                log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    _Server(uvicorn.Config(app, host=host, port=port, proxy_headers=True, log_config=None,
+                           access_log=False, timeout_graceful_shutdown=10)).run()
+
+
+class _Server(uvicorn.Server):
+    """Ends the live event streams as soon as a shutdown begins (SIGTERM, Ctrl-C): each client is
+    told `event: closing` and reconnects later, instead of holding the graceful shutdown to its
+    timeout. (uvicorn re-raises the signal once the server has stopped.)"""
+
+    def handle_exit(self, sig, frame) -> None:
+        services = getattr(self.config.app.state, "services", None)
+        if services is not None:
+            services.live.end_streams()
+        super().handle_exit(sig, frame)

@@ -15,6 +15,8 @@ from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
 from api.producer import RawTopicProducer
+from api.sessions import session_key
+from api.stream import LiveTail
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
 from observe.health import Readiness
@@ -45,6 +47,8 @@ class Services:
         self.readiness = Readiness(settings)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
+        self.sessions: TtlCache[str] = TtlCache(lambda token: self.db(session_key, token))  # -> key id
+        self.live = LiveTail(settings)  # one output-topic consumer for every SSE client
 
     async def db(self, query: Callable[..., T], *args: object) -> T:
         """Run a plain `(conn, ...)` query function (the same ones the CLI calls) off the event loop."""
@@ -55,6 +59,7 @@ class Services:
 
     async def aclose(self) -> None:
         await self.limiter.aclose()
+        self.live.close()
         self.producer.close()
         self.pool.close()
 

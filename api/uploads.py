@@ -325,6 +325,15 @@ class UploadReport(BaseModel):
             self.errors.append(BadRow(line=line, error=error))
 
 
+def event_bytes(value: object, tenant: str | None) -> bytes:
+    """A row's raw record: the event admitted for the tenant (ValueError for a row that is not an
+    event or is too large, PermissionError for another tenant's). Uploads and backfills alike."""
+    raw = encode(admit(value, tenant))
+    if len(raw) > MAX_EVENT_BYTES:
+        raise ValueError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
+    return raw
+
+
 def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawTopicProducer,
                tier: str = "upload") -> UploadReport:
     """Produce every good row as it is read (stamped with the time it was read); blocks until the
@@ -341,12 +350,9 @@ def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawT
             report.refuse(row.line, row.error)
             continue
         try:
-            raw = encode(admit(row.value, tenant))
+            raw = event_bytes(row.value, tenant)
         except (ValueError, PermissionError) as exc:
             report.refuse(row.line, str(exc))
-            continue
-        if len(raw) > MAX_EVENT_BYTES:
-            report.refuse(row.line, f"the event is larger than {MAX_EVENT_BYTES} bytes")
             continue
         producer.send_stream(acks, raw, tier, now_ms(), ref=row.line)
     acks.seal()

@@ -24,7 +24,6 @@ from bench.baseline import measure_baseline
 from bench.ceilings import measure_ceilings
 from bench.events import generate
 from bench.latency import WARMUP_EVENTS, measure_latency
-from bench.memory import measure_dedup_memory
 from bench.stages import measure_stages
 from bench.throughput import measure_throughput
 from bench.workspace import REPO, Workspace, excerpt, log, open_workspace
@@ -38,7 +37,7 @@ class Sizes:
     events: int
     baseline_events: int
     profile_events: int
-    dedup_keys: int
+    memory_events: int
     latency_rate: float
     latency_seconds: float
 
@@ -46,7 +45,7 @@ class Sizes:
     def of(cls, *, quick: bool, events: int | None) -> Sizes:
         if quick:  # a smoke run: every measurement, small
             n = events or 3_000
-            return cls(n, min(n, 1_000), min(n, 3_000), 50_000, 500, 5)
+            return cls(n, min(n, 1_000), min(n, 3_000), n, 500, 5)
         n = events or 200_000
         return cls(n, min(n, 20_000), min(n, 20_000), 1_000_000, 5_000, 60)
 
@@ -61,13 +60,21 @@ def _measures(ws: Workspace, sizes: Sizes) -> dict[str, Measure]:
         return measure_latency(ws, generate(WARMUP_EVENTS + offered, seed=2), sizes.latency_rate,
                                sizes.latency_seconds)
 
+    def scaling() -> dict[str, Any]:
+        return {"workers_2": measure_throughput(ws, stream, workers=2),
+                "processes_2": measure_throughput(ws, stream, processes=2)}
+
+    def memory() -> dict[str, Any]:
+        log(f"generating {sizes.memory_events:,} events for the memory run")
+        return measure_throughput(ws, generate(sizes.memory_events, seed=3))
+
     return {
-        "throughput": lambda: measure_throughput(ws, stream, workers=1),
-        "scaling": lambda: measure_throughput(ws, stream, workers=2),
+        "throughput": lambda: measure_throughput(ws, stream),
+        "scaling": scaling,
         "baseline": lambda: measure_baseline(ws, stream, sizes.baseline_events),
         "ceilings": lambda: measure_ceilings(ws, stream),
         "stages": lambda: measure_stages(ws, stream, sizes.profile_events),
-        "memory": lambda: measure_dedup_memory(sizes.dedup_keys),
+        "memory": memory,
         "latency": latency,
     }
 

@@ -28,19 +28,18 @@ from flows.metering import run
 
 # stage -> (module, the functions counted; None for every function of the module)
 STAGES: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
-    "parse": (("operators.parse", None),),
-    "gates": (("operators.schema_gate", None), ("operators.timestamp_gate", None)),
-    "dedup": (("operators.dedup", None),),
-    "order": (("operators.order", None),),
-    "enrich": (("operators.enrich", None),),
-    "rate": (("operators.revenue", None),),
+    "kafka input": (("sinks.raw_source", None),),
+    "gates": (("operators.gates", None), ("operators.parse", None), ("operators.schema_gate", None),
+              ("operators.timestamp_gate", None)),
+    "dedup": (("operators.dedup", None), ("sinks.ledger", ("claim", "_claim", "_insert_claims"))),
+    "enrich": (("operators.enrich", None), ("sinks.entitlements", None)),
+    "rate": (("operators.revenue", None), ("operators.pricing", None), ("sinks.ledger", ("load_totals",))),
     "route": (("operators.route", None),),
-    # a sink's Bytewax methods, and for the ledger the write itself on whichever thread runs it
-    "ledger sink": (("sinks.ledger", ("write_batch", "snapshot", "close", "write_ledger")),),
-    "kafka sink": (("sinks.kafka", ("write_batch", "snapshot", "close")),),
-    # not stages of the pipeline, but large enough to be worth telling apart from `other`
-    "kafka input": (("bytewax.connectors.kafka", ("next_batch",)),),
-    "catalog lookups": (("sinks.entitlements", None),),
+    # the ledger sink on the worker: rows and their hashes, the output messages and their produce
+    "ledger rows": (("sinks.ledger", ("writes_of",)),),
+    "output topics": (("sinks.outputs", ("produce_batch",)),),
+    # the ledger writer's thread: the transaction, and waiting for the broker's acknowledgements
+    "ledger commit": (("sinks.ledger", ("commit",)),),
 }
 
 FuncKey = tuple[str, int, str]  # pstats: (file, line, function)

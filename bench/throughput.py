@@ -1,11 +1,14 @@
 """End-to-end throughput: the flow in --once mode from raw topic to committed ledger and revenue.
 
 The events are produced before the clock starts; the flow then runs in a process of its own
-(bench/child.py) so that its peak RSS can be read, and only `run(settings, once=True)` is timed.
+(bench/child.py) and only the flow is timed. CPU time is read per component over the run: the
+flow's process (with its cluster processes, if any: their CPU is reaped into its rusage), the
+Postgres server (the postmaster and its backends) and the broker, as µs per event.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,15 +23,29 @@ from bench.workspace import REPO, Workspace, environment, excerpt, ledger_summar
 from sinks.postgres import connect
 
 
-def run_child(s: config.Settings, workers: int) -> dict[str, float]:
-    """Run the flow once over the installation in a child process: {"seconds", "peak_rss_mb"}."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as report:
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.child", report.name, "--workers", str(workers)],
-            env=environment(s), cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the flow failed (exit {done.returncode}):\n{excerpt(done.stderr)}")
-        return orjson.loads(Path(report.name).read_bytes())
+def run_child(ws: Workspace, s: config.Settings, workers: int, processes: int) -> dict[str, Any]:
+    """Run the flow once over the installation in a child process: {"seconds", "peak_rss_mb",
+    "cpu_us": {component: µs of CPU}}."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report, \
+            tempfile.TemporaryFile() as stderr:
+        before = ws.service_cpu_s()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.child", report.name, "--workers", str(workers),
+             "--processes", str(processes)],
+            env=environment(s), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        after = ws.service_cpu_s()
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"the flow failed (exit {proc.returncode}):\n"
+                               f"{excerpt(stderr.read().decode(errors='replace'))}")
+        result = orjson.loads(Path(report.name).read_bytes())
+    cpu = {"flow": usage.ru_utime + usage.ru_stime}
+    for name in before:
+        cpu[name] = after[name] - before[name]
+    result["cpu_s"] = cpu
+    return result
 
 
 def revenue_check(s: config.Settings) -> dict[str, Any]:
@@ -42,20 +59,24 @@ def revenue_check(s: config.Settings) -> dict[str, Any]:
     return {"revenue_rows": rows, "revenue_totals": totals, "revenue_matches_ledger": totals == ledger}
 
 
-def measure_throughput(ws: Workspace, stream: Stream, workers: int) -> dict[str, Any]:
+def measure_throughput(ws: Workspace, stream: Stream, workers: int = 1, processes: int = 1) -> dict[str, Any]:
     n = len(stream.lines)
-    with ws.installation(f"throughput_w{workers}") as s:
-        log(f"throughput, {workers} worker(s): producing {n:,} events")
+    label = f"{processes} process(es) x {workers} worker(s)"
+    with ws.installation(f"throughput_p{processes}_w{workers}_{n}") as s:
+        log(f"throughput, {label}: producing {n:,} events")
         produce(s, stream.lines)
-        log(f"throughput, {workers} worker(s): running the flow once over them")
-        child = run_child(s, workers)
+        log(f"throughput, {label}: running the flow once over them")
+        child = run_child(ws, s, workers, processes)
         ledger = ledger_summary(s)
         revenue = revenue_check(s)
+    cpu_us = {name: seconds / n * 1e6 for name, seconds in child["cpu_s"].items()}
     figures = {
-        "workers": workers, "events": n, "seconds": child["seconds"],
-        "events_per_s": n / child["seconds"], "peak_rss_mb": child["peak_rss_mb"], **ledger,
+        "workers": workers, "processes": processes, "events": n, "seconds": child["seconds"],
+        "events_per_s": n / child["seconds"], "peak_rss_mb": child["peak_rss_mb"],
+        "cpu_us_per_event": cpu_us, "cpu_us_per_event_total": sum(cpu_us.values()), **ledger,
         "conserved": ledger["ledger_rows"] == n,
         "counts_match_expected": ledger["status_counts"] == stream.expected(), **revenue,
     }
-    log(f"throughput, {workers} worker(s): {figures['events_per_s']:,.0f} events/s")
+    log(f"throughput, {label}: {figures['events_per_s']:,.0f} events/s, "
+        + ", ".join(f"{k} {v:.0f}" for k, v in cpu_us.items()) + " µs CPU per event")
     return figures

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -120,6 +121,25 @@ class Workspace:
         self._home = home
         self._run = uuid.uuid4().hex[:8]
         self._template = f"bench_{self._run}_template"
+
+    def service_cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each service of the embedded stack (a server's exited
+        children, such as Postgres backends, included); nothing for external services."""
+        if self.external:
+            return {}
+        import psutil
+        pids = orjson.loads((self._home / "stack" / "stack.json").read_bytes())["pids"]
+        used = {}
+        for name, pid in sorted(pids.items()):
+            server = psutil.Process(pid)
+            t = server.cpu_times()
+            seconds = t.user + t.system + t.children_user + t.children_system
+            for child in server.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    c = child.cpu_times()
+                    seconds += c.user + c.system
+            used[name] = seconds
+        return used
 
     def postgres_settings(self) -> dict[str, str]:
         """The server settings that decide what a commit costs, for the record."""

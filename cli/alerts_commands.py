@@ -12,6 +12,7 @@ import click
 import orjson
 
 import config
+from config import clock
 
 _DURATION = re.compile(r"(\d+)([mhd])\Z")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -23,7 +24,7 @@ def _since(value: str | None) -> datetime | None:
         return None
     m = _DURATION.match(value)
     if m:
-        return datetime.now(UTC) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        return clock.now() - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
@@ -70,17 +71,10 @@ def alerts() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def list_cmd(tenant, kind, since, fmt) -> None:
     """Alerts by event time, oldest first."""
-    import psycopg
-
     from sinks.alerts import list_alerts
     from sinks.postgres import connect
-    try:
-        with connect(config.load().database_url) as conn:
-            rows = list_alerts(conn, tenant, kind, _since(since))
-    except config.NotConfigured as exc:
-        raise click.ClickException(str(exc)) from None
-    except psycopg.errors.UndefinedTable:
-        raise click.ClickException("no alerts table: run `aforo migrate`") from None
+    with connect(config.load().database_url) as conn:
+        rows = list_alerts(conn, tenant, kind, _since(since))
     if fmt == "json":
         click.echo(orjson.dumps([{k: _iso(v) if isinstance(v, datetime) else v for k, v in r.items()}
                                  for r in rows], option=orjson.OPT_INDENT_2).decode())
@@ -108,12 +102,9 @@ def monitor(once: bool, metrics_port: int | None) -> None:
     from observe.server import start_for_flow
     settings = config.load()
     configure_logging(settings, service=True)
-    try:
-        if metrics_port is not None:
-            start_for_flow(settings, metrics_port, "monitoring", ledger_gauges=False)
-        elapsed = run_monitoring(settings, once)
-    except (config.NotConfigured, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    if metrics_port is not None:
+        start_for_flow(settings, metrics_port, "monitoring", ledger_gauges=False)
+    elapsed = run_monitoring(settings, once)
     if once:
         click.echo(f"done in {elapsed:.1f}s")
 

@@ -29,33 +29,37 @@ def serve(host: str, port: int, rate: float, burst: float) -> None:
     """Run the HTTP API (OpenAPI document at /openapi.json)."""
     from api.server import serve as run_server
     from api.services import ApiOptions
-    try:
-        run_server(host, port, ApiOptions(rate=rate, burst=burst))
-    except config.NotConfigured as exc:
-        raise click.ClickException(str(exc)) from None
+    run_server(host, port, ApiOptions(rate=rate, burst=burst))
 
 
 # --- API keys ------------------------------------------------------------------------------------
 
 @click.group()
 def keys() -> None:
-    """Per-tenant API keys (stored hashed; a key is shown once)."""
+    """API keys of a tenant, a customer or an operator (stored hashed; a key is shown once)."""
 
 
 @keys.command("create")
-@click.option("--tenant", required=True)
-def keys_create(tenant: str) -> None:
-    """Create a key for TENANT and print it once."""
+@click.option("--tenant", help="The tenant whose events the key sends and whose data it reads.")
+@click.option("--customer", help="With --tenant: a read-only key of this one customer (the portal).")
+@click.option("--operator", is_flag=True, help="A read-only key of every tenant (the console).")
+def keys_create(tenant: str | None, customer: str | None, operator: bool) -> None:
+    """Create a key and print it once: a tenant key (--tenant), a customer key (--tenant and
+    --customer) or an operator key (--operator)."""
     import psycopg
 
     from api.keys import create_key
     from sinks.postgres import connect
+    if operator == bool(tenant) or (operator and customer):
+        raise click.UsageError("give --tenant (and optionally --customer), or --operator alone")
+    scope = "operator" if operator else "customer" if customer else "tenant"
     try:
         with connect(_settings().database_url) as conn:
-            key_id, key = create_key(conn, tenant)
+            key_id, key = create_key(conn, tenant, scope, customer)
     except psycopg.errors.ForeignKeyViolation:
-        raise click.ClickException(f"tenant {tenant!r} is not in the catalog") from None
-    click.echo(f"key id: {key_id}\nkey:    {key}")
+        what = f"customer {customer!r} of tenant {tenant!r}" if customer else f"tenant {tenant!r}"
+        raise click.ClickException(f"{what} is not in the catalog") from None
+    click.echo(f"key id: {key_id}\nscope:  {scope}\nkey:    {key}")
     click.echo("Store the key now: it is not shown again (only its SHA-256 is kept).", err=True)
 
 
@@ -74,15 +78,16 @@ def keys_revoke(key_id: str) -> None:
 @keys.command("list")
 @click.option("--tenant")
 def keys_list(tenant: str | None) -> None:
-    """Every key's id, tenant, creation and revocation time (never the key)."""
+    """Every key's id, scope, tenant, customer, creation and revocation time (never the key)."""
     from api.keys import list_keys
     from sinks.postgres import connect
     with connect(_settings().database_url) as conn:
         stored = list_keys(conn, tenant)
-    click.echo(f"{'id':<18} {'tenant':<12} {'created':<26} revoked")
+    click.echo(f"{'id':<18} {'scope':<9} {'tenant':<12} {'customer':<12} {'created':<26} revoked")
     for k in stored:
         revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
-        click.echo(f"{k.id:<18} {k.tenant:<12} {k.created_at.isoformat(timespec='seconds'):<26} {revoked}")
+        click.echo(f"{k.id:<18} {k.scope:<9} {k.tenant or '*':<12} {k.customer or '-':<12} "
+                   f"{k.created_at.isoformat(timespec='seconds'):<26} {revoked}")
 
 
 # --- uploads -------------------------------------------------------------------------------------
@@ -109,14 +114,28 @@ class _Progress(io.RawIOBase):
 @click.option("--mapping", "mapping_file", type=click.File("rb"),
               help="CSV column mapping (JSON, see README).")
 @click.option("--tenant", help="Fill a missing tenantid with T and refuse rows of other tenants.")
-def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> None:
-    """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line."""
+@click.option("--backfill", is_flag=True,
+              help="Admit FILE as history of open periods, past the 24-hour lateness gate: checked "
+                   "whole first, recorded with --reason, produced in event-time order per customer.")
+@click.option("--reason", help="Why this history is backfilled (required with --backfill).")
+def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None, backfill: bool,
+           reason: str | None) -> None:
+    """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line.
+    With --backfill, FILE is one audited backfill instead: all of it, or none of it."""
+    from api.backfill import require_reason
     from api.producer import RawTopicProducer
     from api.uploads import UploadError, parse_csv_mapping, rows_of, run_upload
+    from cli.backfill_commands import backfill_rows
     from sinks.kafka import ensure_topics
     fmt = fmt or _FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise click.ClickException(f"cannot tell the format of {file.name}: give --format")
+    if backfill:
+        if tenant is None:
+            raise click.UsageError("--backfill needs --tenant: a backfill belongs to one tenant")
+        reason = require_reason(reason)
+    elif reason is not None:
+        raise click.UsageError("--reason goes with --backfill")
     settings = _settings()
     try:
         mapping = parse_csv_mapping(orjson.loads(mapping_file.read())) if mapping_file else None
@@ -128,13 +147,20 @@ def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None) -> Non
         with file.open("rb", buffering=0) as raw, click.progressbar(
                 length=file.stat().st_size, label="uploading", file=sys.stderr) as bar:
             stream = io.BufferedReader(_Progress(raw, bar), 256 * 1024)
-            report = run_upload(rows_of(stream, fmt, mapping), fmt, tenant, producer)
+            rows = rows_of(stream, fmt, mapping)
+            if backfill:
+                report = backfill_rows(settings, rows, tenant, reason, producer)
+            else:
+                report = run_upload(rows, fmt, tenant, producer)
     except UploadError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         producer.close()
-    click.echo(orjson.dumps(report.model_dump(), option=orjson.OPT_INDENT_2).decode())
-    if report.not_acknowledged or report.stopped:
+    click.echo(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+    if backfill and report.not_acknowledged:
+        raise click.ClickException(f"backfill {report.id}: {report.produced} of {report.events} events "
+                                   "acknowledged; backfill the file again (what arrived ends as duplicates)")
+    if not backfill and (report.not_acknowledged or report.stopped):
         raise click.ClickException(f"{report.produced} of {report.rows} rows produced; see the report")
 
 

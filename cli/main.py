@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,10 @@ import orjson
 import config
 from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
+from cli.backfill_commands import backfill
+from cli.errors import AforoGroup
 from cli.ops_commands import doctor
+from config import clock
 from observe.logs import configure as configure_logging
 
 
@@ -29,17 +33,15 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.group()
+@click.group(cls=AforoGroup)
 def main() -> None:
     """Aforo: financial-grade usage metering."""
-    try:
-        configure_logging(_settings(), service=False)  # services switch to JSON lines when they start
-    except ValueError as exc:  # a setting with a value Aforo cannot use
-        _fail(str(exc))
+    configure_logging(_settings(), service=False)  # services switch to JSON lines when they start
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
                  monitor, alerts,  # the monitoring flow and its alerts
+                 backfill,  # the record of backfills (`aforo upload --backfill`)
                  doctor):  # operations
     main.add_command(_command)
 
@@ -53,25 +55,33 @@ def _print_services(states) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured)."""
-    from stack.embedded import StackError
+@click.option("--yes", is_flag=True,
+              help="As root, make the machine changes Postgres needs without asking (scripts).")
+def up(yes: bool) -> None:
+    """Start the embedded Kafka, Postgres and Redis (unless external URLs are configured).
+
+    As root, PostgreSQL needs an account of its own and access to its files: what that changes
+    is listed first, and done only when confirmed (or with --yes)."""
+    from stack.embedded import root_changes
     from stack.embedded import up as stack_up
-    try:
-        _print_services(stack_up(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    s = _settings()
+    changes = root_changes(s)
+    if changes:
+        click.echo("Running as root, starting the embedded postgres will:\n  - " + "\n  - ".join(changes),
+                   err=True)
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("not confirmed: re-run with --yes to allow these changes, "
+                      "or run Aforo as an ordinary user")
+            click.confirm("Make these changes?", abort=True, err=True)
+    _print_services(stack_up(s, allow_root_changes=bool(changes)))
 
 
 @main.command()
 def down() -> None:
     """Stop the embedded stack. The broker is memory-only: its topics are gone after this."""
-    from stack.embedded import StackError
     from stack.embedded import down as stack_down
-    try:
-        _print_services(stack_down(_settings()))
-    except StackError as exc:
-        _fail(str(exc))
+    _print_services(stack_down(_settings()))
 
 
 @main.command()
@@ -84,15 +94,13 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
-    from sinks.kafka import ensure_topics, topic_differences
+    from sinks.kafka import ensure_topics, require_broker, topic_differences
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
-    try:
-        applied = pg_migrate(s.database_url)
-        ensure_topics(s)
-        differences = topic_differences(s)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    require_broker(s)  # at once, and before the database changes
+    applied = pg_migrate(s.database_url)
+    ensure_topics(s)
+    differences = topic_differences(s)
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     if differences:
         _fail("the topics differ from the configuration (nothing was changed; see README, "
@@ -148,16 +156,16 @@ def _live_counter(settings: config.Settings, stop: threading.Event) -> None:
     click.echo("", err=True)
 
 
-def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
+def run_flow(settings: config.Settings, once: bool, workers: int, cluster=None) -> float:
     from flows.metering import run
     stop = threading.Event()
     counter = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and cluster is None:
         counter = threading.Thread(target=_live_counter, args=(settings, stop), daemon=True)
         counter.start()
     started = time.perf_counter()
     try:
-        run(settings, once=once, workers=workers)
+        run(settings, once=once, workers=workers, cluster=cluster)
     finally:
         stop.set()
         if counter is not None:
@@ -167,21 +175,57 @@ def run_flow(settings: config.Settings, once: bool, workers: int) -> float:
 
 @main.command("run")
 @click.option("--once", is_flag=True, help="Process what is in the raw topic, then exit.")
-@click.option("--workers", default=1, show_default=True, help="Bytewax workers in this process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Bytewax workers (threads) per process.")
+@click.option("--processes", type=click.IntRange(min=1),
+              help="Run a cluster of this many processes on this machine.")
+@click.option("--process-id", type=click.IntRange(min=0), help="This process's index in --addresses.")
+@click.option("--addresses",
+              help="host:port of every process of the cluster, comma-separated, in process-id order.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
-              help="Serve /metrics, /healthz and /readyz on AFORO_METRICS_HOST:PORT.")
-def run_cmd(once: bool, workers: int, metrics_port: int | None) -> None:
-    """Run the metering flow (with crash recovery: it resumes where it stopped)."""
-    from observe.server import start_for_flow
-    s = _settings()
-    configure_logging(s, service=True)
+              help="Serve /metrics, /healthz and /readyz on AFORO_METRICS_HOST:PORT (with --processes,"
+                   " process I on PORT+I).")
+@click.option("--metrics-base-port", type=click.IntRange(0, 65535), hidden=True,
+              help="Set by --processes for its children: serve on this port + the process id.")
+def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | None,
+            addresses: str | None, metrics_port: int | None, metrics_base_port: int | None) -> None:
+    """Run the metering flow. It resumes where the ledger ends, whatever stopped it; SIGINT or
+    SIGTERM stops it after the batches in flight are committed. Raw partitions are shared out over
+    every worker of every process (N processes x W workers should not exceed the partitions)."""
+    from flows.execution import Cluster, run_local_cluster
+    if processes is not None and (process_id is not None or addresses is not None):
+        _fail("--processes starts a whole cluster here; --process-id/--addresses run one process"
+              " of a cluster")
+    if (process_id is None) != (addresses is None):
+        _fail("--process-id and --addresses go together")
+    settings = _settings()
+    configure_logging(settings, service=True)
+    if processes is not None and processes > 1:
+        command = [sys.executable, "-c", "from cli.main import main; main()", "run",
+                   "--workers", str(workers), *(["--once"] if once else []),
+                   *(["--metrics-base-port", str(metrics_port)] if metrics_port is not None else [])]
+        started = time.perf_counter()
+        code = run_local_cluster(command, processes, env={**os.environ, **settings.to_env()})
+        if code:
+            sys.exit(code)
+        if once:
+            click.echo(f"done in {time.perf_counter() - started:.1f}s")
+        return
+    cluster = None
+    if addresses is not None:
+        try:
+            cluster = Cluster(tuple(a.strip() for a in addresses.split(",")), process_id)
+        except ValueError as exc:
+            _fail(str(exc))
+    if metrics_base_port is not None and process_id is not None:
+        metrics_port = metrics_base_port + process_id
+    if metrics_port is not None:
+        from observe.server import start_for_flow
+        # one process of a cluster refreshes the ledger gauges: they describe the whole flow
+        start_for_flow(settings, metrics_port, "metering", ledger_gauges=not process_id)
     try:
-        if metrics_port is not None:
-            start_for_flow(s, metrics_port, "metering", ledger_gauges=True)
-        elapsed = run_flow(s, once, workers)
+        elapsed = run_flow(settings, once, workers, cluster)
     except config.NotConfigured as exc:
-        _fail(str(exc))
-    except OSError as exc:  # the metrics port is taken
         _fail(str(exc))
     if once:
         click.echo(f"done in {elapsed:.1f}s")
@@ -326,52 +370,46 @@ def price(plan_file, quantities, events_file) -> None:
 @click.option("--period", help="YYYY-MM (UTC); defaults to the current month.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def revenue(tenant, period, fmt) -> None:
-    """Today, period to date, projected end of period, and revenue, cost and margin by customer."""
-    from operators.revenue import period_bounds, projected
+    """Today, period to date, projected end of period, and revenue, cost and margin by customer.
+
+    Amounts are shown with the currency's minor units (--format json keeps them exact)."""
+    from operators.money import display, percent
+    from operators.revenue import period_bounds
     from sinks.postgres import connect
-    from sinks.reports import revenue_between, revenue_by_customer
-    now = datetime.now(UTC)
+    from sinks.reports import revenue_report
+    now = clock.now()
     period = period or now.strftime("%Y-%m")
     try:
         period_bounds(period)
     except ValueError:
         _fail(f"--period must be YYYY-MM, got {period!r}")
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     with connect(_settings().database_url) as conn:
-        customers = revenue_by_customer(conn, period, tenant)
-        today_rev = revenue_between(conn, today, today + timedelta(days=1), tenant)
-    totals: dict[str, Decimal] = {}
-    for c in customers:
-        totals[c["currency"]] = totals.get(c["currency"], Decimal(0)) + c["revenue"]
-    report = {
-        "period": period,
-        "today": {cur: str(v) for cur, v in today_rev.items()},
-        "period_to_date": {cur: str(v) for cur, v in totals.items()},
-        "projected_end_of_period": {cur: str(projected(v, period, now)) for cur, v in totals.items()},
-        "customers": [{**c, "events": int(c["events"]),
-                       **{k: str(c[k]) for k in ("revenue", "cost", "margin")}} for c in customers],
-    }
+        report = revenue_report(conn, tenant, period, now)
+    customers = report["customers"]
     if fmt == "json":
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({
+            "period": period,
+            **{k: {cur: str(v) for cur, v in report[k].items()}
+               for k in ("today", "period_to_date", "projected_end_of_period")},
+            "customers": [{**c, "events": int(c["events"]),
+                           **{k: str(c[k]) for k in ("revenue", "cost", "margin")}} for c in customers],
+        }, option=orjson.OPT_INDENT_2).decode())
         return
     click.echo(f"period {period}")
     for label, key in (("today", "today"), ("period to date", "period_to_date"),
                        ("projected end of period", "projected_end_of_period")):
-        values = ", ".join(f"{v} {cur}" for cur, v in report[key].items()) or "0"
+        values = ", ".join(display(v, cur) for cur, v in report[key].items()) or "0"
         click.echo(f"  {label:<26} {values}")
-    click.echo(f"\n{'tenant':<10} {'customer':<12} {'events':>8} {'revenue':>16} {'cost':>14} "
-               f"{'margin':>16} {'margin %':>9}")
+    click.echo("  (projected at the current pace of usage, priced on each plan: fixed and stairstep\n"
+               "   fees counted once, tiered charges at the tier the projected usage reaches)")
+    click.echo(f"\n{'tenant':<10} {'customer':<12} {'events':>8} {'revenue':>18} {'cost':>16} "
+               f"{'margin':>18} {'margin %':>9}")
     for c in customers:
-        pct = f"{c['margin'] / c['revenue'] * 100:.1f}" if c["revenue"] else "-"
+        pct = percent(c["margin"], c["revenue"])
         flag = "  << negative margin" if c["margin"] < 0 else ""
         click.echo(f"{c['tenant']:<10} {c['customer']:<12} {c['events']:>8} "
-                   f"{_money(c['revenue'], c['currency']):>16} {_money(c['cost'], c['currency']):>14} "
-                   f"{_money(c['margin'], c['currency']):>16} {pct:>9}{flag}")
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    """Display only: exact amounts are in the ledger and in --format json."""
-    return f"{amount.quantize(Decimal('0.0001'))} {currency}"
+                   f"{display(c['revenue'], c['currency']):>18} {display(c['cost'], c['currency']):>16} "
+                   f"{display(c['margin'], c['currency']):>18} {'-' if pct is None else pct:>9}{flag}")
 
 
 # --- auditability ------------------------------------------------------------------------------
@@ -586,41 +624,11 @@ def audit() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def audit_export(tenant, customer, period, fmt, output: Path) -> None:
     """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
-    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chain's head."""
-    import hashlib
-
-    from operators.audit import AUDIT_COLUMNS
-    from sinks.audit import chain_head, export_rows
+    (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chains' heads."""
+    from sinks.audit import export_file
     from sinks.postgres import connect
-    totals: dict[str, dict[str, Decimal]] = {}
-    rows = 0
-    with connect(_settings().database_url) as conn, output.open("w", newline="") as out:
-        writer = None
-        for row in export_rows(conn, tenant, customer, period):
-            rows += 1
-            for line in row["lines"]:
-                t = totals.setdefault(line["metric"], {"quantity": Decimal(0), "revenue": Decimal(0),
-                                                       "cost": Decimal(0)})
-                for k in t:
-                    t[k] += Decimal(line[k])
-            if fmt == "ndjson":
-                out.write(orjson.dumps(row).decode() + "\n")
-                continue
-            if writer is None:
-                writer = csv.DictWriter(out, fieldnames=[*AUDIT_COLUMNS, "lines", "audit_seq", "row_hash",
-                                                         "prev_chain_hash", "chain_hash"])
-                writer.writeheader()
-            writer.writerow({**row, "lines": orjson.dumps(row["lines"]).decode()})
-        seq, head = chain_head(conn, tenant)
-    manifest = {
-        "file": output.name, "format": fmt, "tenant": tenant, "customer": customer, "period": period,
-        "rows": rows, "totals": {m: {k: str(v) for k, v in t.items()} for m, t in sorted(totals.items())},
-        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
-        "chain_head": {"seq": seq, "chain_hash": head},
-        "exported_at": datetime.now(UTC).isoformat(),
-    }
-    manifest_path = output.with_name(output.name + ".manifest.json")
-    manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    with connect(_settings().database_url) as conn:
+        rows, manifest_path = export_file(conn, output, fmt, tenant, customer=customer, period=period)
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
 
 
@@ -630,21 +638,12 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
 def audit_verify(file: Path | None, tenant) -> None:
     """Recompute every row hash and chain link (of a tenant in Postgres, or of an NDJSON export and
     its manifest); print OK, or the first broken row and why; exit 1 on failure."""
-    from operators.audit import verify_exported
-    from sinks.audit import verify_tenant
+    from sinks.audit import verify_file, verify_tenant
     from sinks.postgres import connect
     if (file is None) == (tenant is None):
         _fail("give an exported FILE or --tenant")
     if file is not None:
-        manifest_path = file.with_name(file.name + ".manifest.json")
-        if manifest_path.exists():
-            import hashlib
-            manifest = orjson.loads(manifest_path.read_bytes())
-            if hashlib.sha256(file.read_bytes()).hexdigest() != manifest["sha256"]:
-                click.echo(f"BROKEN: {file}: its SHA-256 differs from the manifest's: the file was changed")
-                sys.exit(1)
-        with file.open("rb") as f:
-            checked, problem = verify_exported(map(orjson.loads, filter(bytes.strip, f)))
+        checked, problem = verify_file(file)
         if problem:
             click.echo(f"BROKEN: {problem}")
             sys.exit(1)
@@ -688,7 +687,7 @@ def demo(normal: int) -> None:
     from cli.demo import CATALOG, demo_stream
     s = _settings()
     apply_catalog_file(s, CATALOG)
-    started = datetime.now(UTC)
+    started = clock.now()
     # a fresh seed per run: a second demo is new traffic, not a replay of the first
     lines, expected = demo_stream(started, normal, seed=int(started.timestamp()))
     # the monitoring scenarios go first: the detectors read each customer's events in event-time order

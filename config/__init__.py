@@ -10,9 +10,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from schemas.errors import AforoError, Unavailable
 
-class NotConfigured(RuntimeError):
+
+class NotConfigured(Unavailable):
     """A service has no URL: neither an environment variable nor a running embedded stack."""
+
+    code = "not_configured"
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
 
 
-class ConfigError(ValueError):
+class ConfigError(AforoError, ValueError):
     """A setting has a value Aforo cannot use; the message names the setting."""
+
+    exit_code = 2
+    code = "bad_configuration"
 
 
 def is_secret_property(name: str) -> bool:

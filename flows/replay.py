@@ -9,19 +9,18 @@ same records in give the same shadow ledger, byte for byte.
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import groupby, islice
 
 from config import Topics
-from operators.dedup import Dedup
+from operators.dedup import InMemoryClaims, decide
 from operators.enrich import Catalog, enrich_batch
+from operators.gates import admit
 from operators.parse import parse
-from operators.revenue import SubscriptionRevenue, revenue_key
-from operators.route import route
-from operators.schema_gate import event_time, schema_gate
-from operators.timestamp_gate import timestamp_gate
-from schemas.record import Record
+from operators.revenue import RunningTotals, fresh_totals
+from operators.route import route_batch
+from operators.schema_gate import event_time
+from schemas.record import Batch, Record
 
 BATCH = 2000
 
@@ -36,21 +35,17 @@ def arrival_order(records: Iterable[Record]) -> Iterator[Record]:
 
 def rederive(records: Iterable[Record], catalog: Catalog, key_paths: dict[str, str | None],
              topics: Topics, secret: bytes) -> list[Record]:
-    """Run the period's raw records through every stage with fresh dedup and revenue state."""
-    dedup = Dedup(lambda keys: {}, max_cached=1 << 62)  # fresh: only this period's own claims
-    revenue: dict[str, SubscriptionRevenue] = defaultdict(SubscriptionRevenue)
+    """Run the period's raw records through every stage with fresh claims and running totals."""
+    claims = InMemoryClaims()  # only this period's own claims
+    totals = RunningTotals(fresh_totals, max_keys=1 << 62)
     tenants = catalog.tenants()
     out: list[Record] = []
     ordered = arrival_order(records)
-    while batch := list(islice(ordered, BATCH)):
-        for r in batch:
-            timestamp_gate(schema_gate(parse(r, 1), key_paths))
-        dedup.decide(batch)
-        enrich_batch(catalog, batch)
-        for r in batch:  # one at a time: the order within a subscription is the price order
-            revenue[revenue_key(r)].rate_batch([r], tenants)
-            route(r, topics, secret)
-        out.extend(batch)
+    while chunk := list(islice(ordered, BATCH)):
+        batch = Batch("", "", -1, chunk)
+        route_batch(topics, secret, totals.rate_batch(tenants, enrich_batch(catalog, decide(
+            claims, admit(key_paths, batch)))))
+        out.extend(chunk)
     return out
 
 
@@ -58,7 +53,7 @@ def in_scope(tenant: str, start_us: int, end_us: int, raw: bytes) -> bool:
     """Whether a raw record belongs to the tenant's period by its own `time`: the topic-scan
     filter, deciding exactly as the ledger's tenantid and event_time columns do. Records that
     do not even parse belong to no period."""
-    event = parse(Record("", "", 0, 0, 1, raw), 1).event
+    event = parse(Record("", "", 0, 0, 1, raw)).event
     if event is None or event.get("tenantid") != tenant:
         return False
     t = event_time(event)

@@ -17,6 +17,7 @@ from mcp_proxy.delivery import Delivery, HttpSender, KafkaSender, Sender, Spool
 from mcp_proxy.events import Identity
 from mcp_proxy.observer import SessionMeter
 from mcp_proxy.relay import Metered
+from schemas.errors import AforoError
 
 T = TypeVar("T")
 TRANSPORTS = ("stdio", "streamable-http", "sse")
@@ -103,7 +104,7 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
         from observe.server import start as serve_metrics
         try:
             serve_metrics(metrics_host, metrics_port, "mcp-proxy")
-        except OSError as exc:
+        except AforoError as exc:
             raise click.UsageError(str(exc)) from None
     delivery = Delivery(_sender(endpoint, api_key, kafka, topic_prefix),
                         Spool(spool_dir or _default_spool(tenant, product), spool_max_mb << 20)).start()

@@ -18,7 +18,7 @@ from typing import Protocol
 import httpx
 from confluent_kafka import Producer
 
-from config import Settings
+from config import Settings, clock
 from observe.metrics import MCP_EVENTS, MCP_QUEUED_EVENTS, MCP_SPOOL_BYTES
 from sinks.kafka import TIER_HEADER, produce, producer_config, record_key
 
@@ -89,7 +89,7 @@ class KafkaSender:
 
         for event in events:
             produce(self._producer, self._topic, event, key=record_key(event), headers=self._headers,
-                    on_delivery=on_delivery)
+                    timestamp=clock.now_ms(), on_delivery=on_delivery)
         if self._producer.flush(self._timeout_s + 5) or errors:
             raise DeliveryError(f"kafka: {errors[:3] or 'not acknowledged in time'}")
 

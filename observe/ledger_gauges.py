@@ -2,10 +2,10 @@
 process of the metering flow (process 0: every process would export the same numbers):
 
 * `aforo_raw_lag_records{partition}`: the raw topic's log end offset minus the ledger's position
-  in that partition (the offset after the highest one written). The ledger is written before an
-  epoch is committed, so this is the flow's durable progress, not what its consumers prefetched
-  (`bytewax_kafka_consumer_lag` is that). A new incarnation of the raw topic (a memory-only broker
-  restarted) shows as the whole topic lagging, which is what it is until the flow moves to it.
+  in that partition (the offset after the highest one written): the ledger is the progress the
+  flow resumes from, so this is its durable progress, not what a consumer has fetched. A new
+  incarnation of the raw topic (a memory-only broker restarted) shows as the whole topic lagging,
+  which is what it is until the flow moves to it.
 * `aforo_held_events{tenant,reason}`: held events awaiting a reconciliation decision.
 """
 
@@ -19,9 +19,9 @@ from confluent_kafka.admin import AdminClient
 from config import Settings
 from observe.metrics import HELD_EVENTS, RAW_LAG, tenant_label
 from sinks.kafka import kafka_config, log_offsets, topic_id
+from sinks.ledger import high_water
 from sinks.postgres import connect
 from sinks.reconcile import undecided_counts
-from sinks.reports import ledger_positions
 
 INTERVAL_S = 15.0
 log = logging.getLogger("aforo.observe")
@@ -32,10 +32,11 @@ def refresh(settings: Settings, admin: AdminClient) -> None:
     offsets = log_offsets(admin, raw)
     raw_id = topic_id(settings, raw)
     with connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
-        positions = ledger_positions(conn, raw_id, offsets)
+        done = {p: high_water(conn, raw_id, p) for p in offsets}  # the flow resumes after these
         held = undecided_counts(conn)
     for p, (start, end) in offsets.items():
-        RAW_LAG.labels(str(p)).set(max(0, end - max(start, positions.get(p, start))))
+        position = start if done[p] is None else max(start, done[p] + 1)
+        RAW_LAG.labels(str(p)).set(max(0, end - position))
     counts: dict[tuple[str, str], int] = {}
     for (tenant, status), n in held.items():
         key = (tenant_label(tenant), status)

@@ -16,6 +16,7 @@ import orjson
 from config import Settings
 from observe.health import Readiness
 from observe.metrics import exposition
+from schemas.errors import AforoError
 
 log = logging.getLogger("aforo.observe")
 
@@ -72,7 +73,7 @@ def start(host: str, port: int, role: str, ready: ReadyFn | None = None) -> Obse
     try:
         server = ObservabilityServer(host, port, role, ready)
     except OSError as exc:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+        raise AforoError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
     threading.Thread(target=server.serve_forever, name=f"aforo-{role}-metrics", daemon=True).start()
     log.info("metrics, health and readiness on http://%s:%d (/metrics, /healthz, /readyz)",
              host, server.server_address[1], extra={"role": role})

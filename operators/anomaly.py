@@ -49,6 +49,17 @@ weeks must be full: the series must have existed since the start of the previous
 A series idle for IDLE_RESTART_HOURS (14 days, long enough for the dip and the weekly drop of the
 silence to fire) starts over at its next usage: a baseline that old says nothing, and it bounds
 the hours one event can close.
+
+Backfills (api/backfill.py) are monitored as if their events had arrived on time. Their events
+come in event-time order per customer, and where the customer's clock has not passed them (a
+customer with no traffic yet, or one whose traffic stopped while the history was missing) they
+simply join the customer's series, like any on-time event. History the customer's clock has
+already passed cannot reopen the hours judged without it; instead each backfill runs on its
+own series and clock, judged against its own trailing history exactly as the detectors would
+have judged it on arrival (from 18 of its hours on: a shorter stretch of history is counted in
+the ledger and the quotas but too short to judge). Its alerts name the backfill in their
+details; an hour the customer's series already flagged keeps its one alert (same key). A
+customer keeps the series of its MAX_BACKFILL_SERIES latest backfills.
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -75,6 +86,7 @@ WEEK_HOURS = 7 * 24
 WEEK0_HOUR = 4 * 24  # 1970-01-05, the first Monday of the Unix epoch: weeks start on Mondays
 WEEKLY_DROP_PERCENT = 50
 IDLE_RESTART_HOURS = 2 * WEEK_HOURS
+MAX_BACKFILL_SERIES = 4
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ZERO = Decimal(0)
@@ -102,10 +114,11 @@ class Usage:
     event_us: int
     raw: tuple[str, int, int]  # raw topic id, partition, offset: which raw record it is
     lines: tuple[UsageLine, ...]  # one per metric the event feeds
+    backfill: str | None = None  # the backfill that admitted it, if one did
 
 
 def parse_enriched(value: bytes) -> Usage | None:
-    """An enriched-topic message (sinks/kafka.py `routed_message`) as Usage, or None for one
+    """An enriched-topic message (sinks/outputs.py `routed_message`) as Usage, or None for one
     without usage. Unmetered events (no lines) are left out on purpose: the metering flow emits
     them outside their subscription's rating order, so their event times would move the clocks
     out of order (and FirstDelivery relies on that order). A message the monitors cannot read is
@@ -122,7 +135,8 @@ def parse_enriched(value: bytes) -> Usage | None:
             for x in billing["lines"])
         return Usage(event["tenantid"], billing["customer"], billing["subscription"], billing["period"],
                      parse_time(event["time"]),
-                     (prov["raw_topic_id"], int(prov["raw_partition"]), int(prov["raw_offset"])), lines)
+                     (prov["raw_topic_id"], int(prov["raw_partition"]), int(prov["raw_offset"])), lines,
+                     prov.get("backfill"))
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError, InvalidOperation,
             SchemaError) as exc:
         _log.warning("skipping an enriched message the monitors cannot read: %r", exc)
@@ -327,20 +341,42 @@ class MetricSeries:
 
 class CustomerMonitor:
     """BillableUnitAnomalyDetector and weekly drop detector for every metric of one
-    (tenant, customer), on the customer's event-time clock. Plain state: picklable."""
+    (tenant, customer), on the customer's event-time clock, and the series of the customer's
+    backfills whose history that clock had passed (see the module's docstring). Plain state:
+    picklable."""
 
     def __init__(self) -> None:
         self.clock_us: int | None = None  # the latest event time seen
         self.series: dict[str, MetricSeries] = {}
+        self.backfills: dict[str, CustomerMonitor] = {}  # backfill id -> its series, oldest first
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # state snapshotted before backfills were monitored lacks them
+        self.__dict__.update(state)
 
     @property
     def horizon(self) -> int | None:
         """Hours before this one are closed."""
         return None if self.clock_us is None else (self.clock_us - ALLOWED_LATENESS_US) // HOUR_US
 
+    def _closed(self, u: Usage) -> bool:
+        """Whether the event's hour is closed already."""
+        return self.clock_us is not None and u.event_us // HOUR_US < self.horizon
+
     def observe(self, u: Usage) -> list[Alert]:
+        if u.backfill is None or not self._closed(u):
+            return self._observe(u)
+        own = self.backfills.get(u.backfill)
+        if own is None:
+            own = self.backfills[u.backfill] = CustomerMonitor()
+            while len(self.backfills) > MAX_BACKFILL_SERIES:  # forget the oldest backfill's series
+                del self.backfills[next(iter(self.backfills))]
+        return [replace(a, details={**a.details, "backfill": u.backfill})
+                for a in own._observe(u)]
+
+    def _observe(self, u: Usage) -> list[Alert]:
         hour = u.event_us // HOUR_US
-        late = self.clock_us is not None and hour < self.horizon  # its hour is closed already
+        late = self._closed(u)
         alerts = []
         if self.clock_us is None or u.event_us > self.clock_us:
             # Close before adding: the event's own hour is never among the hours its time closes,

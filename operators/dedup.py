@@ -1,29 +1,28 @@
 """Idempotency dedup: the first raw record to claim a key wins; later ones are duplicates.
 
+Claims are durable and shared by every worker and process (Postgres `dedup_claims`): a batch
+claims its keys in one statement before anything is rated, so two partitions (or two processes)
+that meet the same key at the same moment cannot both win, whichever commits first does.
+
 Exact across crashes and reprocessing because a claim remembers *which raw record* made it
 (topic id, partition, offset): when that same record comes through again after a restart it
-recognises its own claim instead of being marked a duplicate of itself.
+recognises its own claim instead of being marked a duplicate of itself. An approved held event,
+re-injected, takes over the claim of the record it re-injects, once.
 
-State is deliberately small. Claims live in a bounded in-memory cache in front of a durable
-claim index (Postgres `dedup_claims`, written in the same transaction as the ledger rows), so
-Bytewax snapshots stay tiny however many keys there are. A claim is never needed from the
-cache after a crash: the epochs since the last snapshot are replayed and re-claim their keys,
-and everything before them is already durable in the index.
+Nothing is cached in memory: every batch asks the durable index (one statement for all its
+keys), so the flow's memory does not grow with the number of keys and a restart loses nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
-from collections.abc import Callable, Iterable
-from itertools import islice
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import orjson
 
 from operators.timestamp_gate import HORIZON_US
-from schemas.record import Reason, Record, Status, parse_ref
+from schemas.record import Batch, Reason, Record, Status, parse_ref
 
 
 class Claim(NamedTuple):
@@ -34,101 +33,60 @@ class Claim(NamedTuple):
     ingested_ms: int
 
 
-ClaimLookup = Callable[[Iterable[str]], dict[str, Claim]]
+class ClaimIndex(Protocol):
+    def claim(self, records: Sequence[Record]) -> dict[str, Claim]:
+        """Claim each record's key for that record unless another raw record holds it (a claim
+        older than the 90-day horizon is replaced); a re-injection takes over its original's
+        claim. Returns the claim that holds each key afterwards."""
+
+
+class InMemoryClaims:
+    """A ClaimIndex of its own, with no durable claims: a replay's (the period re-derived alone)
+    or a test's."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, Claim] = {}
+
+    def claim(self, records: Sequence[Record]) -> dict[str, Claim]:
+        for r in records:
+            mine = Claim(r.topic_id, r.partition, r.offset, r.payload_hash, r.ingested_ms)
+            held = self.claims.get(r.dedup_key)
+            if (held is None or held.ingested_ms < r.ingested_ms - HORIZON_US // 1000
+                    or (r.reinject_of is not None and parse_ref(r.reinject_of) == held[:3])):
+                self.claims[r.dedup_key] = mine
+        return {r.dedup_key: self.claims[r.dedup_key] for r in records}
+
+
+def _decimal_text(value: object) -> str:
+    return str(value)  # only exact_json's Decimals reach here
 
 
 def payload_hash(event: dict) -> bytes:
     """Canonical hash of the event, so re-serialised retries of the same payload still match."""
-    return hashlib.blake2b(orjson.dumps(event, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=_decimal_text)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
-def dedup_bucket(rec: Record, buckets: int) -> str:
-    """Route every record with the same key to the same Dedup instance (and worker)."""
-    if rec.dedup_key is None:
-        return f"p{rec.partition % buckets}"
-    return f"k{zlib.crc32(rec.dedup_key.encode()) % buckets}"
-
-
-class ClaimCache:
-    """Claims packed into bytes under a 16-byte digest of their key: about 150 bytes a key, and
-    invisible to the cyclic garbage collector (bytes and str-free dicts are not tracked).
-    Insertion-ordered, so the oldest claims are evicted first."""
-
-    _PACKED = struct.Struct(">Hiqq")  # topic id index, partition, offset, ingested ms
-
-    def __init__(self, max_keys: int):
-        self._max_keys = max_keys
-        self._claims: dict[bytes, bytes] = {}
-        self._topic_ids: list[str] = []
-        self._topic_index: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._claims)
-
-    @staticmethod
-    def digest(key: str) -> bytes:
-        return hashlib.blake2b(key.encode(), digest_size=16).digest()
-
-    def get(self, digest: bytes) -> Claim | None:
-        packed = self._claims.get(digest)
-        if packed is None:
-            return None
-        topic, partition, offset, ingested_ms = self._PACKED.unpack_from(packed)
-        return Claim(self._topic_ids[topic], partition, offset, packed[self._PACKED.size:], ingested_ms)
-
-    def put(self, digest: bytes, c: Claim) -> None:
-        topic = self._topic_index.get(c.topic_id)
-        if topic is None:
-            topic = self._topic_index[c.topic_id] = len(self._topic_ids)
-            self._topic_ids.append(c.topic_id)
-        self._claims.pop(digest, None)  # re-inserting moves it to the young end
-        self._claims[digest] = self._PACKED.pack(topic, c.partition, c.offset, c.ingested_ms) + c.payload_hash
-
-    def evict(self) -> None:
-        # Oldest claims first; the ones in flight are the newest, so they are never evicted
-        # while the cache holds more than an epoch's worth of keys.
-        excess = len(self._claims) - self._max_keys
-        if excess > 0:
-            for digest in list(islice(self._claims, excess + self._max_keys // 10)):
-                del self._claims[digest]
-
-
-class Dedup:
-    def __init__(self, lookup: ClaimLookup, max_cached: int):
-        self._lookup = lookup
-        self._cache = ClaimCache(max_cached)
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def decide(self, batch: list[Record]) -> list[Record]:
-        pending = [r for r in batch if r.pending]
-        if not pending:
-            return batch
-        cache, digest = self._cache, ClaimCache.digest
-        digests = [digest(r.dedup_key) for r in pending]
-        misses = {r.dedup_key for r, d in zip(pending, digests, strict=True) if cache.get(d) is None}
-        if misses:
-            for key, claim in self._lookup(misses).items():
-                cache.put(digest(key), claim)
-        for rec, d in zip(pending, digests, strict=True):
-            rec.payload_hash = h = payload_hash(rec.event)
-            first = cache.get(d)
-            claimant = (first.topic_id, first.partition, first.offset) if first else None
-            if (first is None
-                    or first.ingested_ms * 1000 < rec.ingested_ms * 1000 - HORIZON_US
-                    or claimant == rec.coords
-                    # an approved held event takes over the claim of the record it re-injects
-                    or (rec.reinject_of is not None and parse_ref(rec.reinject_of) == claimant)):
-                cache.put(d, Claim(rec.topic_id, rec.partition, rec.offset, h, rec.ingested_ms))
-            elif first.payload_hash == h:
-                rec.decide(Status.DUPLICATE, Reason.SAME_PAYLOAD, _first_ref(first))
-            else:
-                rec.decide(Status.DUPLICATE, Reason.CONFLICT,
-                           "payload differs from the first one; " + _first_ref(first))
-        cache.evict()
+def decide(index: ClaimIndex, batch: Batch) -> Batch:
+    """Mark every pending record that does not hold its key a duplicate, with the reason."""
+    pending = [r for r in batch.records if r.pending]
+    if not pending:
         return batch
-
-
-def _first_ref(c: Claim) -> str:
-    return f"first seen at raw partition {c.partition} offset {c.offset}"
+    # One claim per key per batch (later records of the key compare with its holder), and every
+    # re-injection, which may take over a claim an earlier record of the batch could not.
+    asking: dict[str, Record] = {}
+    for r in pending:
+        if r.dedup_key not in asking:
+            asking[r.dedup_key] = r
+    reinjections = [r for r in pending if r.reinject_of is not None and asking[r.dedup_key] is not r]
+    held = index.claim([*asking.values(), *reinjections])
+    for r in pending:
+        c = held[r.dedup_key]
+        if (c.topic_id, c.partition, c.offset) == r.coords:
+            continue
+        where = f"first seen at raw partition {c.partition} offset {c.offset}"
+        if c.payload_hash == r.payload_hash:
+            r.decide(Status.DUPLICATE, Reason.SAME_PAYLOAD, where)
+        else:
+            r.decide(Status.DUPLICATE, Reason.CONFLICT, "payload differs from the first one; " + where)
+    return batch

@@ -3,13 +3,14 @@ version -> the metrics this event type feeds, each with its exact quantity and c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 import orjson
 
+from operators.parse import exact_json
 from operators.schema_gate import json_path
 from schemas.billing import (
     BillingContext,
@@ -20,7 +21,7 @@ from schemas.billing import (
     SubscriptionRef,
     TenantInfo,
 )
-from schemas.record import Reason, Record, Status
+from schemas.record import Batch, Reason, Record, Status
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE = Decimal(1)
@@ -69,33 +70,42 @@ def active_subscription(ent: Entitlement, event_us: int) -> SubscriptionRef | No
     return active
 
 
-def _number(value: object, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise MetricValueError(f"{where} must be a number, got {orjson.dumps(value).decode()[:50]}")
+# Above this, a quantity is taken for a broken client, not for usage (a metric may set its own).
+MAX_QUANTITY = Decimal(10) ** 15
+
+
+def _number(value: object, where: str, limit: Decimal) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        shown = orjson.dumps(value, default=str).decode()[:50]
+        raise MetricValueError(f"{where} must be a number, got {shown}")
     try:
-        # A JSON float arrives as a float; its shortest repr is the number that was written.
-        number = Decimal(repr(value) if isinstance(value, float) else value)
+        number = Decimal(value)
     except InvalidOperation:
         raise MetricValueError(f"{where} must be a number, got {value!r:.50}") from None
     if not number.is_finite() or number < 0:
-        raise MetricValueError(f"{where} must be a finite, non-negative number, got {value!r:.50}")
+        raise MetricValueError(f"{where} must be a finite, non-negative number, got {value!s:.50}")
+    if number > limit:
+        raise MetricValueError(f"{where} is {value!s:.50}, above the metric's bound of {limit}")
     return number
 
 
-def metric_value(m: MetricDef, data: Mapping) -> tuple[Decimal, object]:
-    """(the event's quantity for this metric, the raw value as sent)."""
+def metric_value(m: MetricDef, data: Mapping, exact: Callable[[], Mapping]) -> tuple[Decimal, object]:
+    """(the event's quantity for this metric, the raw value as sent). `exact` gives the event's
+    data with exact numbers: a binary float is never a quantity."""
     if m.aggregation == "count":
         return _ONE, None
     where = f"metric {m.code}: {m.value_path}"
     try:
         raw = json_path(data, m.value_path)
+        if isinstance(raw, float):  # orjson's reading of a fraction or a huge integer
+            raw = json_path(exact(), m.value_path)
     except KeyError:
         raise MetricValueError(f"{where} is missing from 'data'") from None
     if m.aggregation == "unique_count":
         if raw is None or isinstance(raw, dict | list):
             raise MetricValueError(f"{where} must be a string or number to count distinct values")
         return _ONE, raw
-    return _number(raw, where), raw
+    return _number(raw, where, m.max_value or MAX_QUANTITY), raw
 
 
 def _dimension(value: object) -> str | None:
@@ -123,12 +133,12 @@ class Catalog(Protocol):
     def entitlements(self, wanted: Iterable[tuple[str, str]]) -> dict[Subject, Entitlement | None]: ...
 
 
-def enrich_batch(catalog: Catalog, batch: list[Record]) -> list[Record]:
+def enrich_batch(catalog: Catalog, batch: Batch) -> Batch:
     """Enrich every still-eligible record, with one entitlement lookup for the whole batch."""
     tenants = catalog.tenants()
-    pending = {(r.event["tenantid"], r.event["subject"]) for r in batch if r.status is None}
+    pending = {(r.event["tenantid"], r.event["subject"]) for r in batch.records if r.status is None}
     entitlements = catalog.entitlements(pending) if pending else {}
-    for r in batch:
+    for r in batch.records:
         if r.status is None:
             key = (r.event["tenantid"], r.event["subject"])
             enrich(r, tenants[key[0]], entitlements[key])
@@ -156,9 +166,13 @@ def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:
         return rec.decide(Status.ACCEPTED, Reason.UNMETERED,
                           f"no metric of tenant {tenant.id} uses event type {event['type']!r}")
     data = event.get("data") or {}
+
+    def exact() -> Mapping:
+        return exact_json(rec.raw).get("data") or {}
+
     for m in metrics:
         try:
-            value, raw = metric_value(m, data)
+            value, raw = metric_value(m, data, exact)
         except MetricValueError as exc:
             return rec.decide(Status.UNRESOLVED, Reason.UNPRICEABLE, str(exc))
         ctx.uses.append(MetricUse(m.code, m.aggregation, value, raw,

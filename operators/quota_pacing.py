@@ -19,6 +19,12 @@ estimate, so an actual threshold fires whenever it is reached, even on the first
 
 The limit is the catalog's when the event is processed; the alert key carries the threshold in
 percent, not the limit, so a replay after a limit change never fires the same threshold twice.
+
+Backfilled events (api/backfill.py) are paced as if they had arrived on time: their lines carry
+the running total after them, as the flow rated them, so `used` counts them in their own period
+whatever the order; elapsed stays the subscription's latest event time, so a backfill into an
+earlier period is judged on that whole period (projected = used), and one into the current
+period on the part of it that has elapsed.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from decimal import Decimal
 from functools import cache
 
 from operators.anomaly import Alert, Usage
+from operators.projection import previous_period
 from operators.revenue import period_bounds
 from operators.timestamp_gate import to_us
 
@@ -48,11 +55,6 @@ class Quota:
 def _bounds_us(period: str) -> tuple[int, int]:
     start, end = period_bounds(period)
     return to_us(start), to_us(end)
-
-
-def _previous(period: str) -> str:
-    year, month = map(int, period.split("-"))
-    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
 
 
 class QuotaPacing:
@@ -109,11 +111,12 @@ class QuotaPacing:
                           "raw": "/".join(map(str, u.raw))})]
 
     def _prune(self, period: str) -> None:
-        """Keep the latest period and the one before it: accepted events are at most 24 hours
-        old, so no event can belong to an older one."""
+        """When a new period begins, keep it and the one before it: accepted events are at most
+        24 hours old, so only a backfill reaches further back, and the state of the older period
+        it fills lasts until the next period begins (a threshold it crossed fires once)."""
         if self.period is not None and period <= self.period:
             return
         self.period = period
-        keep = _previous(period)
+        keep = previous_period(period)
         self.totals = {k: v for k, v in self.totals.items() if k[2] >= keep}
         self.fired = {k for k in self.fired if k[2] >= keep}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from config import Topics
-from schemas.record import Record, Status
+from schemas.record import Batch, Record, Status
 
 
 def route_topic(status: Status, topics: Topics) -> str:
@@ -25,7 +24,7 @@ def decision_bytes(rec: Record) -> bytes:
 
 
 def validation_hash(secret: bytes, raw: bytes, decision: bytes) -> str:
-    return hmac.new(secret, raw + b"\x00" + decision, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, raw + b"\x00" + decision, "sha256").hex()
 
 
 def route(rec: Record, topics: Topics, secret: bytes) -> Record:
@@ -34,3 +33,9 @@ def route(rec: Record, topics: Topics, secret: bytes) -> Record:
     rec.route = route_topic(rec.status, topics)
     rec.validation_hash = validation_hash(secret, rec.raw, decision_bytes(rec))
     return rec
+
+
+def route_batch(topics: Topics, secret: bytes, batch: Batch) -> Batch:
+    for rec in batch.records:
+        route(rec, topics, secret)
+    return batch

@@ -20,6 +20,7 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
 )
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+_days: dict[str, int] = {}  # "YYYY-MM-DD" -> proleptic ordinal
 
 
 class SchemaError(ValueError):
@@ -36,10 +37,17 @@ def parse_time(value: str) -> int:
     if m is None:
         raise SchemaError("attribute 'time' is not an RFC 3339 date-time with an offset")
     y, mo, d, h, mi, s, frac, _z, sign, oh, om = m.groups()
-    try:
-        day = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s)).toordinal()
-    except ValueError as exc:
-        raise SchemaError(f"attribute 'time' is out of range: {exc}") from None
+    day = _days.get(value[:10])
+    if day is None:  # a new date: checked and remembered (the events of a batch share a few)
+        try:
+            day = datetime(int(y), int(mo), int(d)).toordinal()
+        except ValueError as exc:
+            raise SchemaError(f"attribute 'time' is out of range: {exc}") from None
+        if len(_days) > 10_000:
+            _days.clear()
+        _days[value[:10]] = day
+    if int(h) > 23 or int(mi) > 59 or int(s) > 59:
+        raise SchemaError("attribute 'time' is out of range: hour, minute or second too large")
     if sign is not None and (int(oh) > 23 or int(om) > 59):
         raise SchemaError("attribute 'time' has an invalid UTC offset")
     offset_s = 0 if sign is None else (1 if sign == "+" else -1) * (int(oh) * 3600 + int(om) * 60)

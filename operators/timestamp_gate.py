@@ -34,7 +34,8 @@ def timestamp_gate(rec: Record) -> Record:
     if t < ingested_us - HORIZON_US:
         return rec.decide(Status.REJECTED, Reason.TOO_OLD,
                           "event time is more than 90 days before its ingestion time")
-    if t < ingested_us - LATE_AFTER_US:
+    # A backfill is history admitted on purpose (audited at the door): on time by definition.
+    if t < ingested_us - LATE_AFTER_US and rec.backfill is None:
         return rec.decide(Status.LATE, Reason.LATE_ARRIVAL,
                           "arrived more than 24 hours after its event time; held for reconciliation")
     return rec

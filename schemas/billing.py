@@ -14,6 +14,7 @@ class MetricDef:
     aggregation: str  # count | sum | max | unique_count | latest
     value_path: str | None
     group_by: tuple[str, ...]
+    max_value: Decimal | None = None  # a larger quantity is unpriceable (default: enrich.MAX_QUANTITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class BillingContext:
     adjusts_period: str | None = None  # the closed period the event belongs to by time, if any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond per line
 class RevenueLine:
     metric: str
     group: dict[str, str | None]
@@ -90,6 +91,11 @@ class RevenueLine:
     usage_after: Decimal
     revenue_after: Decimal
     cost_after: Decimal
+    # What the durable running totals need: the group (as stored), its latest-value event time
+    # (`latest` metrics) and the value this event added to a unique_count set, if any.
+    group_key: str = "[]"
+    latest_at: int | None = None
+    new_distinct: str | None = None
 
     @property
     def margin(self) -> Decimal:

@@ -53,6 +53,7 @@ class Record:
     # For an approved held event re-injected by `aforo reconcile approve`: the raw record it
     # re-injects, as "topic id/partition/offset" (Kafka header aforo-reinject-of).
     reinject_of: str | None = None
+    backfill: str | None = None  # the audited backfill that admitted it (Kafka header aforo-backfill)
     event: dict[str, Any] | None = None
     event_us: int | None = None  # event `time` as microseconds since the Unix epoch
     status: Status | None = None
@@ -62,7 +63,6 @@ class Record:
     payload_hash: bytes | None = None
     route: str | None = None
     validation_hash: str | None = None
-    prev_offset: int | None = None  # the record before this one in its partition, as read
     billing: BillingContext | None = None
     lines: list[RevenueLine] | None = None
 
@@ -83,6 +83,19 @@ class Record:
     def decide(self, status: Status, reason: Reason | None, detail: str | None = None) -> Record:
         self.status, self.reason, self.detail = status, reason, detail
         return self
+
+
+@dataclass(slots=True)
+class Batch:
+    """The unit the metering flow works in: the records of one raw partition read in one poll,
+    in offset order. A partition is read, decided and written by one worker, so a customer's
+    events (which share a partition) are rated in the order they arrived."""
+
+    topic: str
+    topic_id: str
+    partition: int
+    records: list[Record]
+    rated_as: int = 0  # the partition's running-totals batch number, once rated (0: nothing rated)
 
 
 def parse_ref(ref: str) -> tuple[str, int, int]:

@@ -23,13 +23,13 @@ from confluent_kafka.admin import AdminClient
 from config import Settings
 from observe.metrics import alert_fired
 from operators.anomaly import Alert, utc
+from operators.projection import LEVELS
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
 from sinks.kafka import TopicSpec, create_topics, kafka_config, produce, producer_config
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
-_LEVELS = ("max", "latest")  # aggregations whose usage is a level: never extrapolated
 
 
 def alerts_topic(settings: Settings) -> str:
@@ -82,7 +82,7 @@ class QuotaCatalog:
             for tenant, sub, metric, limit, aggregation in conn.execute(
                     'SELECT q.tenant, q.subscription, q.metric, q."limit", m.aggregation FROM quotas q'
                     " JOIN metrics m ON m.tenant = q.tenant AND m.code = q.metric"):
-                quota = Quota(Decimal(limit), extrapolate=aggregation not in _LEVELS)
+                quota = Quota(Decimal(limit), extrapolate=aggregation not in LEVELS)
                 quotas.setdefault((tenant, sub), {})[metric] = quota
             self._version, self._quotas = state, quotas
         return self._quotas

@@ -1,20 +1,19 @@
-"""Kafka adapters: topic setup, the raw source, the producer for `aforo send`, the routing sink."""
+"""Kafka adapters: client configuration, topic setup, the raw producer. The metering flow's source
+and output topics are in sinks/raw_source.py and sinks/outputs.py."""
 
 from __future__ import annotations
 
-import base64
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
-from config import Settings
-from schemas.record import Record
+from config import Settings, clock
+from schemas.errors import Unavailable
 
 # Raw records up to this size reach the pipeline (which rejects those over 1 MiB with a reason)
 # instead of being refused by a client: a poison record must end in the ledger, not vanish.
@@ -49,6 +48,26 @@ def kafka_config(settings: Settings, role: str, **overrides: object) -> dict:
 
 def producer_config(settings: Settings) -> dict:
     return kafka_config(settings, "producer")
+
+
+BROKER_PROBE_TIMEOUT_S = 3.0
+
+
+def require_broker(settings: Settings) -> None:
+    """Unavailable, at once and in one line, when no bootstrap server accepts a connection: a
+    Kafka client would instead retry for its whole timeout, logging every attempt."""
+    bootstrap = settings.kafka_bootstrap
+    problems = []
+    for server in bootstrap.split(","):
+        address = server.strip().rsplit("://", 1)[-1]
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=BROKER_PROBE_TIMEOUT_S).close()
+            return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    raise Unavailable(f"cannot reach the Kafka broker ({'; '.join(problems)}); "
+                      "check AFORO_KAFKA_BOOTSTRAP or `aforo status`")
 
 
 # --- topics ---------------------------------------------------------------------------------
@@ -92,8 +111,13 @@ def create_topics(admin: AdminClient, specs: Iterable[TopicSpec], existing: Iter
 def ensure_topics(settings: Settings) -> None:
     """Create Aforo's topics if missing (see topic_specs); existing topics are left as they are
     (`aforo migrate` reports how they differ from the configuration)."""
+    require_broker(settings)
     admin = AdminClient(kafka_config(settings, "admin"))
-    existing = admin.list_topics(timeout=10).topics
+    try:
+        existing = admin.list_topics(timeout=10).topics
+    except KafkaException as exc:
+        raise Unavailable(f"the Kafka broker at {settings.kafka_bootstrap} does not answer: "
+                          f"{exc.args[0].str()}") from None
     raw = existing.get(settings.topics.raw)
     create_topics(admin, topic_specs(settings, len(raw.partitions) if raw else None), existing)
 
@@ -146,15 +170,6 @@ def _cleanup_policies(admin: AdminClient, names: list[str]) -> dict[str, str]:
     return policies
 
 
-def raw_source(settings: Settings, *, tail: bool) -> KafkaSource:
-    """The raw topic, one Bytewax input partition per Kafka partition. With tail=False every
-    partition is read to its end (partition EOF, not the high watermark) and the flow stops."""
-    return KafkaSource(
-        [settings.kafka_bootstrap], [settings.topics.raw], tail=tail,
-        batch_size=settings.batch_size, add_config=source_config(settings),
-    )
-
-
 def source_config(settings: Settings) -> dict:
     """What a Bytewax KafkaSource adds to its own consumer settings: this installation's
     consumer configuration (TLS, SASL, the prefetch bound, logging), so a flow's consumers
@@ -185,19 +200,7 @@ def log_offsets(admin: AdminClient, topic: str, timeout_s: float = 5.0) -> dict[
 
 TIER_HEADER = "aforo-tier"  # which front door received the event: sdk, rest, upload, webhook, ...
 REINJECT_HEADER = "aforo-reinject-of"  # an approved held event, re-injected: its original record
-
-
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
-    value = next((v for k, v in headers or () if k == name), None)
-    return value.decode(errors="replace") if value else None
-
-
-def to_record(msg: KafkaSourceMessage, raw_topic_id: str) -> tuple[Record, int]:
-    """A raw Kafka message as a Record, with the Kafka timestamp type for the parse step."""
-    ts_type, ts_ms = msg.timestamp
-    return (Record(msg.topic, raw_topic_id, msg.partition, msg.offset, ts_ms, msg.value or b"",
-                   key=msg.key, tier=_header(msg.headers, TIER_HEADER),
-                   reinject_of=_header(msg.headers, REINJECT_HEADER)), ts_type)
+BACKFILL_HEADER = "aforo-backfill"  # history admitted on purpose: its audited backfill (api/backfill.py)
 
 
 def produce(producer: Producer, topic: str, value: bytes, **kwargs) -> None:
@@ -240,7 +243,7 @@ class RawProducer:
         n = 0
         for line in lines:
             produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
-                    timestamp=timestamp_ms or 0, on_delivery=self._on_delivery)
+                    timestamp=timestamp_ms or clock.now_ms(), on_delivery=self._on_delivery)
             n += 1
             if n % 1000 == 0:
                 self._producer.poll(0)
@@ -250,84 +253,3 @@ class RawProducer:
     def flush(self, timeout: float = 60.0) -> None:
         if self._producer.flush(timeout) != 0:
             self.errors.append("timed out waiting for broker acknowledgements")
-
-
-def routed_message(rec: Record) -> bytes:
-    body = {
-        "status": rec.status,
-        "reason": rec.reason,
-        "detail": rec.detail,
-        "provenance": {
-            "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition,
-            "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "tier": rec.tier,
-            "dedup_key": rec.dedup_key,
-            "validation_hash": rec.validation_hash, "route": rec.route,
-        },
-    }
-    if rec.event is not None:
-        body["event"] = rec.event
-    else:
-        body["raw_b64"] = base64.b64encode(rec.raw).decode()
-    b = rec.billing
-    if b is not None:
-        body["billing"] = {
-            "customer": b.customer, "subscription": b.subscription, "plan": b.plan,
-            "plan_version": b.plan_version, "currency": b.currency, "period": b.period,
-            "lines": [{"metric": x.metric, "group": x.group, "quantity": str(x.quantity),
-                       "total_after": str(x.total_after), "revenue": str(x.revenue),
-                       "cost": str(x.cost), "margin": str(x.margin)} for x in rec.lines or ()],
-        }
-    return orjson.dumps(body)
-
-
-class _RoutePartition(StatefulSinkPartition[Record, None]):
-    """Produces asynchronously and waits for the broker only when an epoch closes: Bytewax
-    commits an epoch after snapshot() returns, so no epoch is done before its records are
-    acknowledged, yet the worker never stalls on a round trip per batch."""
-
-    def __init__(self, config: dict):
-        self._producer = Producer(config)
-        self._errors: list[str] = []
-
-    def _on_delivery(self, err, _msg) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def _raise_errors(self) -> None:
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise RuntimeError(f"routing to Kafka failed: {errors[:3]}")
-
-    def write_batch(self, values: list[Record]) -> None:
-        for rec in values:
-            # The raw coordinates travel in a header: after a crash the epochs since the last
-            # snapshot are produced again, and consumers drop repeats by this reference.
-            headers = [("aforo-raw", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
-            produce(self._producer, rec.route, routed_message(rec), key=rec.key,
-                    headers=headers, timestamp=rec.ingested_ms, on_delivery=self._on_delivery)
-        self._producer.poll(0)
-        self._raise_errors()
-
-    def snapshot(self) -> None:
-        self._producer.flush()
-        self._raise_errors()
-
-    def close(self) -> None:
-        self._producer.flush()
-
-
-class RouteSink(FixedPartitionedSink[Record, None]):
-    """Every record to the topic its status routes it to. Items are (raw partition, record)."""
-
-    def __init__(self, settings: Settings, parts: int = 2):
-        self._config = producer_config(settings)
-        self._parts = [f"route-{i}" for i in range(parts)]
-
-    def list_parts(self) -> list[str]:
-        return self._parts
-
-    def part_fn(self, item_key: str) -> int:
-        return int(item_key)
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RoutePartition:
-        return _RoutePartition(self._config)

@@ -1,316 +1,478 @@
-"""The ledger sink: batched, idempotent writes of terminal records, and the claim index reader."""
+"""The ledger: every decided batch in one transaction, and the durable state the flow reads back.
+
+One transaction per batch writes its ledger rows, their revenue lines, their audit chain entries
+and the running totals they changed, after the batch's output-topic messages are acknowledged
+by the broker. The ledger is also the flow's progress: a raw partition is read again from the
+offset after its last ledger row, so a batch is either wholly in the ledger or read and decided
+again, with the same result (claims recognise their own record, totals are read back as they
+were committed). Nothing is written twice and nothing is skipped, however the flow stops.
+
+The rows are built as COPY text on the worker thread, and that text is also what the audit
+hash covers (operators/audit.py), so the per-row cost is one join and one SHA-256; the writer
+thread only stamps chain positions and sends bytes, so it hardly competes for the GIL.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
+import orjson
 import psycopg
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from psycopg.types.json import Jsonb
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from operators.audit import values_hash
+from operators.audit import (
+    AUDIT_COLUMNS,
+    AUDIT_LINE_COLUMNS,
+    GENESIS,
+    NULL,
+    binary,
+    chain_hash,
+    chain_name,
+    json_text,
+    leaf,
+    number,
+    text,
+    timestamp,
+)
 from operators.dedup import Claim
-from schemas.record import Record, Status, parse_ref
-from sinks.audit import append_to_chains, store_entries
-from sinks.postgres import connect
+from operators.pricing import GroupKey
+from operators.revenue import PeriodTotals, TotalsKey
+from schemas.record import Batch, Record, parse_ref
+from sinks.postgres import Reconnecting
 
-# (column, type) of what the sink writes: binary COPY with declared types is about twice as fast
-# as text COPY to format.
-LEDGER_COLUMNS = (
-    ("raw_topic", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
-    ("raw_key", "bytea"), ("raw", "bytea"), ("ingested_at", "timestamptz"), ("status", "text"),
-    ("reason", "text"), ("detail", "text"), ("tenantid", "text"), ("source", "text"),
-    ("event_id", "text"), ("type", "text"), ("subject", "text"), ("event_time", "timestamptz"),
-    ("dedup_key", "text"), ("payload_hash", "bytea"), ("route", "text"), ("validation_hash", "text"),
-    ("customer", "text"), ("subscription", "text"), ("plan", "text"), ("plan_version", "int4"),
-    ("currency", "text"), ("period", "text"), ("revenue", "numeric"), ("cost", "numeric"),
-    ("margin", "numeric"), ("tier", "text"), ("reinject_of", "text"), ("adjusts_period", "text"),
-)
-LINE_COLUMNS = (
-    ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"), ("metric", "text"),
-    ("grp", "jsonb"), ("quantity", "numeric"), ("total_after", "numeric"), ("revenue", "numeric"),
-    ("cost", "numeric"), ("margin", "numeric"),
-)
-_CLAIM_COLUMNS = (
-    ("dedup_key", "text"), ("raw_topic_id", "text"), ("raw_partition", "int4"), ("raw_offset", "int8"),
-    ("payload_hash", "bytea"), ("ingested_at", "timestamptz"),
-)
-LEDGER_NAMES = tuple(name for name, _ in LEDGER_COLUMNS)
-_SEALED_COLUMNS = (*LEDGER_COLUMNS, ("audit_seq", "int8"))
-_CREATE_CLAIMS_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS claims_stage (LIKE dedup_claims)"
-                        " ON COMMIT DELETE ROWS")
-# Totals only move forward: a replayed batch carries older totals (fewer events) and loses.
-_UPSERT_REVENUE = """
-INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
-    revenue, cost)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (tenant, subscription, metric, period) DO UPDATE SET
-    events = excluded.events, quantity = excluded.quantity, revenue = excluded.revenue,
-    cost = excluded.cost, updated_at = now()
-WHERE revenue.events < excluded.events
-"""
-# A claim is replaced only once it is past the 90-day horizon (the key may then be reused).
-_INSERT_NEW_CLAIMS = """
-INSERT INTO dedup_claims
-SELECT DISTINCT ON (dedup_key) * FROM claims_stage ORDER BY dedup_key, ingested_at DESC
-ON CONFLICT (dedup_key) DO UPDATE SET
-    raw_topic_id = excluded.raw_topic_id, raw_partition = excluded.raw_partition,
-    raw_offset = excluded.raw_offset, payload_hash = excluded.payload_hash,
-    ingested_at = excluded.ingested_at
-WHERE dedup_claims.ingested_at < excluded.ingested_at - interval '90 days'
-"""
-_TAKE_OVER_CLAIM = """
-UPDATE dedup_claims SET raw_topic_id = %s, raw_partition = %s, raw_offset = %s
-WHERE dedup_key = %s AND (raw_topic_id, raw_partition, raw_offset) = (%s, %s, %s)
-"""
-_PURGE_CLAIMS = """
-DELETE FROM dedup_claims
-WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 days'
-"""
-_PURGE_EVERY = 1000  # batches; claims past the horizon can never match again
-_QUEUED_BATCHES = 4  # backpressure: the flow waits when the writer falls this far behind
-_RETRIES = 3
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CLAIMING = (Status.ACCEPTED, Status.LATE)
+_log = logging.getLogger(__name__)
+
+LEDGER_NAMES = (*AUDIT_COLUMNS, "audit_chain", "audit_seq")
+LINE_NAMES = ("raw_topic_id", "raw_partition", "raw_offset", *AUDIT_LINE_COLUMNS)
 _ZERO = Decimal(0)
+_NO_EVENT: dict = {}
+_EMPTY_GROUP = json_text({})
+QUEUED_BATCHES = 3  # backpressure: the worker waits when the writer falls this far behind
 
 
-def _text(value: object) -> str | None:
-    # Rejected records may carry anything in these attributes; keep only what Postgres text holds.
-    if isinstance(value, str) and "\x00" not in value:
-        return value
-    return None
+def _str(value: object) -> str | None:
+    """An event attribute for a text column: rejected records may carry anything there; keep
+    only strings Postgres text can hold."""
+    return value if value.__class__ is str and "\x00" not in value else None
 
 
-def ledger_row(r: Record) -> tuple:
-    e = r.event if r.event is not None else {}
+def _nullable(value: str | None) -> str:
+    return NULL if value is None else value
+
+
+def _tenant(r: Record) -> str:
+    """The tenant whose audit chain a row joins ('' for records that name none)."""
+    t = _str(r.event.get("tenantid")) if r.event is not None else None
+    return t or ""
+
+
+def row_text(r: Record) -> str:
+    """A record's ledger row as COPY text (AUDIT_COLUMNS): the row's canonical text.
+
+    The hot path of the ledger write (a Python call per field would cost more than the rest of
+    the row), so it is written out flat: the fields that can hold a tab, newline or backslash
+    (client text, catalog names, headers) are checked in one scan and escaped only if needed;
+    the others (topic names, ids, enums, hex, numbers) cannot hold one."""
+    e = r.event if r.event is not None else _NO_EVENT
     b = r.billing
+    tenant, source, eid, etype, subject = (_str(e.get("tenantid")), _str(e.get("source")), _str(e.get("id")),
+                                           _str(e.get("type")), _str(e.get("subject")))
+    detail = None if r.detail is None else r.detail.replace("\x00", "\\x00")
+    customer, subscription, plan = ((b.customer, b.subscription, b.plan) if b is not None
+                                    else (None, None, None))
+    free = (detail, tenant, source, eid, etype, subject, r.dedup_key, customer, subscription, plan, r.tier,
+            r.reinject_of, r.backfill)
+    joined = "\x1f".join([v for v in free if v is not None])
+    esc = text if ("\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined) else _nullable
     if r.lines is not None:
-        revenue = sum((line.revenue for line in r.lines), _ZERO)
-        cost = sum((line.cost for line in r.lines), _ZERO)
-        money = (revenue, cost, revenue - cost)
+        revenue = sum([x.revenue for x in r.lines], _ZERO)
+        cost = sum([x.cost for x in r.lines], _ZERO)
+        money = f"{number(revenue)}\t{number(cost)}\t{number(revenue - cost)}"
     else:
-        money = (None, None, None)
-    return (
-        r.topic, r.topic_id, r.partition, r.offset, r.key, r.raw,
-        _EPOCH + timedelta(milliseconds=r.ingested_ms), r.status, r.reason, r.detail,
-        _text(e.get("tenantid")), _text(e.get("source")), _text(e.get("id")),
-        _text(e.get("type")), _text(e.get("subject")),
-        None if r.event_us is None else _EPOCH + timedelta(microseconds=r.event_us),
-        r.dedup_key, r.payload_hash, r.route, r.validation_hash,
-        *((b.customer, b.subscription, b.plan, b.plan_version, b.currency, b.period) if b else (None,) * 6),
-        *money, _text(r.tier), r.reinject_of, b.adjusts_period if b else None,
-    )
+        money = "\\N\t\\N\t\\N"
+    if b is not None:
+        billing = (f"{esc(customer)}\t{esc(subscription)}\t{esc(plan)}\t{b.plan_version}\t{b.currency}\t"
+                   f"{b.period}\t{money}\t{esc(r.tier)}\t{esc(r.reinject_of)}\t{_nullable(b.adjusts_period)}")
+    else:
+        billing = f"\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t{money}\t{esc(r.tier)}\t{esc(r.reinject_of)}\t\\N"
+    key = NULL if r.key is None else "\\\\x" + r.key.hex()
+    payload = NULL if r.payload_hash is None else "\\\\x" + r.payload_hash.hex()
+    return (f"{r.topic}\t{r.topic_id}\t{r.partition}\t{r.offset}\t{key}\t\\\\x{r.raw.hex()}\t"
+            f"{timestamp(r.ingested_ms * 1000)}\t{r.status}\t{_nullable(r.reason)}\t{esc(detail)}\t"
+            f"{esc(tenant)}\t{esc(source)}\t{esc(eid)}\t{esc(etype)}\t{esc(subject)}\t{timestamp(r.event_us)}\t"
+            f"{esc(r.dedup_key)}\t{payload}\t{r.route}\t{r.validation_hash}\t{billing}\t{esc(r.backfill)}")
 
 
-def line_rows(r: Record) -> list[tuple]:
-    return [(r.topic_id, r.partition, r.offset, line.metric, Jsonb(line.group), line.quantity,
-             line.total_after, line.revenue, line.cost, line.margin) for line in r.lines or ()]
+def line_texts(r: Record) -> list[str]:
+    """A record's revenue lines as canonical text (AUDIT_LINE_COLUMNS), by metric."""
+    out = []
+    for x in r.lines or ():
+        group = _EMPTY_GROUP if not x.group else json_text(x.group)
+        out.append(f"{text(x.metric)}\t{group}\t{number(x.quantity)}\t{number(x.total_after)}\t"
+                   f"{number(x.revenue)}\t{number(x.cost)}\t{number(x.revenue - x.cost)}")
+    return out
 
 
-def revenue_rows(records: list[Record]) -> list[tuple]:
-    """The newest totals per (tenant, subscription, metric, period) in this batch."""
-    newest: dict[tuple, tuple] = {}
+@dataclass(slots=True)
+class Writes:
+    """What one batch writes, prepared on the worker thread."""
+
+    topic_id: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    rows: list[str]  # canonical row texts, without the audit columns
+    tenants: list[str]  # the tenant (chain) of each row
+    offsets: list[int]
+    leaves: list[bytes]  # each row's hash
+    lines: bytes  # COPY text
+    totals: bytes  # COPY text for revenue_stage
+    distinct: bytes  # COPY text for revenue_distinct
+    rated_as: int
+
+
+def writes_of(batch: Batch) -> Writes:
+    rows, tenants, offsets, leaves, lines = [], [], [], [], []
+    prefix = f"{text(batch.topic_id)}\t{batch.partition}\t"
+    for r in batch.records:
+        row = row_text(r)
+        these = line_texts(r)
+        rows.append(row)
+        tenants.append(_tenant(r))
+        offsets.append(r.offset)
+        leaves.append(leaf(row, these))
+        lines.extend(f"{prefix}{r.offset}\t{x}\n" for x in these)
+    totals, distinct = totals_texts(batch.records)
+    return Writes(batch.topic_id, batch.partition, batch.records[0].offset, batch.records[-1].offset,
+                  rows, tenants, offsets, leaves, "".join(lines).encode(), totals, distinct, batch.rated_as)
+
+
+def totals_texts(records: Iterable[Record]) -> tuple[bytes, bytes]:
+    """The running totals the batch changed (the newest value of each, and of each group) and
+    the unique_count values it added, as COPY text."""
+    newest: dict[tuple, list] = {}
+    distinct: list[str] = []
     for r in records:
         if not r.lines:
             continue
         b, tenant = r.billing, r.event["tenantid"]
-        for line in r.lines:
-            key = (tenant, b.subscription, line.metric, b.period)
-            if key not in newest or newest[key][6] < line.events_after:
-                newest[key] = (tenant, b.customer, b.subscription, line.metric, b.period, b.currency,
-                               line.events_after, line.usage_after, line.revenue_after, line.cost_after)
-    return list(newest.values())
+        for x in r.lines:
+            key = (tenant, b.subscription, x.metric, b.period)
+            entry = newest.get(key)
+            if entry is None:
+                entry = newest[key] = [b.customer, b.currency, x, {}]
+            entry[2] = x
+            entry[3][x.group_key] = [format(x.total_after, "f"), x.latest_at]
+            if x.new_distinct is not None:
+                distinct.append("\t".join((text(tenant), text(b.subscription), text(x.metric),
+                                           text(b.period), text(x.group_key), text(x.new_distinct))))
+    totals = []
+    for (tenant, subscription, metric, period), (customer, currency, x, groups) in newest.items():
+        totals.append("\t".join((
+            text(tenant), text(customer), text(subscription), text(metric), text(period), text(currency),
+            str(x.events_after), number(x.usage_after), number(x.revenue_after), number(x.cost_after),
+            text(orjson.dumps(groups).decode()))))
+    return ("".join(t + "\n" for t in totals).encode(), "".join(d + "\n" for d in distinct).encode())
 
 
-def claim_row(r: Record, ledger_row: tuple) -> tuple:
-    return (r.dedup_key, r.topic_id, r.partition, r.offset, r.payload_hash, ledger_row[6])
+# --- the transaction ---------------------------------------------------------------------------
+
+_UPSERT_TOTALS = """
+INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
+    revenue, cost, groups)
+SELECT tenant, customer, subscription, metric, period, currency, events, quantity, revenue, cost, groups
+FROM revenue_stage
+ON CONFLICT (tenant, subscription, metric, period) DO UPDATE SET
+    events = excluded.events, quantity = excluded.quantity, revenue = excluded.revenue,
+    cost = excluded.cost, groups = revenue.groups || excluded.groups, updated_at = now()
+"""
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS revenue_stage (LIKE revenue INCLUDING DEFAULTS)"
+          " ON COMMIT DELETE ROWS")
 
 
-Columns = tuple[tuple[str, str], ...]  # (name, Postgres type)
+def copy_text(cur: psycopg.Cursor, table: str, columns: Sequence[str], data: bytes) -> None:
+    if data:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            copy.write(data)
 
 
-def copy_rows(cur: psycopg.Cursor, table: str, columns: Columns, rows: list[tuple]) -> None:
-    """Binary COPY of rows into the named columns of a table."""
-    names = ", ".join(name for name, _ in columns)
-    with cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types([pg_type for _, pg_type in columns])
-        for row in rows:
-            copy.write_row(row)
+def lock_heads(cur: psycopg.Cursor, chain: str, tenants: Collection[str]) -> dict[str, tuple[int, bytes]]:
+    """The heads of these tenants' chains, locked until the transaction ends (in tenant order, so
+    that two writers of one chain never deadlock)."""
+    names = sorted(tenants)
+    cur.execute("INSERT INTO audit_heads (tenant, chain, seq, chain_hash) SELECT t, %s, 0, %s"
+                " FROM unnest(%s::text[]) AS t ON CONFLICT DO NOTHING", (chain, GENESIS, names))
+    return {t: (seq, bytes(h)) for t, seq, h in cur.execute(
+        "SELECT tenant, seq, chain_hash FROM audit_heads WHERE chain = %s AND tenant = ANY(%s)"
+        " ORDER BY tenant FOR UPDATE", (chain, names))}
 
 
-def _line_values(r: Record) -> list[dict]:
-    return [{"metric": x.metric, "grp": x.group, "quantity": x.quantity, "total_after": x.total_after,
-             "revenue": x.revenue, "cost": x.cost, "margin": x.margin} for x in r.lines or ()]
+def store_heads(cur: psycopg.Cursor, chain: str, heads: dict[str, tuple[int, bytes]]) -> None:
+    cur.executemany("UPDATE audit_heads SET seq = %s, chain_hash = %s WHERE tenant = %s AND chain = %s",
+                    [(seq, h, t, chain) for t, (seq, h) in heads.items()])
 
 
-def _seal(cur: psycopg.Cursor, records: list[Record], rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
-    """Append every new row to its tenant's audit chain: (chain entries, rows with their entry's seq)."""
-    tenant_at = LEDGER_NAMES.index("tenantid")
-    # the ledger row's columns are AUDIT_COLUMNS, in order (tests/test_audit.py checks it)
-    items = [(row[tenant_at] or "", r.coords, values_hash(row, _line_values(r)))
-             for r, row in zip(records, rows, strict=True)]
-    entries, seqs = append_to_chains(cur, "insert", items)
-    return entries, [(*row, seq) for row, seq in zip(rows, seqs, strict=True)]
+def seal(w: Writes, heads: dict[str, tuple[int, bytes]], chain: str) -> tuple[bytes, bytes]:
+    """Chain every row of the batch to its tenant's head: (ledger COPY text, audit_chain COPY
+    text). `heads` moves on to the new heads."""
+    ledger, entries = [], []
+    chain_field = text(chain)
+    for row, tenant, offset, h in zip(w.rows, w.tenants, w.offsets, w.leaves, strict=True):
+        seq, previous = heads[tenant]
+        link = chain_hash(previous, h)
+        heads[tenant] = (seq + 1, link)
+        ledger.append(f"{row}\t{chain_field}\t{seq + 1}\n")
+        entries.append(f"{text(tenant)}\t{chain_field}\t{seq + 1}\tinsert\t{text(w.topic_id)}\t"
+                       f"{w.partition}\t{offset}\t{binary(h)}\t{binary(link)}\n")
+    return "".join(ledger).encode(), "".join(entries).encode()
 
 
-def _new_only(cur: psycopg.Cursor, records: list[Record]) -> list[Record]:
-    """The records not in the ledger yet (a replayed epoch repeats some that are)."""
-    existing = set(cur.execute(
-        "SELECT raw_topic_id, raw_partition, raw_offset FROM ledger"
-        " WHERE (raw_topic_id, raw_partition, raw_offset) IN"
-        " (SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[]))",
-        ([r.topic_id for r in records], [r.partition for r in records], [r.offset for r in records])))
-    return [r for r in records if r.coords not in existing]
+def high_water(conn: psycopg.Connection, topic_id: str, partition: int) -> int | None:
+    """The last raw offset of a partition that is in the ledger."""
+    return conn.execute("SELECT max(raw_offset) FROM ledger WHERE raw_topic_id = %s AND raw_partition = %s",
+                        (topic_id, partition)).fetchone()[0]
 
 
-def write_ledger(conn: psycopg.Connection, records: list[Record]) -> None:
-    """Write terminal records, their lines, dedup claims, revenue totals and audit entries in one
-    transaction. Safe to repeat.
-
-    The common case is a straight COPY into every table. When that meets a row that is already
-    there (the epochs replayed after a crash, or a dedup key reclaimed after the horizon), the
-    batch is retried with only its new records and the claims go through an upsert.
-    """
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            _write(cur, records, replayed=False)
-    except psycopg.errors.UniqueViolation:
-        with conn.transaction(), conn.cursor() as cur:
-            fresh = _new_only(cur, records)
-            if fresh:
-                _write(cur, fresh, replayed=True)
-            cur.executemany(_UPSERT_REVENUE, revenue_rows(records))
-
-
-def _write(cur: psycopg.Cursor, records: list[Record], replayed: bool) -> None:
-    rows = [ledger_row(r) for r in records]
-    claiming = [(r, row) for r, row in zip(records, rows, strict=True) if r.status in _CLAIMING]
-    claims = [claim_row(r, row) for r, row in claiming if r.reinject_of is None]
-    # An approved re-injection takes over the claim of the held record it stands for.
-    cur.executemany(_TAKE_OVER_CLAIM, [(*r.coords, r.dedup_key, *parse_ref(r.reinject_of))
-                                       for r, _ in claiming if r.reinject_of is not None])
-    entries, sealed = _seal(cur, records, rows)
-    copy_rows(cur, "ledger", _SEALED_COLUMNS, sealed)
-    copy_rows(cur, "ledger_lines", LINE_COLUMNS, [line for r in records if r.lines for line in line_rows(r)])
-    store_entries(cur, entries)
-    if replayed:
-        cur.execute(_CREATE_CLAIMS_STAGE)
-        copy_rows(cur, "claims_stage", _CLAIM_COLUMNS, claims)
-        cur.execute(_INSERT_NEW_CLAIMS)
-    else:
-        copy_rows(cur, "dedup_claims", _CLAIM_COLUMNS, claims)
-        cur.executemany(_UPSERT_REVENUE, revenue_rows(records))
+def commit(conn: psycopg.Connection, w: Writes, before_commit: Callable[[], None]) -> bool:
+    """Write a batch in one transaction; False when it was already written (a retry after a
+    commit whose outcome was unknown). `before_commit` waits for the batch's output messages."""
+    with conn.transaction(), conn.cursor() as cur:
+        done = high_water(conn, w.topic_id, w.partition)
+        if done is not None and done >= w.first_offset:
+            if done < w.last_offset:
+                raise RuntimeError(f"the ledger holds part of the batch at {w.topic_id}/{w.partition}/"
+                                   f"{w.first_offset}-{w.last_offset} (up to {done}):"
+                                   " written by another flow?")
+            return False
+        chain = chain_name(w.topic_id, w.partition)
+        heads = lock_heads(cur, chain, set(w.tenants))
+        ledger, entries = seal(w, heads, chain)
+        copy_text(cur, "ledger", LEDGER_NAMES, ledger)
+        copy_text(cur, "ledger_lines", LINE_NAMES, w.lines)
+        copy_text(cur, "audit_chain", ("tenant", "chain", "seq", "action", "raw_topic_id", "raw_partition",
+                                       "raw_offset", "row_hash", "chain_hash"), entries)
+        store_heads(cur, chain, heads)
+        if w.totals:
+            cur.execute(_STAGE)
+            copy_text(cur, "revenue_stage", ("tenant", "customer", "subscription", "metric", "period",
+                                             "currency", "events", "quantity", "revenue", "cost", "groups"),
+                      w.totals)
+            cur.execute(_UPSERT_TOTALS)
+        copy_text(cur, "revenue_distinct", ("tenant", "subscription", "metric", "period", "grp", "value"),
+                  w.distinct)
+        before_commit()
+    return True
 
 
-class _LedgerPartition(StatefulSinkPartition[Record, None]):
-    """Writes on a background thread, so the flow keeps processing while Postgres commits.
+# --- the sink ------------------------------------------------------------------------------------
 
-    Bytewax calls snapshot() when an epoch closes and commits the epoch only after it returns,
-    so waiting there for every queued write keeps the guarantee a synchronous sink gives: no
-    epoch is marked done before its ledger rows are durable.
-    """
+class _Writer:
+    """One worker's ledger writer: a thread with its own connection, fed through a short queue,
+    retrying a batch until Postgres takes it (an outage pauses the flow, it does not end it)."""
 
-    def __init__(self, url: str):
-        self._conn = connect(url)
-        self._queue: queue.Queue[list[Record] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+    def __init__(self, url: str, on_commit: Callable[[Writes], None]):
+        self._db = Reconnecting(url, "writing the ledger")
+        self._on_commit = on_commit
+        self._queue: queue.Queue[tuple[Writes, Callable[[], None]] | None] = queue.Queue(QUEUED_BATCHES)
         self._failure: BaseException | None = None
-        # Raised once: Bytewax closes partitions while unwinding from that error, and a second
-        # error there would abort the process instead of letting recovery take over.
-        self._failure_raised = False
-        self._batches = 0
-        self._thread = threading.Thread(target=self._write_queued, name="ledger-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
-    def _write_queued(self) -> None:
+    def _run(self) -> None:
         while True:
-            batch = self._queue.get()
+            item = self._queue.get()
             try:
-                if batch is None:
+                if item is None:
                     return
                 if self._failure is None:
-                    self._write(batch)
-            except BaseException as exc:  # re-raised on the worker thread, which crashes the flow
+                    w, before_commit = item
+                    self._db.run(lambda conn, w=w, f=before_commit: commit(conn, w, f))
+                    self._on_commit(w)
+            except BaseException as exc:  # re-raised on the worker thread, which stops the flow
                 self._failure = exc
             finally:
                 self._queue.task_done()
 
-    def _write(self, batch: list[Record]) -> None:
-        for attempt in range(_RETRIES):
-            try:
-                write_ledger(self._conn, batch)
-                break
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                # writers of the same tenant's audit chain can collide; the write is all or
-                # nothing, so trying again is safe
-                if attempt == _RETRIES - 1:
-                    raise
-        self._batches += 1
-        if self._batches % _PURGE_EVERY == 0:
-            with self._conn.transaction():
-                self._conn.execute(_PURGE_CLAIMS)
+    def check(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, RuntimeError("the ledger writer stopped")
+            raise RuntimeError(f"writing the ledger failed: {failure!r}") from failure
 
-    def _raise_failure(self) -> None:
-        if self._failure is not None and not self._failure_raised:
-            self._failure_raised = True
-            raise RuntimeError(f"writing the ledger failed: {self._failure!r}") from self._failure
-
-    def write_batch(self, values: list[Record]) -> None:
-        self._raise_failure()
-        self._queue.put(values)
-
-    def snapshot(self) -> None:
-        self._queue.join()
-        self._raise_failure()
+    def put(self, w: Writes, before_commit: Callable[[], None]) -> None:
+        self.check()
+        self._queue.put((w, before_commit))
 
     def close(self) -> None:
         self._queue.join()
         self._queue.put(None)
         self._thread.join()
-        self._conn.close()
-        self._raise_failure()
+        self._db.close()
+        self.check()
 
 
-class LedgerSink(FixedPartitionedSink[Record, None]):
-    """Items are (raw partition, record); each sink partition owns a writer thread and connection.
-    A subscription's events share a raw partition, so one writer keeps its revenue rows."""
+class OutputTopics(Protocol):
+    """What the ledger sink needs of the output topics (sinks/outputs.py)."""
 
-    def __init__(self, url: str, parts: int = 2):
+    def produce_batch(self, batch: Batch) -> None: ...
+
+    def flush(self) -> None:
+        """Wait until every message produced so far is acknowledged; raise if one failed."""
+
+    def close(self) -> None: ...
+
+
+class LedgerSink(DynamicSink[Batch]):
+    """Each worker writes the batches it decided: no exchange between workers. `outputs` builds a
+    worker's output-topic producer (sinks/outputs.py); `on_commit` hears of every batch that is
+    durable."""
+
+    def __init__(self, url: str, outputs: Callable[[], OutputTopics],
+                 on_commit: Callable[[Writes], None] = lambda _w: None):
         self._url = url
-        self._parts = [f"ledger-{i}" for i in range(parts)]
+        self._outputs = outputs
+        self._on_commit = on_commit
 
-    def list_parts(self) -> list[str]:
-        return self._parts
-
-    def part_fn(self, item_key: str) -> int:
-        return int(item_key)
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LedgerPartition:
-        return _LedgerPartition(self._url)
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LedgerPartition:
+        return _LedgerPartition(_Writer(self._url, self._on_commit), self._outputs())
 
 
-class ClaimIndex:
-    """Reads durable dedup claims. One connection per worker thread (psycopg connections are
-    not shared across threads)."""
+class _LedgerPartition(StatelessSinkPartition[Batch]):
+    def __init__(self, writer: _Writer, outputs: OutputTopics):
+        self._writer = writer
+        self._outputs = outputs
+
+    def write_batch(self, items: list[Batch]) -> None:
+        for batch in items:
+            if not batch.records:
+                continue
+            writes = writes_of(batch)
+            self._outputs.produce_batch(batch)
+            # The outputs are acknowledged before the ledger commits: at least once on the topics,
+            # exactly once in the ledger.
+            self._writer.put(writes, self._outputs.flush)
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._outputs.close()
+
+
+# --- what the flow reads back --------------------------------------------------------------------
+
+_CLAIM = """
+INSERT INTO dedup_claims (dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash, ingested_at)
+SELECT k, t, p, o, h, timestamptz 'epoch' + ms * interval '1 millisecond'
+FROM unnest(%b::text[], %b::text[], %b::int4[], %b::int8[], %b::bytea[], %b::int8[]) AS x(k, t, p, o, h, ms)
+ON CONFLICT (dedup_key) DO UPDATE SET
+    raw_topic_id = excluded.raw_topic_id, raw_partition = excluded.raw_partition,
+    raw_offset = excluded.raw_offset, payload_hash = excluded.payload_hash, ingested_at = excluded.ingested_at
+WHERE dedup_claims.ingested_at < excluded.ingested_at - interval '90 days'
+RETURNING dedup_key
+"""
+_TAKE_OVER = """
+UPDATE dedup_claims SET raw_topic_id = %s, raw_partition = %s, raw_offset = %s
+WHERE dedup_key = %s AND (raw_topic_id, raw_partition, raw_offset) = (%s, %s, %s)
+"""
+_HELD_BY = ("SELECT dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash,"
+            " (extract(epoch FROM ingested_at) * 1000)::bigint FROM dedup_claims WHERE dedup_key = ANY(%b)")
+_PURGE_CLAIMS = """
+DELETE FROM dedup_claims
+WHERE ingested_at < (SELECT max(ingested_at) FROM dedup_claims) - interval '91 days'
+"""
+_PURGE_EVERY_S = 3600.0  # claims past the horizon can never match again
+
+
+class PostgresState:
+    """The durable state a worker reads before it decides: dedup claims and running totals. One
+    connection per worker thread (psycopg connections are not shared across threads)."""
 
     def __init__(self, url: str):
         self._url = url
         self._local = threading.local()
+        self._purged_at = time.monotonic()
 
-    def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = connect(self._url, autocommit=True)
-        return conn
+    def _db(self) -> Reconnecting:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = Reconnecting(self._url, "reading claims and running totals",
+                                               autocommit=True)
+        return db
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, Claim]:
-        # %b sends the keys as a binary array: text-array escaping was a hot spot
-        rows = self._conn().execute(
-            "SELECT dedup_key, raw_topic_id, raw_partition, raw_offset, payload_hash,"
-            " (extract(epoch FROM ingested_at) * 1000)::bigint"
-            " FROM dedup_claims WHERE dedup_key = ANY(%b)", (list(keys),)).fetchall()
-        return {k: Claim(t, p, o, h, ms) for k, t, p, o, h, ms in rows}
+    def claim(self, records: Sequence[Record]) -> dict[str, Claim]:
+        """operators.dedup.ClaimIndex: claims are committed at once, before anything is rated, so
+        no other worker or process can take a key this batch holds."""
+        return self._db().run(lambda conn: self._claim(conn, records))
+
+    def _claim(self, conn: psycopg.Connection, records: Sequence[Record]) -> dict[str, Claim]:
+        held = claim(conn, records)
+        if time.monotonic() - self._purged_at > _PURGE_EVERY_S:
+            self._purged_at = time.monotonic()
+            conn.execute(_PURGE_CLAIMS)
+        return held
+
+    def totals(self, keys: Collection[TotalsKey]) -> dict[TotalsKey, PeriodTotals]:
+        """operators.revenue.LoadTotals: the committed running totals of these keys (absent: new)."""
+        return self._db().run(lambda conn: load_totals(conn, keys))
+
+
+def claim(conn: psycopg.Connection, records: Sequence[Record]) -> dict[str, Claim]:
+    """operators.dedup.ClaimIndex.claim on a connection (committed at once in autocommit mode)."""
+    held = _insert_claims(conn, [r for r in records if r.reinject_of is None])
+    for r in records:  # an approved held event takes over its original's claim, once
+        if r.reinject_of is not None:
+            conn.execute(_TAKE_OVER, (*r.coords, r.dedup_key, *parse_ref(r.reinject_of)))
+    rest = [r.dedup_key for r in records if r.dedup_key not in held]
+    if rest:
+        for k, t, p, o, h, ms in conn.execute(_HELD_BY, (rest,)):
+            held[k] = Claim(t, p, o, bytes(h), ms)
+    # A re-injection of a record that never claimed its key (held before claims covered
+    # unresolved records) claims it itself.
+    held.update(_insert_claims(conn, [r for r in records if r.dedup_key not in held]))
+    return held
+
+
+def _insert_claims(conn: psycopg.Connection, records: Sequence[Record]) -> dict[str, Claim]:
+    """Claim the keys of these records (one each) unless held; the claims made."""
+    if not records:
+        return {}
+    mine = {k for (k,) in conn.execute(_CLAIM, (
+        [r.dedup_key for r in records], [r.topic_id for r in records], [r.partition for r in records],
+        [r.offset for r in records], [r.payload_hash for r in records], [r.ingested_ms for r in records]))}
+    return {r.dedup_key: Claim(r.topic_id, r.partition, r.offset, r.payload_hash, r.ingested_ms)
+            for r in records if r.dedup_key in mine}
+
+
+def load_totals(conn: psycopg.Connection, keys: Collection[TotalsKey]) -> dict[TotalsKey, PeriodTotals]:
+    keys = list(keys)
+    out = {k: PeriodTotals() for k in keys}
+    columns = [list(c) for c in zip(*keys, strict=True)]
+    for tenant, sub, metric, period, events, quantity, revenue, cost, groups in conn.execute(
+            "SELECT r.tenant, r.subscription, r.metric, r.period, r.events, r.quantity, r.revenue, r.cost,"
+            " r.groups FROM revenue r JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+            " AS k(t, s, m, p) ON (r.tenant, r.subscription, r.metric, r.period) = (k.t, k.s, k.m, k.p)",
+            columns):
+        t = out[(tenant, sub, metric, period)]
+        t.events, t.usage, t.revenue, t.cost = events, quantity, revenue, cost
+        for gk, (total, latest_at) in groups.items():
+            group = _group(gk)
+            t.groups[group] = Decimal(total)
+            if latest_at is not None:
+                t.latest_at[group] = latest_at
+    for tenant, sub, metric, period, gk, value in conn.execute(
+            "SELECT d.tenant, d.subscription, d.metric, d.period, d.grp, d.value FROM revenue_distinct d"
+            " JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS k(t, s, m, p)"
+            " ON (d.tenant, d.subscription, d.metric, d.period) = (k.t, k.s, k.m, k.p)", columns):
+        out[(tenant, sub, metric, period)].distinct.setdefault(_group(gk), set()).add(value)
+    return out
+
+
+def _group(text_key: str) -> GroupKey:
+    return tuple(orjson.loads(text_key))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from config import Settings
+from config import Settings, clock
 from operators.enrich import active_subscription
 from operators.timestamp_gate import to_us
 from sinks.catalog import load_entitlements
@@ -63,8 +63,9 @@ def decide(conn: psycopg.Connection, ids: list[int], action: str, actor: str,
     """Record the decision for each undecided held row among `ids`, once. Returns the rows decided
     now and the ids that were not (already decided, or not held)."""
     with conn.transaction():
-        rows = _held(conn.execute(f"SELECT {_HELD_COLUMNS} {_UNDECIDED} AND l.id = ANY(%s) FOR UPDATE OF l",
-                                  (ids,)))
+        # locked in id order, so two concurrent decisions cannot deadlock
+        rows = _held(conn.execute(f"SELECT {_HELD_COLUMNS} {_UNDECIDED} AND l.id = ANY(%s)"
+                                  " ORDER BY l.id FOR UPDATE OF l", (ids,)))
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO ledger_transitions (raw_topic_id, raw_partition, raw_offset, action,"
@@ -75,20 +76,32 @@ def decide(conn: psycopg.Connection, ids: list[int], action: str, actor: str,
     return rows, [i for i in ids if i not in decided]
 
 
+# The order re-injected events reach the pipeline in: each customer's events by event time (raw
+# coordinates break ties), as they happened, which is also the order a backfill produces. Rating
+# (tiers, `latest`) and the monitors read a customer's events in the order they arrive; without a
+# defined order Postgres returns a big selection as a parallel hash join happens to, interleaving
+# each customer's history, and the monitors drop as late whatever comes after a later hour.
+REINJECTION_ORDER = ("l.tenantid, l.subject, l.event_time, l.raw_topic_id, l.raw_partition,"
+                     " l.raw_offset")
+
+
 def awaiting_reinjection(conn: psycopg.Connection, ids: list[int] | None = None) -> list[tuple]:
-    """Approved held rows whose re-injection has not reached the ledger yet: (coords, raw, key, tier)."""
+    """Approved held rows whose re-injection has not reached the ledger yet, in REINJECTION_ORDER:
+    (coords, raw, key, tier)."""
     return conn.execute(
         "SELECT l.raw_topic_id, l.raw_partition, l.raw_offset, l.raw, l.raw_key, l.tier FROM ledger l"
         " JOIN ledger_transitions t USING (raw_topic_id, raw_partition, raw_offset)"
         " WHERE t.action = 'approve' AND (%s::bigint[] IS NULL OR l.id = ANY(%s))"
         " AND NOT EXISTS (SELECT 1 FROM ledger r WHERE r.reinject_of ="
-        " l.raw_topic_id || '/' || l.raw_partition || '/' || l.raw_offset)", (ids, ids)).fetchall()
+        " l.raw_topic_id || '/' || l.raw_partition || '/' || l.raw_offset)"
+        f" ORDER BY {REINJECTION_ORDER}", (ids, ids)).fetchall()
 
 
 def reinject(settings: Settings, rows: list[tuple]) -> int:
     """Produce approved held events again, verbatim, with their original key and tier and a
-    reference to the record they stand for. Repeating this is harmless: the pipeline lets one
-    re-injection take over the original's idempotency claim; any other is a duplicate."""
+    reference to the record they stand for, in the order given (one producer, so each partition
+    keeps it). Repeating this is harmless: the pipeline lets one re-injection take over the
+    original's idempotency claim; any other is a duplicate."""
     from confluent_kafka import Producer
     producer = Producer(producer_config(settings))
     errors: list[str] = []
@@ -102,7 +115,7 @@ def reinject(settings: Settings, rows: list[tuple]) -> int:
         if tier:
             headers.append((TIER_HEADER, tier.encode()))
         produce(producer, settings.topics.raw, bytes(raw), key=None if key is None else bytes(key),
-                headers=headers, on_delivery=delivered)
+                headers=headers, timestamp=clock.now_ms(), on_delivery=delivered)
     if producer.flush(60) or errors:
         raise RuntimeError(f"re-injection not acknowledged: {errors[:3] or 'timed out'}")
     return len(rows)
@@ -112,7 +125,7 @@ def resolvable(conn: psycopg.Connection) -> list[int]:
     """Undecided unresolved rows (unknown customer, no subscription) the catalog can now resolve."""
     rows = conn.execute(
         f"SELECT l.id, l.tenantid, l.subject, l.event_time {_UNDECIDED} AND l.status = 'unresolved'"
-        " AND l.reason IN ('unknown_customer', 'no_subscription')").fetchall()
+        " AND l.reason IN ('unknown_customer', 'no_subscription') ORDER BY l.id").fetchall()
     entitlements = load_entitlements(conn, {(t, s) for _, t, s, _ in rows})
     return [i for i, t, s, when in rows
             if (ent := entitlements.get((t, s))) is not None and active_subscription(ent, to_us(when))]

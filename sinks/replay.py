@@ -14,10 +14,12 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from config import Settings
+from operators.audit import AUDIT_COLUMNS
 from schemas.record import Record
 from sinks.audit import reseal
-from sinks.kafka import TIER_HEADER, kafka_config, topic_id
-from sinks.ledger import LEDGER_COLUMNS, LINE_COLUMNS, copy_rows, ledger_row, line_rows
+from sinks.kafka import kafka_config, topic_id
+from sinks.ledger import LINE_NAMES, copy_text, line_texts, row_text
+from sinks.raw_source import record_of
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,11 @@ def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
     where, params = scope.where()
     rows = conn.execute(
         "SELECT raw_topic, raw_topic_id, raw_partition, raw_offset,"
-        " (extract(epoch FROM ingested_at) * 1000)::bigint, raw, raw_key, tier, reinject_of"
-        f" FROM ledger WHERE {where}", params)
+        " (extract(epoch FROM ingested_at) * 1000)::bigint, raw, raw_key, tier, reinject_of, backfill"
+        f" FROM ledger WHERE {where} ORDER BY raw_topic_id, raw_partition, raw_offset", params)
     return [Record(t, tid, p, o, ms, bytes(raw), key=None if key is None else bytes(key), tier=tier,
-                   reinject_of=reinject_of)
-            for t, tid, p, o, ms, raw, key, tier, reinject_of in rows]
+                   reinject_of=reinject_of, backfill=backfill)
+            for t, tid, p, o, ms, raw, key, tier, reinject_of, backfill in rows]
 
 
 def topic_records(settings: Settings, keep: Callable[[bytes], bool]) -> Iterator[Record]:
@@ -69,17 +71,10 @@ def topic_records(settings: Settings, keep: Callable[[bytes], bool]) -> Iterator
                         raise RuntimeError(f"reading {topic}: {m.error()}")
                     remaining -= 1
                     continue
-                value = m.value() or b""
-                if keep(value):
-                    tier = dict(m.headers() or ()).get(TIER_HEADER)
-                    yield Record(topic, raw_topic_id, m.partition(), m.offset(), m.timestamp()[1], value,
-                                 key=m.key(), tier=tier.decode(errors="replace") if tier else None)
+                if keep(m.value() or b""):
+                    yield record_of(m, raw_topic_id)
     finally:
         consumer.close()
-
-
-_REPLAY_LEDGER = (("replay_id", "int8"), *LEDGER_COLUMNS)
-_REPLAY_LINES = (("replay_id", "int8"), *LINE_COLUMNS)
 
 
 def write_shadow(conn: psycopg.Connection, scope: Scope, period: str, source: str,
@@ -90,9 +85,11 @@ def write_shadow(conn: psycopg.Connection, scope: Scope, period: str, source: st
             "INSERT INTO replays (tenant, period, source, rows, digest, live_digest)"
             " VALUES (%s, %s, %s, %s, '', '') RETURNING id",
             (scope.tenant, period, source, len(records))).fetchone()[0]
-        copy_rows(cur, "replay_ledger", _REPLAY_LEDGER, [(replay_id, *ledger_row(r)) for r in records])
-        copy_rows(cur, "replay_lines", _REPLAY_LINES,
-              [(replay_id, *line) for r in records for line in line_rows(r)])
+        copy_text(cur, "replay_ledger", ("replay_id", *AUDIT_COLUMNS),
+                  "".join(f"{replay_id}\t{row_text(r)}\n" for r in records).encode())
+        copy_text(cur, "replay_lines", ("replay_id", *LINE_NAMES),
+                  "".join(f"{replay_id}\t{r.topic_id}\t{r.partition}\t{r.offset}\t{line}\n"
+                          for r in records for line in line_texts(r)).encode())
     return replay_id
 
 
@@ -191,31 +188,13 @@ def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id:
                      f" x.raw_offset) = (l.raw_topic_id, l.raw_partition, l.raw_offset) AND {where_l}",
                      params_l)
         conn.execute(f"DELETE FROM ledger WHERE {where}", params)
-        columns = ", ".join(name for name, _ in LEDGER_COLUMNS)
-        line_columns = ", ".join(name for name, _ in LINE_COLUMNS)
+        columns = ", ".join(AUDIT_COLUMNS)
+        line_columns = ", ".join(LINE_NAMES)
         conn.execute(f"INSERT INTO ledger ({columns}) SELECT {columns} FROM replay_ledger"
                      " WHERE replay_id = %s", (replay_id,))
         conn.execute(f"INSERT INTO ledger_lines ({line_columns}) SELECT {line_columns} FROM replay_lines"
                      " WHERE replay_id = %s", (replay_id,))
         with conn.cursor() as cur:  # the replaced rows join the audit chain as new entries
             reseal(cur, "replay", where_l, params_l)
-        conn.execute("DELETE FROM revenue WHERE tenant = %s AND period = %s", (scope.tenant, period))
-        conn.execute(_REBUILD_REVENUE, {"tenant": scope.tenant, "period": period})
+        conn.execute("SELECT aforo_rebuild_totals(%s, %s)", (scope.tenant, period))
         conn.execute("UPDATE replays SET applied = true WHERE id = %s", (replay_id,))
-
-
-# Usage per (subscription, metric) is the sum over groups of each group's last running total.
-_REBUILD_REVENUE = """
-WITH lines AS (
-    SELECT l.customer, l.subscription, l.currency, x.metric, x.grp, x.total_after, x.revenue, x.cost,
-           row_number() OVER (PARTITION BY l.subscription, x.metric, x.grp
-                              ORDER BY l.ingested_at DESC, l.raw_partition DESC, l.raw_offset DESC) AS newest
-    FROM ledger l JOIN ledger_lines x USING (raw_topic_id, raw_partition, raw_offset)
-    WHERE l.tenantid = %(tenant)s AND l.period = %(period)s AND l.status = 'accepted'
-)
-INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
-    revenue, cost)
-SELECT %(tenant)s, customer, subscription, metric, %(period)s, currency, count(*),
-       sum(total_after) FILTER (WHERE newest = 1), sum(revenue), sum(cost)
-FROM lines GROUP BY customer, subscription, currency, metric
-"""

@@ -1,13 +1,18 @@
-"""Read-side queries for the CLI: ledger export, provenance chains, summaries, revenue."""
+"""Read-side queries for the CLI and the API: ledger export, provenance chains, summaries, revenue."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
 
+from operators.money import rounded
+from operators.pricing import Charge
+from operators.projection import Pace, projected_revenue
+from schemas.billing import TenantInfo
+from sinks.catalog import load_tenants
 from sinks.postgres import as_dicts
 
 EXPORT_COLUMNS = (
@@ -89,14 +94,59 @@ def revenue_between(conn: psycopg.Connection, start: datetime, end: datetime,
         " GROUP BY currency", (start, end, tenant, tenant)).fetchall())
 
 
-def ledger_positions(conn: psycopg.Connection, raw_topic_id: str,
-                     partitions: Iterable[int]) -> dict[int, int]:
-    """Per raw partition, the offset after the highest one in the ledger (partitions with no row
-    are left out). One primary-key lookup per partition."""
-    positions = {}
-    for p in sorted(partitions):
-        (top,) = conn.execute("SELECT max(raw_offset) FROM ledger"
-                              " WHERE raw_topic_id = %s AND raw_partition = %s", (raw_topic_id, p)).fetchone()
-        if top is not None:
-            positions[p] = top + 1
-    return positions
+def usage_rows(conn: psycopg.Connection, period: str, tenant: str | None,
+               customer: str | None = None) -> list[dict]:
+    """The flow's running totals of a period per (subscription, metric), with the plan version
+    the subscription is on: what the period's projection is computed from."""
+    cur = conn.execute(
+        "SELECT r.tenant, r.customer, r.subscription, r.metric, r.currency, r.events, r.quantity,"
+        " r.revenue, r.cost, s.plan, s.plan_version FROM revenue r"
+        " LEFT JOIN subscriptions s ON s.tenant = r.tenant AND s.id = r.subscription"
+        " WHERE r.period = %s AND (%s::text IS NULL OR r.tenant = %s)"
+        " AND (%s::text IS NULL OR r.customer = %s)"
+        " ORDER BY r.tenant, r.customer, r.subscription, r.metric",
+        (period, tenant, tenant, customer, customer))
+    return as_dicts(cur)
+
+
+def plan_terms(tenants: dict[str, TenantInfo], row: dict) -> tuple[Charge | None, str]:
+    """(the charge, the metric's aggregation) that price a usage row."""
+    info = tenants.get(row["tenant"])
+    if info is None:
+        return None, "sum"
+    charge = info.charges.get((row["plan"], row["plan_version"]), {}).get(row["metric"])
+    aggregation = next((m.aggregation for metrics in info.metrics_by_type.values() for m in metrics
+                        if m.code == row["metric"]), "sum")
+    return charge, aggregation
+
+
+def projected_by_row(rows: list[dict], tenants: dict[str, TenantInfo], scale: Decimal) -> list[Decimal]:
+    """Each usage row's end-of-period revenue at the pace `scale` (operators/projection.py)."""
+    return [projected_revenue(*plan_terms(tenants, r), r["quantity"], r["revenue"], scale) for r in rows]
+
+
+def by_currency(pairs: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
+    """Amounts summed per currency, in currency order."""
+    totals: dict[str, Decimal] = {}
+    for currency, amount in pairs:
+        totals[currency] = totals.get(currency, Decimal(0)) + amount
+    return dict(sorted(totals.items()))
+
+
+def revenue_report(conn: psycopg.Connection, tenant: str | None, period: str, now: datetime) -> dict:
+    """`aforo revenue` and the console's home tiles: revenue today (by event time, UTC day),
+    period to date (the flow's running totals), projected end of period (per subscription and
+    metric at the current pace, priced on the plan, rounded to the currency's minor unit), and
+    revenue, cost and margin by customer. Amounts are exact Decimals except the projection."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    customers = revenue_by_customer(conn, period, tenant)
+    rows = usage_rows(conn, period, tenant)
+    projected = projected_by_row(rows, load_tenants(conn), Pace.of(period, now).scale)
+    return {
+        "period": period,
+        "today": by_currency(revenue_between(conn, day, day + timedelta(days=1), tenant).items()),
+        "period_to_date": by_currency((c["currency"], c["revenue"]) for c in customers),
+        "projected_end_of_period": {cur: rounded(v, cur) for cur, v in by_currency(
+            (r["currency"], p) for r, p in zip(rows, projected, strict=True)).items()},
+        "customers": customers,
+    }

@@ -33,11 +33,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from schemas.errors import AforoError
+
 if TYPE_CHECKING:
     from config import Settings
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# Postgres' shutdown checkpoint writes every dirty buffer: on a loaded machine, after a test
+# session's hundreds of databases, that took longer than STOP_TIMEOUT_S.
+PG_STOP_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
 PROBE_TIMEOUT_S = 1.0
 LOG_TAIL_LINES = 20
@@ -63,15 +68,16 @@ class ServiceState:
     detail: str
 
 
-class StackError(RuntimeError):
+class StackError(AforoError):
     """The stack cannot reach the requested state; the message is meant for the user."""
 
 
 # --- public API --------------------------------------------------------------------------
 
 
-def up(settings: Settings) -> list[ServiceState]:
-    """Start every embedded service that is not already running; idempotent."""
+def up(settings: Settings, *, allow_root_changes: bool = False) -> list[ServiceState]:
+    """Start every embedded service that is not already running; idempotent. As root, starting
+    Postgres changes the machine (`root_changes`): refused unless `allow_root_changes`."""
     with _locked(settings):
         states: dict[str, ServiceState] = {}
         to_start: list[_Service] = []
@@ -100,6 +106,11 @@ def up(settings: Settings) -> list[ServiceState]:
                     f"{svc.port_env}=<port>")
             svc.binary()  # fail on a missing package before anything starts
             to_start.append(svc)
+        changes = root_changes(settings) if _POSTGRES in to_start and not allow_root_changes else []
+        if changes:
+            raise StackError("running as root, starting the embedded postgres would:\n  - "
+                             + "\n  - ".join(changes)
+                             + "\nallow it with `aforo up --yes`, or run Aforo as an ordinary user")
 
         if to_start:
             for sub in ("logs", "redis", "postgres"):
@@ -184,7 +195,7 @@ def temporary(base: Settings, home: Path) -> Iterator[Settings]:
     `Settings.to_env()` reach the same services."""
     settings = dataclasses.replace(base, home=home, embedded_kafka_port=free_port(),
                                    embedded_postgres_port=free_port(), embedded_redis_port=free_port())
-    up(settings)
+    up(settings, allow_root_changes=True)  # tests and benchmarks run unattended, often as root
     try:
         yield dataclasses.replace(settings, kafka_bootstrap_env=settings.kafka_bootstrap,
                                   database_url_env=settings.database_url, redis_url_env=settings.redis_url)
@@ -378,11 +389,12 @@ class _Postgres(_Service):
     @staticmethod
     def _pg_ctl_stop(run_as: dict[str, Any], bin_dir: Path, data: Path, mode: str) -> None:
         _pg_run(run_as, data, [bin_dir / "pg_ctl", "-D", data, "-m", mode, "-w",
-                               "-t", str(int(STOP_TIMEOUT_S)), "stop"],
-                timeout=STOP_TIMEOUT_S + 10)
+                               "-t", str(int(PG_STOP_TIMEOUT_S)), "stop"],
+                timeout=PG_STOP_TIMEOUT_S + 10)
 
 
-_SERVICES: tuple[_Service, ...] = (_Kafka(), _Postgres(), _Redis())
+_POSTGRES = _Postgres()
+_SERVICES: tuple[_Service, ...] = (_Kafka(), _POSTGRES, _Redis())
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -517,36 +529,58 @@ def _add_system_user(name: str) -> None:
                          f"(it refuses to run as root): {error}")
 
 
+def _pg_access(bin_dir: Path, data: Path, log: Path) -> dict[Path, int]:
+    """The mode bits the postgres account lacks, by path: read (and run) the installation's bin,
+    lib and share (pip normally installs them world-readable, some containers don't), and search
+    permission on the ancestors of the binaries, the data dir and the log (they stay unlistable)."""
+    wanted: dict[Path, int] = {}
+    for tree in ("bin", "lib", "share"):
+        for folder, _, files in os.walk(bin_dir.parent / tree):
+            wanted[Path(folder)] = stat.S_IROTH | stat.S_IXOTH
+            for name in files:
+                path = Path(folder, name)
+                wanted[path] = stat.S_IROTH | (stat.S_IXOTH if path.stat().st_mode & stat.S_IXUSR else 0)
+    for path in (bin_dir, data, log):
+        for folder in path.parents:
+            wanted[folder] = wanted.get(folder, 0) | stat.S_IXOTH
+    return {p: bits for p, bits in wanted.items() if p.exists() and p.stat().st_mode & bits != bits}
+
+
+def root_changes(settings: Settings) -> list[str]:
+    """What `up` would change on this machine, beyond AFORO_HOME, to start PostgreSQL as root
+    (which PostgreSQL refuses): an account to run it, and permissions for that account. Empty
+    when not root, when Postgres is external or running, or when it was all done before."""
+    if os.geteuid() != 0 or settings.database_url_env or _find(settings, _POSTGRES) is not None:
+        return []
+    import pwd
+
+    changes = []
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        changes.append(f"create the system user {PG_SYSTEM_USER!r} (no home, no login shell) to run "
+                       "PostgreSQL, which refuses to run as root")
+    bin_dir = _POSTGRES.binary().parent
+    missing = _pg_access(bin_dir, _pg_data(settings), _log_file(settings, _POSTGRES.name))
+    installed = [p for p in missing if p.is_relative_to(bin_dir.parent)]
+    if installed:
+        changes.append(f"make {len(installed)} files and folders under {bin_dir.parent} readable by "
+                       "every user (o+rX)")
+    changes += [f"let every user pass through (o+x: enter, not list) {p}"
+                for p in sorted(missing) if not p.is_relative_to(bin_dir.parent)]
+    return changes
+
+
 def _pg_grant_access(bin_dir: Path, data: Path, log: Path) -> dict[str, Any]:
     """As root, let the postgres account use the binaries, own the data dir and write the log."""
     run_as = _pg_account()
     if not run_as:
         return run_as
-    for tree in ("bin", "lib", "share"):
-        _make_readable(bin_dir.parent / tree)
-    # Search permission is all the account needs on the ancestors; they stay unlistable.
-    for path in (bin_dir, data, log):
-        for folder in path.parents:
-            _add_mode(folder, stat.S_IXOTH)
+    for path, bits in _pg_access(bin_dir, data, log).items():
+        path.chmod(path.stat().st_mode | bits)
     for path in (data, log):
         os.chown(path, run_as["user"], run_as["group"])
     return run_as
-
-
-def _make_readable(tree: Path) -> None:
-    """chmod -R o+rX: pip normally installs world-readable files, some containers don't."""
-    for folder, _, files in os.walk(tree):
-        _add_mode(Path(folder), stat.S_IROTH | stat.S_IXOTH)
-        for name in files:
-            path = Path(folder, name)
-            executable = path.stat().st_mode & stat.S_IXUSR
-            _add_mode(path, stat.S_IROTH | (stat.S_IXOTH if executable else 0))
-
-
-def _add_mode(path: Path, bits: int) -> None:
-    mode = path.stat().st_mode
-    if mode & bits != bits:
-        path.chmod(mode | bits)
 
 
 def _pg_run(run_as: dict[str, Any], data: Path, argv: Sequence[str | Path],

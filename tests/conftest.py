@@ -4,6 +4,12 @@ By default the embedded stack is started on free ports under a temporary AFORO_H
 AFORO_KAFKA_BOOTSTRAP, AFORO_DATABASE_URL and AFORO_REDIS_URL to run against external services.
 Each test gets its own topics (a unique prefix), its own database (with the demo catalog
 applied) and its own AFORO_HOME.
+
+A test marked `time_sensitive` reads the clock (it builds events from "now"), so it runs three
+times: at the real time, and with the clock at 00:30 UTC on the 1st of a month and on 1 January,
+where "the last hour" and "30 hours ago" fall in another period, or year. The clock is moved with
+time-machine, in this process only: Aforo stamps raw records from config.clock, so ingestion
+moves with it (libfaketime would hang librdkafka's timed waits).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import time_machine
 
 import config
 from cli.demo import demo_catalog
@@ -24,6 +31,25 @@ from sinks.catalog import apply_catalog
 from sinks.postgres import migrate
 
 TEMPLATE_DB = "aforo_test_template"
+# After a 28-day February, and the new year: fixed, so a failure can be reproduced.
+CLOCKS = {"now": None, "month-start": "2027-03-01T00:30:00Z", "new-year": "2027-01-01T00:30:00Z"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("time_sensitive"):
+        metafunc.parametrize("test_clock", list(CLOCKS.values()), ids=list(CLOCKS), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def test_clock(request: pytest.FixtureRequest):
+    """The clock of a time-sensitive test's run (see the module's docstring); ticking, so
+    durations and timeouts still pass."""
+    at = getattr(request, "param", None)
+    if at is None:
+        yield
+        return
+    with time_machine.travel(at, tick=True):
+        yield
 
 
 def _with_db(url: str, db: str) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 import config
+from flows.metering import run
 from sinks.kafka import RawProducer, ensure_topics, kafka_config
 from sinks.postgres import connect
 
@@ -47,28 +50,57 @@ def outcomes(s: config.Settings) -> Counter:
     return Counter(f"{row[2]}/{row[3] or ''}" for row in ledger(s))
 
 
-def routed(s: config.Settings) -> dict[str, set[str]]:
-    """raw reference -> the output topics it was produced to (read to partition EOF)."""
+def messages(s: config.Settings, topics: tuple[str, ...]) -> list[Message]:
+    """Every message of the topics, read from the start to partition EOF, in partition order."""
     c = Consumer(kafka_config(s, "consumer", group_id="aforo-test", enable_partition_eof=True))
     parts = []
-    for topic in s.topics.outputs:
+    for topic in topics:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
     c.assign(parts)
-    seen: dict[str, set[str]] = {}
-    remaining = len(parts)
+    found, remaining = [], len(parts)
     while remaining:
         for m in c.consume(1000, 5.0):
             if m.error():
                 assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
                 remaining -= 1
                 continue
-            ref = dict(m.headers())["aforo-raw"].decode()
-            seen.setdefault(ref, set()).add(m.topic())
+            found.append(m)
     c.close()
+    return sorted(found, key=lambda m: (m.topic(), m.partition(), m.offset()))
+
+
+def routed(s: config.Settings) -> dict[str, set[str]]:
+    """raw reference -> the output topics it was produced to."""
+    seen: dict[str, set[str]] = {}
+    for m in messages(s, s.topics.outputs):
+        seen.setdefault(dict(m.headers())["aforo-raw"].decode(), set()).add(m.topic())
     return seen
+
+
+def meter_demo(s: config.Settings, normal: int) -> config.Settings:
+    """The demo stream (both tenants, duplicates, late, rejected and unresolved events), metered."""
+    from cli.demo import demo_stream
+    lines, _ = demo_stream(datetime.now(UTC), normal=normal)
+    send(s, lines)
+    run(s, once=True)
+    return s
 
 
 def env_of(s: config.Settings) -> dict[str, str]:
     """The environment that makes a subprocess `aforo` see the same installation."""
     return {**os.environ, **s.to_env()}
+
+
+def periods_of(lines: list[bytes], tenant: str = "acme") -> list[str]:
+    """The billing periods (YYYY-MM in UTC) a tenant's events fall in by their own `time`: what a
+    test replays or reports on, rather than the month the clock happens to be in."""
+    found = set()
+    for line in lines:
+        try:
+            event = orjson.loads(line)
+            if isinstance(event, dict) and event.get("tenantid") == tenant:
+                found.add(datetime.fromisoformat(event["time"]).astimezone(UTC).strftime("%Y-%m"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # the demo's broken lines belong to no period
+    return sorted(found)

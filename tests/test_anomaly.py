@@ -9,6 +9,7 @@ import random
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from operators.anomaly import (
@@ -26,7 +27,7 @@ from operators.anomaly import (
 from operators.timestamp_gate import to_us
 from schemas.billing import BillingContext, RevenueLine
 from schemas.record import Record, Status
-from sinks.kafka import routed_message
+from sinks.outputs import routed_message
 
 T0 = to_us(datetime(2026, 3, 2, tzinfo=UTC))  # a Monday, 00:00 UTC
 WEEK = 7 * 24
@@ -248,7 +249,8 @@ def test_first_delivery_drops_repeats_per_subscription_and_raw_partition():
 def test_parse_enriched_reads_what_the_metering_flow_writes():
     event = {"specversion": "1.0", "id": "e1", "source": "s", "type": "llm.completion", "subject": "cust-1",
              "time": "2026-03-02T10:15:00.5+01:00", "tenantid": "acme", "data": {"tokens": 7}}
-    rec = Record("aforo.events.raw", "topic-id", 3, 42, 0, b"{}", event=event, status=Status.ACCEPTED)
+    rec = Record("aforo.events.raw", "topic-id", 3, 42, 0, orjson.dumps(event), event=event,
+                 status=Status.ACCEPTED)
     rec.billing = BillingContext("cust-1", "sub-1", "pro", 1, "USD", "2026-03")
     rec.lines = [RevenueLine("tokens", {"model": "m"}, Decimal("7"), Decimal("107"), Decimal("0.1"),
                              Decimal("0"), 2, Decimal("107"), Decimal("0.1"), Decimal("0"))]

@@ -46,11 +46,11 @@ def test_admit_fills_the_tenant_and_refuses_another():
 def test_a_batch_is_refused_whole_naming_each_bad_event():
     with pytest.raises(ApiError) as refused:
         admit_batch([_event(1), 7, _event(3, tenantid="globex"), "x"], "acme")
-    assert refused.value.status == 400
+    assert refused.value.http_status == 400
     assert [e["index"] for e in refused.value.extra["events"]] == [1, 3]
     with pytest.raises(ApiError) as foreign:
         admit_batch([_event(1), _event(2, tenantid="globex")], "acme")
-    assert foreign.value.status == 403 and foreign.value.extra["events"][0]["index"] == 1
+    assert foreign.value.http_status == 403 and foreign.value.extra["events"][0]["index"] == 1
 
 
 @pytest.mark.parametrize("doc, content_type, status", [
@@ -60,7 +60,7 @@ def test_a_batch_is_refused_whole_naming_each_bad_event():
 def test_batch_shapes(doc, content_type, status):
     with pytest.raises(ApiError) as refused:
         batch_of(doc, content_type)
-    assert refused.value.status == status
+    assert refused.value.http_status == status
 
 
 def test_jsonpath_subset():
@@ -87,7 +87,7 @@ def test_limits():
         limiter.check("k")
     with pytest.raises(ApiError) as limited:
         limiter.check("k")
-    assert limited.value.status == 429 and limited.value.headers == {"Retry-After": "1"}
+    assert limited.value.http_status == 429 and limited.value.headers == {"Retry-After": "1"}
     limiter.check("other")  # per source
     now[0] = 0.5
     limiter.check("k")  # one token back after half a second at 2/s

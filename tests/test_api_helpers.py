@@ -42,9 +42,10 @@ class Api:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def new_key(settings: config.Settings, tenant: str) -> tuple[str, str]:
+def new_key(settings: config.Settings, tenant: str | None, scope: str = "tenant",
+            customer: str | None = None) -> tuple[str, str]:
     with connect(settings.database_url) as conn:
-        return create_key(conn, tenant)
+        return create_key(conn, tenant, scope, customer)
 
 
 def open_api(settings: config.Settings, options: ApiOptions | None = None) -> Iterator[Api]:

@@ -14,10 +14,11 @@ import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner
-from integration import env_of, ledger, outcomes, send
+from integration import env_of, ledger, outcomes, periods_of, send
 from test_revenue import CHARGES
 
 from cli.main import main
+from config import clock
 from flows.metering import run
 from schemas.catalog import Catalog
 from sinks.catalog import CatalogError, apply_catalog
@@ -45,10 +46,13 @@ def apply(settings, catalog: dict) -> dict[str, int]:
         return apply_catalog(conn, Catalog.model_validate(catalog))
 
 
+@pytest.mark.time_sensitive
 def test_flow_and_aforo_price_agree_to_the_last_digit_for_every_model(settings, tmp_path):
     apply(settings, pricing_catalog())
     rnd = random.Random(3)
-    now = datetime.now(UTC)
+    # a minute of events, all in one period: the marginals run on within a period only
+    now = clock.now()
+    first = max(now - timedelta(seconds=60), now.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
     events = {c["model"]: [(f"{rnd.randint(0, 400)}.{rnd.randint(0, 999):03d}", "a") for _ in range(60)]
               for c in CHARGES}
     lines = []
@@ -56,7 +60,7 @@ def test_flow_and_aforo_price_agree_to_the_last_digit_for_every_model(settings, 
         for i, (q, g) in enumerate(qs):
             lines.append(orjson.dumps({"specversion": "1.0", "id": f"{model}-{i}", "source": "t",
                                        "type": model, "subject": "c1", "tenantid": "p",
-                                       "time": (now - timedelta(seconds=60 - i)).isoformat(),
+                                       "time": (first + timedelta(seconds=i)).isoformat(),
                                        "data": {"q": q, "g": g}}))
     send(settings, lines)
     run(settings, once=True)
@@ -163,24 +167,35 @@ def test_a_catalog_change_reaches_a_running_cache(settings):
         ("unresolved", "unknown_customer", None), ("accepted", None, "sub-new")]
 
 
+@pytest.mark.time_sensitive
 def test_revenue_report_adds_up_to_the_ledger(settings):
-    from cli.demo import demo_stream
-    lines, _ = demo_stream(datetime.now(UTC), normal=1500)
+    from cli.demo import TENANTS, demo_stream
+    now = clock.now()
+    lines, _ = demo_stream(now, normal=1500)
     send(settings, lines)
     run(settings, once=True)
-    out = CliRunner().invoke(main, ["revenue", "--format", "json"], env=env_of(settings))
-    assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
-    with psycopg.connect(settings.database_url) as conn:
-        per_customer = {(t, c): (str(r), str(k), str(m)) for t, c, r, k, m in conn.execute(
-            "SELECT tenantid, customer, sum(revenue), sum(cost), sum(margin) FROM ledger"
-            " WHERE status = 'accepted' AND revenue IS NOT NULL AND period = %s GROUP BY 1, 2",
-            (report["period"],))}
-    assert {(c["tenant"], c["customer"]): (c["revenue"], c["cost"], c["margin"])
-            for c in report["customers"]} == per_customer
-    assert len(per_customer) == 5
-    table = CliRunner().invoke(main, ["revenue"], env=env_of(settings))
-    assert "period to date" in table.output and "cust-a" in table.output
+
+    def report(*args: str) -> dict:
+        out = CliRunner().invoke(main, ["revenue", "--format", "json", *args], env=env_of(settings))
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    assert report()["period"] == now.strftime("%Y-%m")  # the clock's period by default
+    # the demo's last hour may straddle two periods (at 00:30 on the 1st it does): each adds up
+    seen = set()
+    for period in sorted(set(periods_of(lines, "acme") + periods_of(lines, "globex"))):
+        customers = report("--period", period)["customers"]
+        with psycopg.connect(settings.database_url) as conn:
+            per_customer = {(t, c): (str(r), str(k), str(m)) for t, c, r, k, m in conn.execute(
+                "SELECT tenantid, customer, sum(revenue), sum(cost), sum(margin) FROM ledger"
+                " WHERE status = 'accepted' AND revenue IS NOT NULL AND period = %s GROUP BY 1, 2",
+                (period,))}
+        assert {(c["tenant"], c["customer"]): (c["revenue"], c["cost"], c["margin"])
+                for c in customers} == per_customer
+        seen |= set(per_customer)
+    assert seen == {(t, c) for t, cs in TENANTS.items() for c in cs}  # every demo customer
+    table = CliRunner().invoke(main, ["revenue", "--period", now.strftime("%Y-%m")], env=env_of(settings))
+    assert "period to date" in table.output and f"period {now:%Y-%m}" in table.output
 
 
 def test_a_tenant_configured_idempotency_key_replaces_source_and_id(settings):

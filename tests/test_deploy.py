@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from integration import env_of
 from prometheus_client.parser import text_string_to_metric_families
 
+import flows.monitoring  # noqa: F401  (its Bytewax Kafka source registers bytewax_kafka_consumer_lag)
 import observe.metrics  # noqa: F401  (registers every Aforo metric)
 from cli.main import main, run_cmd
 from observe.metrics import REGISTRY
@@ -87,7 +88,10 @@ def test_every_kubernetes_workload_runs_as_designed():
     addresses = env["AFORO_CLUSTER_ADDRESSES"]["value"].split(",")
     assert addresses == [f"aforo-metering-{i}.aforo-metering:2101" for i in range(sts["spec"]["replicas"])]
     assert "pod-index" in env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "recovery"
+    assert "volumeClaimTemplates" not in sts["spec"]  # stateless: it resumes from the ledger
+    monitor = docs[("Deployment", "aforo-monitor")]["spec"]["template"]["spec"]
+    assert monitor["volumes"][0]["persistentVolumeClaim"]["claimName"] == "aforo-monitor-recovery"
+    assert monitor["containers"][0]["volumeMounts"][0]["mountPath"] == "/var/lib/aforo/recovery"
     assert {("PodDisruptionBudget", "aforo-api"), ("PodDisruptionBudget", "aforo-metering")} <= set(docs)
     for key in (("Deployment", "aforo-api"), ("StatefulSet", "aforo-metering"),
                 ("Deployment", "aforo-monitor")):

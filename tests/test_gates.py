@@ -28,8 +28,8 @@ def event(**overrides) -> dict:
     return {k: v for k, v in e.items() if v is not ...}
 
 
-def record(raw: bytes, ts_type: int = 1) -> Record:
-    return parse(Record("raw", "tid", 0, 0, INGESTED_MS, raw), ts_type)
+def record(raw: bytes, ingested_ms: int = INGESTED_MS) -> Record:
+    return parse(Record("raw", "tid", 0, 0, ingested_ms, raw))
 
 
 KNOWN = {"acme": None, "globex": None}
@@ -65,7 +65,7 @@ def test_over_one_mebibyte_is_too_large_and_exactly_one_is_not():
 
 
 def test_record_without_ingestion_timestamp_is_rejected():
-    r = record(orjson.dumps(event()), ts_type=0)
+    r = record(orjson.dumps(event()), ingested_ms=0)  # no create/log-append time: see raw_source
     assert (r.status, r.reason) == (Status.REJECTED, Reason.MALFORMED)
 
 
@@ -156,7 +156,7 @@ def test_timestamp_boundaries(offset_us, status, reason):
 def test_gates_use_ingestion_time_not_the_wall_clock():
     # An event from 2020 ingested in 2020 is on time, whenever it is processed.
     r = Record("raw", "tid", 0, 0, 1_600_000_000_000, orjson.dumps(event(time="2020-09-13T12:26:40Z")))
-    assert timestamp_gate(schema_gate(parse(r, 1), KNOWN)).status is None
+    assert timestamp_gate(schema_gate(parse(r), KNOWN)).status is None
 
 
 def test_unknown_tenant_is_rejected():

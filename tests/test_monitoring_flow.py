@@ -25,7 +25,8 @@ from operators.timestamp_gate import to_us
 from schemas.billing import BillingContext, RevenueLine
 from schemas.record import Record, Status
 from sinks.alerts import ALERT_HEADER, alerts_topic
-from sinks.kafka import ensure_topics, kafka_config, routed_message
+from sinks.kafka import ensure_topics, kafka_config
+from sinks.outputs import routed_message
 from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
@@ -40,12 +41,12 @@ RAW_TOPIC_ID = "raw-incarnation-1"
 
 def message(customer: str, sub: str, at_us: int, metric: str | None, quantity: int, total: int,
             partition: int, offset: int) -> bytes:
-    """What the metering flow produces for an accepted event (sinks/kafka.py routed_message);
+    """What the metering flow produces for an accepted event (sinks/outputs.py routed_message);
     without a metric, an unmetered one."""
     when = datetime.fromtimestamp(at_us / 1e6, UTC).isoformat().replace("+00:00", "Z")
     event = {"specversion": "1.0", "id": f"e{offset}", "source": "t", "type": "x", "subject": customer,
              "time": when, "tenantid": "acme", "data": {}}
-    rec = Record("raw", RAW_TOPIC_ID, partition, offset, at_us // 1000, b"{}", event=event,
+    rec = Record("raw", RAW_TOPIC_ID, partition, offset, at_us // 1000, orjson.dumps(event), event=event,
                  status=Status.ACCEPTED)
     rec.billing = BillingContext(customer, sub, "pro", 1, "USD", when[:7])
     rec.lines = [RevenueLine(metric, {}, Decimal(quantity), Decimal(total), Decimal(0), Decimal(0),

@@ -102,7 +102,10 @@ class TlsTerminator:
         self._server.close()
         for w in self._writers:
             w.close()
-        await asyncio.sleep(0.1)  # let the transports finish closing
+        relays = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

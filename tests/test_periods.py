@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from integration import env_of, send
 
 from cli.main import main
+from config import clock
 from flows.metering import run
 from operators.enrich import next_period, open_period
 from sinks.postgres import connect
@@ -42,8 +43,9 @@ def event(i: int, when: datetime) -> bytes:
                          "subject": "cust-1", "tenantid": "acme", "time": when.isoformat()})
 
 
+@pytest.mark.time_sensitive
 def test_late_event_approved_after_close_is_an_adjustment_and_the_closed_period_is_unchanged(settings):
-    now = datetime.now(UTC)
+    now = clock.now()
     late_at = last_month_late_time(now)
     closed, billed = late_at.strftime("%Y-%m"), now.strftime("%Y-%m")
     send(settings, [event(1, late_at), event(2, now)])

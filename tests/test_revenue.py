@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from operators.enrich import active_subscription, billing_period, enrich
 from operators.pricing import parse_charge, period_price, price_sequence
-from operators.revenue import SubscriptionRevenue
+from operators.revenue import RunningTotals, fresh_totals
 from schemas.billing import CostRate, Entitlement, MetricDef, SubscriptionRef, TenantInfo
 from schemas.record import Reason, Record, Status
 
@@ -85,7 +85,7 @@ def test_quantities_are_exact_decimals_and_the_most_specific_cost_applies():
     r = enrich(event({"tokens": 0.1, "model": "a"}), t, ENT)
     assert r.billing.uses[0].value == Decimal("0.1")  # not 0.1000000000000000055...
     assert r.billing.uses[0].unit_cost == Decimal("0.1")
-    SubscriptionRevenue().rate(r, t.charges[("pro", 1)])
+    RunningTotals(fresh_totals).rate(r, t.charges[("pro", 1)])
     [line] = r.lines
     assert (line.revenue, line.cost, line.margin) == (Decimal("0.05"), Decimal("0.01"), Decimal("0.04"))
     other = enrich(event({"tokens": 1, "model": "b"}), t, ENT)
@@ -95,7 +95,7 @@ def test_quantities_are_exact_decimals_and_the_most_specific_cost_applies():
 def test_unpriceable_event_leaves_no_trace_in_the_running_totals():
     t = tenant([MetricDef("calls", "count", None, ()), MetricDef("tokens", "sum", "$.n", ("model",))],
                {"calls": {"model": "per_unit", "unit_price": "1"}, "tokens": MATRIX})
-    rev = SubscriptionRevenue()
+    rev = RunningTotals(fresh_totals)
     bad = enrich(event({"n": 5, "model": "zzz"}), t, ENT)
     rev.rate(bad, t.charges[("pro", 1)])
     assert (bad.status, bad.reason) == (Status.UNRESOLVED, Reason.UNPRICEABLE)
@@ -108,7 +108,7 @@ def test_unpriceable_event_leaves_no_trace_in_the_running_totals():
 def rate_all(aggregation: str, charge: dict, values: list, times: list[int] | None = None):
     t = tenant([MetricDef("m", aggregation, None if aggregation == "count" else "$.v", ("g",))],
                {"m": charge})
-    rev = SubscriptionRevenue()
+    rev = RunningTotals(fresh_totals)
     out = []
     for i, v in enumerate(values):
         r = enrich(event({"v": v, "g": "a"}, times[i] if times else T + i), t, ENT)

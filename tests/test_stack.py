@@ -65,7 +65,7 @@ def _up_in_child(s: Settings) -> None:
         f"embedded.up(Settings(home=Path({str(s.home)!r}), "
         f"embedded_kafka_port={s.embedded_kafka_port}, "
         f"embedded_postgres_port={s.embedded_postgres_port}, "
-        f"embedded_redis_port={s.embedded_redis_port}))\n")
+        f"embedded_redis_port={s.embedded_redis_port}), allow_root_changes=True)\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -77,7 +77,7 @@ def test_up_status_down_up(settings: Settings) -> None:
         "postgres": f"postgresql://postgres@127.0.0.1:{settings.embedded_postgres_port}/aforo",
         "redis": f"redis://127.0.0.1:{settings.embedded_redis_port}/0",
     }
-    started = _by_name(embedded.up(settings))
+    started = _by_name(embedded.up(settings, allow_root_changes=True))
     for name, state in started.items():
         assert (state.running, state.url, state.detail) == (True, urls[name], "started")
         assert state.pid is not None
@@ -96,7 +96,7 @@ def test_up_status_down_up(settings: Settings) -> None:
     assert redis.Redis.from_url(urls["redis"]).ping()
     assert AdminClient({"bootstrap.servers": urls["kafka"]}).list_topics(timeout=10).brokers
 
-    again = _by_name(embedded.up(settings))
+    again = _by_name(embedded.up(settings, allow_root_changes=True))
     assert {n: (s.running, s.pid, s.detail) for n, s in again.items()} == {
         n: (True, pids[n], "already running") for n in NAMES}
 

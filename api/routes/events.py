@@ -1,13 +1,13 @@
-"""POST /v1/events, GET /v1/events/{source}/{id}, GET /v1/events/stream (tier `rest`)."""
+"""POST /v1/events (tier `rest`); reading events back: GET /v1/events (the latest),
+/v1/events/counters, /v1/events/stream (live) and /v1/events/{source}/{id} (provenance)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
-import anyio.to_thread
-from confluent_kafka import KafkaException
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -26,8 +26,12 @@ from api.cloudevents import (
 from api.errors import ApiError, documented
 from api.limits import MIB, decoded, parse_json, read_body
 from api.producer import now_ms
+from api.reads import Money, money, now
 from api.services import Svc
-from api.stream import tail, tail_consumer
+from api.stream import tail
+from api.viewer import TenantViewer
+from operators.provenance import gate_trail
+from sinks.console import event_counters, event_lines, recent_events
 from sinks.reports import event_chain
 
 router = APIRouter(tags=["events"])
@@ -69,6 +73,23 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
     return json_response(await produce_events(svc, events, "rest", received), 202)
 
 
+class Line(BaseModel):
+    """One metric an accepted event fed: its marginal revenue on the running total."""
+
+    metric: str
+    group: dict
+    quantity: str
+    total_after: str
+    revenue: str
+    cost: str
+    margin: str
+
+
+class Gate(BaseModel):
+    gate: str  # parse, schema, timestamp, lateness, idempotency, enrichment, rating, route
+    outcome: str  # passed | decided | not reached
+
+
 class LedgerRecord(BaseModel):
     """One raw record that carried the event, as the ledger holds it."""
 
@@ -94,6 +115,9 @@ class LedgerRecord(BaseModel):
     cost: str | None
     margin: str | None
     raw: str
+    adjusts_period: str | None = None
+    lines: list[Line] = []
+    gates: list[Gate] = []
 
 
 class EventStatus(BaseModel):
@@ -105,40 +129,101 @@ class EventStatus(BaseModel):
     records: list[LedgerRecord]
 
 
-def _record(row: dict) -> LedgerRecord:
-    row = {k: str(v) if isinstance(v, Decimal) else v for k, v in row.items()}
+def _exact(value: object) -> object:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def _record(row: dict, lines: list[dict]) -> LedgerRecord:
+    row = {k: _exact(v) for k, v in row.items()}
     row["raw"] = bytes(row["raw"]).decode("utf-8", "replace")
+    row["lines"] = [{k: _exact(v) for k, v in x.items()} for x in lines]
+    row["gates"] = gate_trail(row["status"], row["reason"])
     return LedgerRecord.model_validate(row)
 
 
-def event_status(tenant: str, source: str, event_id: str, chain: list[dict]) -> EventStatus:
+def event_status(tenant: str, source: str, event_id: str, chain: list[dict],
+                 lines: dict[tuple, list[dict]] | None = None) -> EventStatus:
     deciding = next((r for r in chain if r["status"] not in ("duplicate", "rejected")), chain[-1])
+    lines = lines or {}
+    records = [_record(r, lines.get((r["raw_topic_id"], r["raw_partition"], r["raw_offset"]), []))
+               for r in chain]
     return EventStatus(tenantid=tenant, source=source, id=event_id, status=deciding["status"],
-                       reason=deciding["reason"], records=[_record(r) for r in chain])
+                       reason=deciding["reason"], records=records)
+
+
+def _chain_with_lines(conn, tenant: str, source: str, event_id: str) -> tuple[list[dict], dict]:
+    chain = event_chain(conn, tenant, source, event_id)
+    return chain, event_lines(conn, [(r["raw_topic_id"], r["raw_partition"], r["raw_offset"]) for r in chain])
+
+
+class RecentEvent(BaseModel):
+    tenantid: str | None
+    source: str | None
+    id: str | None
+    type: str | None
+    subject: str | None
+    time: datetime
+    ingested_at: datetime
+    status: str
+    reason: str | None
+    detail: str | None
+    tier: str | None
+    customer: str | None
+    revenue: Money | None
+
+
+@router.get("/v1/events", response_model=list[RecentEvent], responses=documented(400, 401, 403, 429),
+            summary="The latest processed events of the caller's tenant, newest (by event time) first")
+async def recent(viewer: TenantViewer, svc: Svc, tenant: str | None = None, status: str | None = None,
+                 source: str | None = None,
+                 limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[RecentEvent]:
+    rows = await svc.db(recent_events, viewer.tenant_scope(tenant), status or None, source or None, limit)
+    return [RecentEvent(**{k: v for k, v in r.items() if k not in ("revenue", "currency")},
+                        revenue=money(r["revenue"], r["currency"]) if r["revenue"] is not None else None)
+            for r in rows]
+
+
+class EventCounters(BaseModel):
+    day: str  # the UTC day, by event time
+    events: int
+    duplicates: int  # duplicates caught
+    leakage_prevented: list[Money]  # what those duplicates would have charged again, per currency
+
+
+@router.get("/v1/events/counters", response_model=EventCounters, responses=documented(400, 401, 403, 429),
+            summary="Today's events, duplicates caught, and the revenue they would have double-charged")
+async def counters(viewer: TenantViewer, svc: Svc, tenant: str | None = None) -> EventCounters:
+    c = await svc.db(event_counters, viewer.tenant_scope(tenant), now())
+    return EventCounters(day=c["day"].isoformat(), events=c["events"], duplicates=c["duplicates"],
+                         leakage_prevented=[money(v, cur) for cur, v in c["leakage_prevented"].items()])
 
 
 @router.get("/v1/events/stream", response_class=StreamingResponse,
             responses={200: {"description": "Server-sent events: `event:` is the status, `data:` the "
                              "routed message (status, reason, provenance, event)",
                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       **documented(401, 429, 503)},
+                       **documented(400, 401, 403, 429, 503)},
             summary="Live tail of the caller's processed events")
-async def stream_events(caller: RestCaller, svc: Svc) -> StreamingResponse:
-    try:
-        consumer = await anyio.to_thread.run_sync(tail_consumer, svc.settings)
-    except KafkaException as exc:
-        raise ApiError(503, "unavailable", f"cannot read the output topics: {exc}") from None
-    return StreamingResponse(tail(consumer, caller.tenant), media_type="text/event-stream",
+async def stream_events(viewer: TenantViewer, svc: Svc, tenant: str | None = None) -> StreamingResponse:
+    """Starts at the true end of the output topics: the first frame, `: tailing`, says that every
+    event routed from then on will be delivered. One consumer per API process serves every
+    stream. `event: overflow` asks a client that fell too far behind to reconnect."""
+    return StreamingResponse(tail(svc.live, viewer.tenant_scope(tenant)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/v1/events/{source:path}/{event_id}", response_model=EventStatus,
-            responses=documented(400, 401, 404, 429, 503),
+            responses=documented(400, 401, 403, 404, 429, 503),
             summary="Status and provenance of one event of the caller's tenant")
-async def get_event(source: str, event_id: str, caller: RestCaller, svc: Svc) -> EventStatus:
-    """From the ledger: 404 until the pipeline has processed the event. `source` may contain '/'."""
-    chain = [] if "\x00" in source + event_id else await svc.db(event_chain, caller.tenant, source, event_id)
+async def get_event(source: str, event_id: str, viewer: TenantViewer, svc: Svc,
+                    tenant: str | None = None) -> EventStatus:
+    """From the ledger: 404 until the pipeline has processed the event. `source` may contain '/'.
+    Every raw record that carried it, each with its gates, billing context and revenue lines.
+    An operator key names the tenant (?tenant=)."""
+    scope = viewer.one_tenant(tenant)
+    chain, lines = ([], {}) if "\x00" in source + event_id else \
+        await svc.db(_chain_with_lines, scope, source, event_id)
     if not chain:
         raise ApiError(404, "not_found", f"no event {event_id!r} from source {source!r} in the ledger "
                        "(yet: events appear once the pipeline has processed them)")
-    return event_status(caller.tenant, source, event_id, chain)
+    return event_status(scope, source, event_id, chain, lines)

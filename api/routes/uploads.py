@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Literal
 
 import anyio.from_thread
@@ -16,7 +16,16 @@ from api.auth import RestCaller
 from api.errors import bad_request, documented
 from api.limits import decoded
 from api.services import Svc
-from api.uploads import CHUNK, UploadError, UploadReport, format_of, parse_csv_mapping, rows_of, run_upload
+from api.uploads import (
+    CHUNK,
+    Row,
+    UploadError,
+    UploadReport,
+    format_of,
+    parse_csv_mapping,
+    rows_of,
+    run_upload,
+)
 
 router = APIRouter(tags=["uploads"])
 
@@ -56,6 +65,21 @@ class BodyReader(io.RawIOBase):
         return n
 
 
+def streamed_rows(request: Request, format: str | None, mapping: str | None) -> tuple[str, Iterator[Row]]:
+    """The format and the rows of an upload-shaped body (uploads, backfills), read lazily from the
+    request's stream in whatever thread iterates them; 400 for a bad format or mapping."""
+    try:
+        fmt = format_of(format, request.headers.get("content-type"))
+        csv_mapping = parse_csv_mapping(orjson.loads(mapping)) if mapping is not None else None
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"mapping is not valid JSON: {exc}") from None
+    except UploadError as exc:
+        raise bad_request(str(exc)) from None
+    reader = io.BufferedReader(BodyReader(decoded(request.stream(), request.headers.get("content-encoding"))),
+                               CHUNK)
+    return fmt, rows_of(reader, fmt, csv_mapping)
+
+
 @router.post("/v1/uploads", response_model=UploadReport, status_code=202, openapi_extra=UPLOAD_BODY,
              responses={**documented(400, 401, 415, 429),
                         503: {"model": UploadReport, "description": "Some rows were not acknowledged "
@@ -67,18 +91,10 @@ async def upload(request: Request, caller: RestCaller, svc: Svc,
                  mapping: Annotated[str | None, Query(
                      description="CSV column mapping, JSON (see README)")] = None):
     """Each row keeps its own `time`; the answer counts rows produced and lists bad rows by line."""
-    try:
-        fmt = format_of(format, request.headers.get("content-type"))
-        csv_mapping = parse_csv_mapping(orjson.loads(mapping)) if mapping is not None else None
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"mapping is not valid JSON: {exc}") from None
-    except UploadError as exc:
-        raise bad_request(str(exc)) from None
-    reader = io.BufferedReader(BodyReader(decoded(request.stream(), request.headers.get("content-encoding"))),
-                               CHUNK)
+    fmt, rows = streamed_rows(request, format, mapping)
 
     def work() -> UploadReport:
-        return run_upload(rows_of(reader, fmt, csv_mapping), fmt, caller.tenant, svc.producer)
+        return run_upload(rows, fmt, caller.tenant, svc.producer)
 
     try:
         report = await anyio.to_thread.run_sync(work)

@@ -1,0 +1,41 @@
+// Margins: expand a customer into its metrics; sort by any column (margin % ascending brings
+// negative margins to the top). Each customer is a <tbody>, so its metric rows move with it.
+"use strict";
+
+(() => {
+  const table = document.getElementById("margins");
+  if (!table) return;
+  for (const button of table.querySelectorAll("button.expand")) {
+    button.addEventListener("click", () => {
+      const open = button.getAttribute("aria-expanded") !== "true";
+      button.setAttribute("aria-expanded", String(open));
+      button.textContent = open ? "−" : "+";
+      button.setAttribute("aria-label", button.getAttribute("aria-label").replace(open ? "Show" : "Hide", open ? "Hide" : "Show"));
+      for (const id of button.getAttribute("aria-controls").trim().split(/\s+/)) {
+        document.getElementById(id).hidden = !open;
+      }
+    });
+  }
+  const numeric = new Set(["events", "revenue", "cost", "margin", "margin_percent"]);
+  let current = null;
+  for (const button of table.querySelectorAll("button.sort")) {
+    button.addEventListener("click", () => {
+      const key = button.dataset.key;
+      const ascending = current && current.key === key ? !current.ascending : (key === "margin_percent" || !numeric.has(key));
+      current = {key, ascending};
+      const value = (tbody) => {
+        const raw = tbody.dataset[key] ?? "";
+        if (!numeric.has(key)) return raw;
+        return raw === "" ? Infinity : Number(raw);  // ordering only; the figures shown are the server's
+      };
+      const bodies = [...table.tBodies].sort((a, b) => {
+        const x = value(a), y = value(b);
+        const order = x < y ? -1 : x > y ? 1 : 0;
+        return ascending ? order : -order;
+      });
+      table.append(...bodies);
+      for (const th of table.querySelectorAll("th[aria-sort]")) th.removeAttribute("aria-sort");
+      button.closest("th").setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    });
+  }
+})();

@@ -1,0 +1,89 @@
+"""The output topics: every decided record, with its decision, to the topic its status routes it to.
+
+At least once: a batch's messages are acknowledged before its ledger transaction commits, so a
+crash may repeat them (each carries its raw record's reference in the `aforo-raw` header for
+consumers to drop repeats) but never lose one; and since a batch decided again decides the same,
+a record never lands on two different topics.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+from confluent_kafka import Producer
+
+from config import Settings
+from schemas.record import Batch, Record
+from sinks.kafka import kafka_config, produce
+
+RAW_HEADER = "aforo-raw"
+
+
+def routed_message(rec: Record) -> bytes:
+    """The message body: decision, provenance, the event as the client sent it, and billing.
+
+    The event is spliced in as its raw bytes (it parsed as a JSON object, so it is valid JSON
+    text): re-serialising it would cost time and could change a number's text."""
+    head = orjson.dumps({
+        "status": rec.status,
+        "reason": rec.reason,
+        "detail": rec.detail,
+        "provenance": {
+            "raw_topic": rec.topic, "raw_topic_id": rec.topic_id, "raw_partition": rec.partition,
+            "raw_offset": rec.offset, "ingested_at_ms": rec.ingested_ms, "tier": rec.tier,
+            "dedup_key": rec.dedup_key, "validation_hash": rec.validation_hash, "route": rec.route,
+            "backfill": rec.backfill,
+        },
+    })[:-1]
+    if rec.event is not None:
+        parts = [head, b',"event":', rec.raw]
+    else:
+        parts = [head, b',"raw_b64":', orjson.dumps(base64.b64encode(rec.raw).decode())]
+    b = rec.billing
+    if b is not None:
+        parts.append(b',"billing":')
+        parts.append(orjson.dumps({
+            "customer": b.customer, "subscription": b.subscription, "plan": b.plan,
+            "plan_version": b.plan_version, "currency": b.currency, "period": b.period,
+            "lines": [{"metric": x.metric, "group": x.group, "quantity": str(x.quantity),
+                       "total_after": str(x.total_after), "revenue": str(x.revenue),
+                       "cost": str(x.cost), "margin": str(x.margin)} for x in rec.lines or ()],
+        }))
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+class OutputTopics:
+    """One worker's producer for the output topics (sinks.ledger.OutputTopics)."""
+
+    def __init__(self, settings: Settings):
+        # Only failures are reported: a callback per acknowledged message would cost a Python
+        # call per event, and flush() already says when everything is acknowledged.
+        self._producer = Producer(kafka_config(settings, "producer", delivery_report_only_error=True))
+        self._errors: list[str] = []
+
+    def _failed(self, err, _msg) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def produce_batch(self, batch: Batch) -> None:
+        prefix = f"{batch.topic}/{batch.partition}/"
+        for rec in batch.records:
+            produce(self._producer, rec.route, routed_message(rec), key=rec.key,
+                    headers=[(RAW_HEADER, f"{prefix}{rec.offset}".encode())],
+                    timestamp=rec.ingested_ms, on_delivery=self._failed)
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        while self._producer.flush(1.0):
+            self._raise_errors()
+        self._raise_errors()
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"routing to Kafka failed: {errors[:3]}")
+
+    def close(self) -> None:
+        self._producer.flush(30.0)

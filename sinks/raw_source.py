@@ -1,0 +1,157 @@
+"""The raw topic as the metering flow reads it: one Batch per raw partition per poll.
+
+Each partition is read by one worker (Bytewax assigns them), starting right after the last of
+its raw records that is in the ledger: the ledger is the flow's progress, so no recovery snapshot
+is needed to resume exactly where the last committed batch ended, whatever happened to the
+process or its local state.
+
+A topic can be recreated under a running flow (a memory-only broker restarts, or an operator
+deletes and recreates it): its offsets start again under a new topic id. The source notices,
+and stops with TopicRecreated rather than read the new incarnation as if it were the old one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from config import Settings
+from schemas.record import Batch, Record
+from sinks.kafka import BACKFILL_HEADER, REINJECT_HEADER, TIER_HEADER, kafka_config, topic_id
+
+_CREATE_OR_LOG_APPEND_TIME = (1, 2)
+_IDLE_WAKE = timedelta(milliseconds=20)  # how soon an idle partition is polled again
+INCARNATION_CHECK_S = 5.0
+
+
+class TopicRecreated(RuntimeError):
+    """The raw topic the flow reads is not the one it started on."""
+
+
+class _Incarnation:
+    """The current topic id, asked of the broker at most every few seconds per process."""
+
+    def __init__(self, settings: Settings, topic: str, expected: str):
+        self._settings, self._topic, self.expected = settings, topic, expected
+        self._lock = threading.Lock()
+        self._checked_at = time.monotonic()
+
+    def check(self, force: bool = False) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._checked_at < INCARNATION_CHECK_S:
+                return
+            self._checked_at = time.monotonic()
+            try:
+                current = topic_id(self._settings, self._topic)
+            except Exception:  # the broker is away: the consumer will say more when it is back
+                return
+        if current != self.expected:
+            raise TopicRecreated(
+                f"the raw topic {self._topic} was recreated (topic id {self.expected} is now {current}): "
+                "its offsets start again, so the flow moves to the new incarnation")
+
+
+def _header(headers: list[tuple[str, bytes]], name: str) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v.decode(errors="replace") if v else None
+    return None
+
+
+def record_of(m: Message, raw_topic_id: str) -> Record:
+    """A raw Kafka message as a Record; without a create or log-append time it gets none (0),
+    which the parse step rejects."""
+    ts_type, ts = m.timestamp()
+    rec = Record(m.topic(), raw_topic_id, m.partition(), m.offset(),
+                 ts if ts_type in _CREATE_OR_LOG_APPEND_TIME else 0, m.value() or b"", m.key())
+    headers = m.headers()
+    if headers:
+        rec.tier = _header(headers, TIER_HEADER)
+        rec.reinject_of = _header(headers, REINJECT_HEADER)
+        rec.backfill = _header(headers, BACKFILL_HEADER)
+    return rec
+
+
+class _RawPartition(StatefulSourcePartition[Batch, None]):
+    def __init__(self, consumer: Consumer, topic: str, raw_topic_id: str, partition: int, batch_size: int,
+                 tail: bool, stopping: threading.Event, incarnation: _Incarnation):
+        self._consumer = consumer
+        self._topic, self._topic_id, self._partition = topic, raw_topic_id, partition
+        self._batch_size, self._tail = batch_size, tail
+        self._stopping, self._incarnation = stopping, incarnation
+        self._eof = False
+        self._idle = False
+
+    def next_batch(self) -> list[Batch]:
+        if self._eof or self._stopping.is_set():
+            raise StopIteration
+        messages = self._consumer.consume(self._batch_size, 0.001)
+        records = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof = not self._tail
+                    continue
+                self._incarnation.check(force=True)
+                raise RuntimeError(f"reading {self._topic} partition {self._partition}: {err}")
+            records.append(record_of(m, self._topic_id))
+        self._incarnation.check()
+        self._idle = not records
+        return [Batch(self._topic, self._topic_id, self._partition, records)] if records else []
+
+    def next_awake(self) -> datetime | None:
+        # Busy-polling eight idle partitions would spin a core; a short nap costs little latency.
+        return datetime.now().astimezone() + _IDLE_WAKE if self._idle else None
+
+    def snapshot(self) -> None:
+        return None  # the ledger is the progress (see the module docstring)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class RawSource(FixedPartitionedSource[Batch, None]):
+    """`start_at(topic id, partition)`: the last offset of the partition in the ledger, or None."""
+
+    def __init__(self, settings: Settings, raw_topic_id: str, start_at: Callable[[str, int], int | None], *,
+                 tail: bool, stopping: threading.Event):
+        self._settings = settings
+        self._topic = settings.topics.raw
+        self._topic_id = raw_topic_id
+        self._start_at = start_at
+        self._tail = tail
+        self._stopping = stopping
+        self._incarnation = _Incarnation(settings, self._topic, raw_topic_id)
+
+    def list_parts(self) -> list[str]:
+        consumer = Consumer(kafka_config(self._settings, "consumer", group_id="aforo-metering-meta"))
+        try:
+            meta = consumer.list_topics(self._topic, timeout=10).topics[self._topic]
+            if meta.error is not None:
+                raise RuntimeError(f"raw topic {self._topic}: {meta.error}")
+            return [str(p) for p in sorted(meta.partitions)]
+        finally:
+            consumer.close()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RawPartition:
+        partition = int(for_part)
+        done = self._start_at(self._topic_id, partition)
+        consumer = Consumer(kafka_config(
+            self._settings, "consumer", group_id="aforo-metering", enable_partition_eof=True,
+            # An offset beyond the log means the topic is not what the ledger says it is: an error,
+            # never a silent jump to the end.
+            auto_offset_reset="error",
+            # A fetch may wait this long for data (default 500 ms): the ingest-to-ledger latency of
+            # a quiet stream. Measured on the embedded broker: 250 ms per event at the default,
+            # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per partition per second.
+            fetch_wait_max_ms=25))
+        start = OFFSET_BEGINNING if done is None else done + 1
+        consumer.assign([TopicPartition(self._topic, partition, start)])
+        return _RawPartition(consumer, self._topic, self._topic_id, partition, self._settings.batch_size,
+                             self._tail, self._stopping, self._incarnation)

@@ -1,0 +1,270 @@
+"""The console's read API on the real stack: key scopes, tenant and customer scoping of every read,
+sessions and their CSRF rule, unit health arithmetic, the offline docs, and the live tail (one
+consumer per process, fanned out per tenant, starting at the true end of the topics)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from click.testing import CliRunner
+from integration import env_of, meter_demo, send
+from test_api_helpers import open_api
+from test_api_server import serving
+
+from api.keys import create_key
+from cli.api_commands import keys
+from flows.metering import run
+from sinks.kafka import ensure_topics
+from sinks.postgres import connect
+
+pytestmark = pytest.mark.integration
+READS = ["/v1/revenue/summary", "/v1/revenue/margins", "/v1/events", "/v1/events/counters", "/v1/usage/tiers",
+         "/v1/alerts", "/v1/quotas"]
+
+
+def _key(settings, tenant, scope="tenant", customer=None) -> str:
+    with connect(settings.database_url) as conn:
+        return create_key(conn, tenant, scope, customer)[1]
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _event(i, tenant="acme", subject="cust-1", **extra) -> bytes:
+    return orjson.dumps({"specversion": "1.0", "id": f"c-{i}", "source": "console-test", "type": "api.call",
+                         "subject": subject, "tenantid": tenant, "time": datetime.now(UTC).isoformat(),
+                         **extra})
+
+
+@pytest.fixture
+def metered(settings):
+    return meter_demo(settings, 400)
+
+
+def test_key_scopes_from_the_cli(settings):
+    runner, env = CliRunner(), env_of(settings)
+    for args in (["--operator"], ["--tenant", "acme", "--customer", "cust-2"], ["--tenant", "acme"]):
+        made = runner.invoke(keys, ["create", *args], env=env)
+        assert made.exit_code == 0, made.output
+    refused = [runner.invoke(keys, ["create", *a], env=env) for a in
+               ([], ["--operator", "--tenant", "acme"], ["--tenant", "acme", "--customer", "nobody"])]
+    assert [r.exit_code for r in refused] == [2, 2, 1]
+    assert "customer 'nobody' of tenant 'acme' is not in the catalog" in refused[2].output
+    listed = runner.invoke(keys, ["list"], env=env).output.splitlines()
+    assert [line.split()[1:4] for line in listed[1:]] == [
+        ["operator", "*", "-"], ["customer", "acme", "cust-2"], ["tenant", "acme", "-"]]
+
+
+def test_only_tenant_keys_send_events(settings):
+    for api in open_api(settings):
+        for scope, customer in (("operator", None), ("customer", "cust-1")):
+            key = _key(settings, None if scope == "operator" else "acme", scope, customer)
+            r = api.client.post("/v1/events", json=[orjson.loads(_event(1))], headers=_bearer(key))
+            assert r.status_code == 403 and f"{scope} key" in r.json()["message"]
+            assert api.client.post("/v1/guide/test-event", headers=_bearer(key)).status_code == 403
+        sent = api.client.post("/v1/events", json=[orjson.loads(_event(1))], headers=api.auth)
+        assert sent.status_code == 202
+
+
+def test_every_read_is_scoped_to_the_keys_tenant(metered):
+    settings = metered
+    globex, operator = _key(settings, "globex"), _key(settings, None, "operator")
+    customer = _key(settings, "acme", "customer", "cust-1")
+    for api in open_api(settings):
+        for path in READS:
+            own = api.client.get(path, headers=_bearer(globex))
+            assert own.status_code == 200, (path, own.text)
+            assert not any(word in own.content for word in (b"acme", b"cust-1", b"USD")), path
+            assert api.client.get(path, params={"tenant": "acme"}, headers=_bearer(globex)).status_code == 403
+            assert api.client.get(path, headers=_bearer(customer)).status_code == 403
+            every = api.client.get(path, headers=_bearer(operator))
+            assert every.status_code == 200
+            narrowed = api.client.get(path, params={"tenant": "globex"}, headers=_bearer(operator))
+            assert b"cust-1" not in narrowed.content, path
+        margins = api.client.get("/v1/revenue/margins", headers=_bearer(operator)).json()
+        assert {(c["tenant"], c["customer"]) for c in margins["customers"]} == {
+            ("acme", "cust-1"), ("acme", "cust-2"), ("acme", "cust-3"),
+            ("globex", "cust-a"), ("globex", "cust-b")}
+        # one event: the tenant's own only; an operator names the tenant
+        with connect(settings.database_url) as conn:
+            source, event_id = conn.execute(
+                "SELECT source, event_id FROM ledger WHERE tenantid = 'acme' AND status = 'accepted'"
+                " AND reason IS NULL ORDER BY raw_partition, raw_offset LIMIT 1").fetchone()
+        path = f"/v1/events/{source}/{event_id}"
+        assert api.client.get(path, headers=_bearer(globex)).status_code == 404
+        assert api.client.get(path, params={"tenant": "acme"}, headers=_bearer(globex)).status_code == 403
+        assert api.client.get(path, headers=_bearer(operator)).status_code == 400
+        found = api.client.get(path, params={"tenant": "acme"}, headers=_bearer(operator)).json()
+        record = found["records"][0]
+        assert [g["outcome"] for g in record["gates"]] == ["passed"] * 8
+        assert record["lines"]
+        assert sum(Decimal(x["revenue"]) for x in record["lines"]) == Decimal(record["revenue"])
+
+
+def test_the_portal_reads_one_customer(metered):
+    settings = metered
+    cust2 = _key(settings, "acme", "customer", "cust-2")
+    for api in open_api(settings):
+        mine = api.client.get("/v1/portal", headers=_bearer(cust2))
+        assert mine.status_code == 200, mine.text
+        body = mine.json()
+        assert (body["customer"], body["name"]) == ("cust-2", "Initech")
+        assert not any(word in mine.content for word in (b"cust-1", b"cust-3", b"sub-1"))
+        assert [q["subscription"] for q in body["quotas"]] == ["sub-2"]
+        for other in ({"customer": "cust-1"}, {"tenant": "globex"}):
+            assert api.client.get("/v1/portal", params=other, headers=_bearer(cust2)).status_code == 403
+        # a tenant key looks at any of its customers as that customer sees it
+        other = api.client.get("/v1/portal", params={"customer": "cust-1"}, headers=api.auth)
+        assert other.status_code == 200 and other.json()["customer"] == "cust-1"
+        globex_customer = api.client.get("/v1/portal", params={"customer": "cust-a"}, headers=api.auth)
+        assert globex_customer.status_code == 404
+        with connect(settings.database_url) as conn:
+            billed = conn.execute("SELECT sum(revenue) FROM revenue WHERE customer = 'cust-2'"
+                                  " AND period = %s", (body["period"],)).fetchone()[0]
+        assert Decimal(body["bill_to_date"][0]["amount"]) == billed
+
+
+def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
+    for api in open_api(settings):
+        c = api.client
+        assert c.get("/", follow_redirects=False).headers["location"] == "/login?next=%2F"
+        bad = c.post("/login", content="key=afk_nope&next=/", follow_redirects=False)
+        assert bad.status_code == 401 and "not valid" in bad.text
+        ok = c.post("/login", content=f"key={api.key}&next=/margins", follow_redirects=False)
+        assert ok.status_code == 303 and ok.headers["location"] == "/margins"
+        cookie = ok.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert c.get("/v1/revenue/margins").status_code == 200  # the cookie authenticates reads
+        assert "Content-Security-Policy" in c.get("/margins").headers
+        refused = c.post("/v1/guide/test-event")
+        assert refused.status_code == 403 and "X-Aforo-Console" in refused.json()["message"]
+        assert c.post("/v1/guide/test-event", headers={"X-Aforo-Console": "1"}).status_code == 202
+        c.post("/logout")
+        c.cookies.clear()
+        assert c.get("/v1/revenue/margins").status_code == 401
+
+
+def test_unit_health_splits_graduated_usage_across_tiers(metered):
+    settings = metered
+    for api in open_api(settings):
+        health = api.client.get("/v1/usage/tiers", headers=api.auth).json()
+    with connect(settings.database_url) as conn:
+        calls = [q for (q,) in conn.execute("SELECT quantity FROM revenue WHERE tenant = 'acme' AND"
+                                            " metric = 'api_calls' AND period = %s", (health["period"],))]
+    graduated = next(c for c in health["charges"] if c["metric"] == "api_calls")
+    assert graduated["thresholds"] == ["100"]
+    first, rest = sum(min(q, 100) for q in calls), sum(max(q - 100, 0) for q in calls)
+    assert [Decimal(t["units"]) for t in graduated["tiers"]] == [first, rest]
+    assert sum(int(t["share_percent"]) for t in graduated["tiers"]) in (99, 100, 101)
+    assert sum(b["customers"] for b in graduated["histogram"]) == len(calls) == graduated["customers"]
+    stairstep = next(c for c in health["charges"] if c["metric"] == "storage_gb")
+    assert stairstep["model"] == "stairstep" and stairstep["thresholds"] == ["10", "100"]
+    assert {c["metric"] for c in health["charges"]} == {"api_calls", "storage_gb"}  # matrix is not tiered
+
+
+def test_docs_are_served_offline(settings):
+    for api in open_api(settings):
+        page = api.client.get("/docs")
+        assert page.status_code == 200
+        assert "http" not in page.text.replace("http-equiv", "")  # no CDN, no absolute URL
+        for asset in ("/static/vendor/swagger-ui-5.32.0/swagger-ui-bundle.js",
+                      "/static/vendor/swagger-ui-5.32.0/swagger-ui.css", "/static/docs.js",
+                      "/static/vendor/chart.js-4.5.1/chart.umd.min.js"):
+            assert api.client.get(asset).status_code == 200, asset
+        assert api.client.get("/openapi.json").json()["paths"]["/v1/revenue/summary"]["get"]
+
+
+def _stream(client, key, frames, ready, stop, tenant=None):
+    params = {"tenant": tenant} if tenant else None
+    with client.stream("GET", "/v1/events/stream", params=params, headers=_bearer(key)) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line == "event: ready":
+                ready.set()
+            if line.startswith("data:") and line != "data: {}":
+                frames.append(orjson.loads(line[len("data: "):]))
+            if stop.is_set():
+                return
+
+
+def test_the_live_tail_starts_at_the_true_end_and_fans_out_per_tenant(settings):
+    """History first (the output topics hold earlier records, the embedded broker's high
+    watermark lagging behind their end); then three clients on one consumer: acme, globex and an
+    operator. Each gets only what was routed after it was positioned, filtered to its tenant."""
+    ensure_topics(settings)
+    send(settings, [_event(f"old-{i}") for i in range(300)])
+    run(settings, once=True)
+    clients = {"acme": _key(settings, "acme"), "globex": _key(settings, "globex"),
+               "operator": _key(settings, None, "operator")}
+    frames = {name: [] for name in clients}
+    readies = {name: threading.Event() for name in clients}
+    stop = threading.Event()
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as client:
+        readers = [threading.Thread(target=_stream, args=(client, key, frames[n], readies[n], stop),
+                                    daemon=True) for n, key in clients.items()]
+        for t in readers:
+            t.start()
+        assert all(r.wait(60) for r in readies.values())
+        tails = [t for t in threading.enumerate() if t.name == "aforo-live-tail"]
+        assert len(tails) == 1  # one consumer for the three streams
+        send(settings, [_event("new-a"), _event("new-g", tenant="globex", subject="cust-a")])
+        run(settings, once=True)
+        deadline = time.monotonic() + 60
+        while len(frames["operator"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # anything else (an old record replayed) would have arrived by now
+        stop.set()
+        send(settings, [_event("bye"), _event("bye", tenant="globex", subject="cust-a")])  # wake the readers
+        run(settings, once=True)
+        for t in readers:
+            t.join(30)
+    ids = {n: [f["event"]["id"] for f in frames[n] if f["event"]["id"] != "c-bye"] for n in frames}
+    assert ids["acme"] == ["c-new-a"]
+    assert ids["globex"] == ["c-new-g"]
+    assert sorted(ids["operator"]) == ["c-new-a", "c-new-g"]
+
+
+def test_a_shutdown_ends_the_live_streams(settings):
+    """`aforo serve` on SIGTERM tells each open stream `event: closing` and ends it, so the
+    graceful shutdown does not wait for clients that would never leave (then uvicorn re-raises
+    the signal: the process ends by SIGTERM)."""
+    ensure_topics(settings)
+    key = _key(settings, "acme")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    aforo = Path(sys.executable).with_name("aforo")  # the console script of this environment
+    server = subprocess.Popen([str(aforo), "serve", "--port", str(port)],
+                              env=env_of(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                httpx.get(base + "/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        lines = []
+        with httpx.stream("GET", base + "/v1/events/stream", headers=_bearer(key), timeout=60) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if line == "event: ready":
+                    server.send_signal(signal.SIGTERM)
+        assert "event: closing" in lines[-3:]
+        assert server.wait(60) == -signal.SIGTERM
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

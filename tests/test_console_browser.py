@@ -1,0 +1,346 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright, against the API on a
+real socket, on the real stack, with the metering flow run as the user would (`run(once=True)`).
+
+Every request the browser makes is checked to stay on the console's own origin (it works
+offline). Screenshots of every page, at 1280x800 and at phone width, go to
+test-output/screenshots/ (not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from integration import env_of, meter_demo, send
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from test_api_server import serving
+
+from api.keys import create_key
+from cli.main import main
+from flows.metering import run
+from operators.money import display
+from operators.projection import Pace
+from sinks.kafka import ensure_topics
+from sinks.postgres import connect
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it (Playwright's download cannot)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DESKTOP, PHONE = {"width": 1280, "height": 800}, {"width": 390, "height": 844}
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+PAGES = ["/", "/margins", "/events", "/health", "/alerts", "/guide"]
+ACME_ONLY = ("cust-1", "cust-2", "cust-3", "Umbrella", "Initech", "USD", "acme")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[BrowserContext]:
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="aforo-chromium-") as profile:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                       args=ARGS, viewport=DESKTOP)
+        yield context
+        context.close()
+
+
+class Console:
+    """One signed-in browser session against one served installation."""
+
+    def __init__(self, context: BrowserContext, base: str):
+        self.context, self.base = context, base
+        self.offsite: list[str] = []
+        self.errors: list[str] = []
+        context.clear_cookies()
+        context.route("**/*", self._only_local)
+        self.page = context.new_page()
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.set_viewport_size(DESKTOP)
+
+    def _only_local(self, route) -> None:
+        if route.request.url.startswith(self.base):
+            route.continue_()
+        else:
+            self.offsite.append(route.request.url)
+            route.abort()
+
+    def sign_in(self, key: str, path: str = "/") -> Page:
+        """As a person does: the console sends them to sign in; the key field has the focus."""
+        page = self.page
+        page.goto(self.base + path)
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        expect(page.locator("#key")).to_be_focused()
+        page.keyboard.type(key)
+        with page.expect_navigation():  # the form's POST (and its redirect when the key is good)
+            page.keyboard.press("Enter")
+        return page
+
+    def go(self, path: str) -> Page:
+        self.page.goto(self.base + path)
+        return self.page
+
+    def shot(self, name: str, full_page: bool = True) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=SHOTS / f"{name}.png", full_page=full_page)
+
+    def close(self) -> None:
+        self.context.unroute("**/*")
+        self.page.close()
+        assert not self.offsite, f"the console reached outside its origin: {self.offsite[:5]}"
+        assert not self.errors, f"script errors: {self.errors[:5]}"
+
+
+@pytest.fixture
+def served(settings):
+    """The demo stream metered, keys of each scope, the API served on a real socket."""
+    ensure_topics(settings)
+    meter_demo(settings, 400)
+    with connect(settings.database_url) as conn:
+        keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
+                "operator": create_key(conn, None, "operator")[1],
+                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+    with serving(settings) as base:
+        yield settings, base, keys
+
+
+@pytest.fixture
+def console(chromium, served):
+    settings, base, keys = served
+    c = Console(chromium, base)
+    yield c, settings, keys
+    c.close()
+
+
+def _revenue_cli(settings) -> dict:
+    out = CliRunner().invoke(main, ["revenue", "--tenant", "acme", "--format", "json"], env=env_of(settings))
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
+def _tile(page: Page, key: str) -> str:
+    return page.locator(f'[data-currency="USD"] [data-tile="{key}"] [data-value]').inner_text()
+
+
+def test_sign_in_and_the_tiles_match_aforo_revenue_to_the_cent(console):
+    c, settings, keys = console
+    page = c.sign_in("afk_0000000000000000_" + "x" * 43)
+    expect(page.locator("#signin-error")).to_contain_text("not valid")
+    page = c.sign_in(keys["acme"])
+    expect(page).to_have_url(c.base + "/")
+    before = _revenue_cli(settings)
+    tiles = {k: _tile(page, k) for k in ("today", "period_to_date", "projected")}
+    after = _revenue_cli(settings)
+    for key, field in (("today", "today"), ("period_to_date", "period_to_date")):
+        assert tiles[key] == display(Decimal(before[field]["USD"]), "USD") == \
+            display(Decimal(after[field]["USD"]), "USD")
+    # the projection moves with the clock by the minute: the page was read between the two runs
+    assert tiles["projected"] in {display(Decimal(r["projected_end_of_period"]["USD"]), "USD")
+                                  for r in (before, after)}
+    table = CliRunner().invoke(main, ["revenue", "--tenant", "acme"], env=env_of(settings)).output
+    assert tiles["today"] in table and tiles["period_to_date"] in table
+    pace = Pace.of(before["period"], datetime.now(UTC))
+    expect(page.locator("#period-day")).to_have_text(f"day {pace.day} of {pace.days}")
+    expect(page.locator("[data-note]")).to_contain_text("flat and stairstep fees count once")
+    assert page.locator("[data-spark]").count() == 3
+    c.shot("home-1280")
+
+
+def test_a_tile_whose_data_is_older_than_30_s_says_so(console):
+    c, _settings, keys = console
+    c.sign_in(keys["acme"])
+    page = c.page
+    page.clock.install()
+    page.reload()
+    page.route("**/v1/revenue/summary*", lambda route: route.abort())  # the next refresh fails
+    page.clock.fast_forward("01:01")
+    stale = page.locator('[data-tile="today"] [data-stale]')
+    expect(stale).to_be_visible()
+    expect(stale).to_contain_text("the last refresh failed")
+    page.unroute("**/v1/revenue/summary*")
+    page.clock.fast_forward("01:00")
+    expect(stale).to_be_hidden()
+
+
+def test_a_test_event_from_the_guide_lands_with_its_terminal_status(console):
+    c, settings, keys = console
+    page = c.sign_in(keys["acme"], "/guide")
+    expect(page.locator("pre").first).to_contain_text(f"{c.base}/v1/events")
+    page.get_by_role("button", name="Send a test event").click()
+    status = page.locator("#verify-status")
+    expect(status).to_contain_text("waiting for the pipeline")
+    run(settings, once=True)  # what `aforo run` does continuously
+    expect(status).to_have_attribute("data-status", "accepted", timeout=30_000)
+    expect(status).to_contain_text("unmetered")
+    with connect(settings.database_url) as conn:
+        tier, reason, customer, digest = conn.execute(
+            "SELECT tier, reason, customer, validation_hash FROM ledger WHERE source = 'aforo-console/test'"
+        ).fetchone()
+    assert (tier, reason, customer) == ("rest", "unmetered", "cust-1")
+    expect(page.locator("#verify-facts")).to_contain_text(digest)
+    c.shot("guide-1280")
+
+
+def test_the_live_stream_counts_a_duplicate_and_opens_its_provenance(console):
+    c, settings, keys = console
+    page = c.sign_in(keys["acme"], "/events")
+    expect(page.locator("#live-state")).to_have_text("live", timeout=30_000)
+    duplicates = int(page.locator('[data-counter="duplicates"]').inner_text())
+    event = orjson.dumps({"specversion": "1.0", "id": "dup-1", "source": "browser-test", "type": "api.call",
+                          "subject": "cust-1", "tenantid": "acme", "time": datetime.now(UTC).isoformat()})
+    send(settings, [event, event])
+    run(settings, once=True)
+    expect(page.locator('[data-counter="duplicates"]')).to_have_text(str(duplicates + 1), timeout=30_000)
+    rows = page.locator("tr.event-row", has_text="dup-1")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has=page.locator(".badge.duplicate"))).to_have_count(1)
+    with connect(settings.database_url) as conn:
+        leakage = conn.execute(
+            "SELECT sum(a.revenue) FROM ledger d JOIN dedup_claims c USING (dedup_key)"
+            " JOIN ledger a ON (a.raw_topic_id, a.raw_partition, a.raw_offset)"
+            "  = (c.raw_topic_id, c.raw_partition, c.raw_offset)"
+            " WHERE d.status = 'duplicate' AND a.status = 'accepted' AND d.tenantid = 'acme'"
+            " AND d.event_time >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        ).fetchone()[0]
+        hashes = [h for (h,) in conn.execute("SELECT validation_hash FROM ledger WHERE event_id = 'dup-1'"
+                                             " ORDER BY ingested_at, raw_partition, raw_offset")]
+    expect(page.locator('[data-counter="leakage"]')).to_have_text(display(leakage, "USD"))
+    c.shot("events-1280")
+
+    rows.first.get_by_role("button", name="dup-1").click()
+    dialog = page.locator("#provenance")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#provenance-close")).to_be_focused()
+    expect(dialog.locator("[data-final-status]")).to_have_attribute("data-final-status", "accepted")
+    expect(dialog).to_contain_text("duplicate · same payload")
+    expect(dialog).to_contain_text("idempotency: decided")
+    expect(dialog).to_contain_text('"id":"dup-1"')  # the raw payload as received
+    assert dialog.locator("[data-validation-hash]").all_inner_texts() == hashes
+    c.shot("event-provenance-1280", full_page=False)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+    page.get_by_role("button", name="Pause").click()
+    send(settings, [event.replace(b"dup-1", b"held-1")])
+    run(settings, once=True)
+    expect(page.locator("#pause")).to_have_text("Resume (1 waiting)", timeout=30_000)
+    expect(page.locator("tr.event-row", has_text="held-1")).to_have_count(0)
+    page.locator("#pause").click()
+    expect(page.locator("tr.event-row", has_text="held-1")).to_have_count(1)
+
+
+def test_tenant_a_never_sees_tenant_b(console):
+    c, settings, keys = console
+    page = c.sign_in(keys["globex"])
+    for path in PAGES:
+        c.go(path)
+        text = page.locator("main").inner_text() + page.locator("header").inner_text()
+        assert not [w for w in ACME_ONLY if w in text], (path, [w for w in ACME_ONLY if w in text])
+        assert "globex" in text, path
+    for path in [*PAGES, "/events/view?source=demo/sdk&id=x"]:
+        denied = page.request.get(c.base + path + ("&" if "?" in path else "?") + "tenant=acme")
+        assert denied.status == 403, path
+    for path in ["/v1/revenue/summary", "/v1/revenue/margins", "/v1/events", "/v1/events/counters",
+                 "/v1/usage/tiers", "/v1/alerts", "/v1/quotas", "/v1/guide"]:
+        own = page.request.get(c.base + path)  # the session cookie, as the page's scripts send it
+        assert own.ok, path
+        assert not [w for w in ACME_ONLY if w.encode() in own.body()], path
+        assert page.request.get(c.base + path + "?tenant=acme").status == 403, path
+    c.go("/events")
+    expect(page.locator("#live-state")).to_have_text("live", timeout=30_000)
+    send(settings, [orjson.dumps({"specversion": "1.0", "id": f"iso-{t}", "source": "iso", "type": "api.call",
+                                  "subject": s, "tenantid": t, "time": datetime.now(UTC).isoformat()})
+                    for t, s in (("acme", "cust-1"), ("globex", "cust-a"))])
+    run(settings, once=True)
+    expect(page.locator("tr.event-row", has_text="iso-globex")).to_have_count(1, timeout=30_000)
+    expect(page.locator("tr.event-row", has_text="iso-acme")).to_have_count(0)
+
+
+def test_the_portal_shows_one_customer_only(console):
+    c, _settings, keys = console
+    page = c.sign_in(keys["cust-2"])
+    expect(page).to_have_url(c.base + "/portal")
+    text = page.locator("main").inner_text()
+    assert "Initech" in text and "cust-2" in text
+    assert not [w for w in ("cust-1", "cust-3", "Umbrella", "Globex Labs", "sub-1", "cust-a") if w in text]
+    expect(page.locator("[data-quota]")).to_have_count(1)
+    expect(page.locator('[data-quota="sub-2/api_calls"]')).to_contain_text("limit 500")
+    portal = page.request.get(c.base + "/v1/portal").json()
+    expect(page.locator("[data-projected]")).to_have_text(portal["projected_bill"][0]["display"])
+    c.shot("portal-1280")
+    page.set_viewport_size(PHONE)
+    c.shot("portal-390")
+    c.go("/")
+    expect(page).to_have_url(c.base + "/portal")  # console pages are not a customer's
+    for path in ("/v1/revenue/margins", "/v1/events", "/v1/portal?customer=cust-1"):
+        assert page.request.get(c.base + path).status == 403, path
+
+
+_CONTRAST = """() => {
+  const lum = (c) => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const bg = (el) => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+    if (!c.startsWith("rgba(0, 0, 0, 0)") && c !== "transparent") return c; } return "rgb(255, 255, 255)"; };
+  const low = [];
+  for (const el of document.querySelectorAll("main *, header *")) {
+    const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!el.offsetParent || !text) continue;
+    const [a, b] = [lum(getComputedStyle(el).color), lum(bg(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const what = `${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 30)}"`;
+    if (ratio < 4.5) low.push(`${what}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+_UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), select, textarea, button")]
+  .filter((el) => el.offsetParent && !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+                  && !el.getAttribute("aria-labelledby") && !el.textContent.trim())
+  .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
+    """An operator's console: every page rendered, looked at (screenshots), usable at 1280x800
+    and at 390 px (nothing wider than the screen but scrollable tables), labelled controls,
+    text contrast of at least 4.5:1, and the skip link first in the keyboard order."""
+    c, _settings, keys = console
+    page = c.sign_in(keys["operator"])
+    for path in [*PAGES, "/?tenant=acme", "/docs"]:
+        for size, label in ((DESKTOP, "1280"), (PHONE, "390")):
+            page.set_viewport_size(size)
+            c.go(path)
+            page.wait_for_load_state("networkidle")
+            name = (path.strip("/").replace("?", "-").replace("=", "-") or "home") + f"-operator-{label}"
+            c.shot(name)
+            if path == "/docs":
+                expect(page.locator(".swagger-ui .info .title")).to_contain_text("Aforo", timeout=30_000)
+                continue
+            assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], (path, label)
+            assert page.evaluate(_UNLABELLED) == [], path
+            assert page.evaluate(_CONTRAST) == [], path
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.className") == "skip", path
+    page.set_viewport_size(DESKTOP)
+
+    c.go("/health?tenant=acme")
+    expect(page.locator("[data-headline]").first).to_contain_text("of usage falls in tier")
+    c.go("/alerts?tenant=acme")
+    expect(page.locator("[data-quota]")).to_have_count(2)
+    expect(page.locator('[data-quota="sub-2/api_calls"]')).to_contain_text("projected over the limit")
+    c.go("/margins")
+    page.get_by_role("button", name="Margin %").click()
+    expect(page.locator("th[aria-sort]")).to_have_attribute("aria-sort", "ascending")
+    shown = [Decimal(p) for p in page.locator("tbody.customer").evaluate_all(
+        "(bodies) => bodies.map((b) => b.dataset.margin_percent)")]
+    assert shown == sorted(shown) and len(shown) == 5  # the thinnest (or negative) margins first
+    expand = page.locator("tbody.customer").first.locator("button.expand")
+    expand.focus()
+    page.keyboard.press("Enter")
+    expect(expand).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("tbody.customer").first.locator("tr.detail").first).to_be_visible()

@@ -1,0 +1,130 @@
+"""Operator mistakes get one clear line and an exit code (CLI) or a JSON error (API), never a
+traceback: every AforoError is mapped in one place per layer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.errors import ApiError
+from cli.main import main
+from config import NotConfigured, Settings
+from schemas.errors import Conflict, NotFound
+from stack.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+NO_STACK = {"AFORO_KAFKA_BOOTSTRAP": "", "AFORO_DATABASE_URL": "", "AFORO_REDIS_URL": ""}
+
+
+@pytest.mark.parametrize("args", [
+    ["summary"], ["revenue"], ["reconcile", "list"], ["events", "export"], ["keys", "list"],
+    ["send", "-"], ["alerts", "list"], ["migrate"], ["run", "--once"],
+])
+def test_a_command_without_a_stack_prints_one_line_and_exits_2(args, tmp_path):
+    result = CliRunner().invoke(main, args, input='{"id": "1"}\n',
+                                env={**NO_STACK, "AFORO_HOME": str(tmp_path)})
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, NotConfigured)  # handled, not raised through
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: no ") and "configured" in line and "aforo up" in line, line
+
+
+def test_a_database_that_does_not_answer_is_one_line_too(tmp_path):
+    env = {**NO_STACK, "AFORO_HOME": str(tmp_path), "AFORO_DATABASE_URL": f"postgresql://127.0.0.1:{free_port()}/x"}
+    result = CliRunner().invoke(main, ["summary"], env=env)
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: cannot reach Postgres: connection failed: ") and "refused" in line
+
+
+@pytest.mark.integration
+def test_a_database_without_the_schema_says_run_migrate(settings):
+    empty = settings.database_url.rsplit("/", 1)[0] + f"/e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(settings.database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {empty.rsplit('/', 1)[1]}")
+    env = {**settings.to_env(), "AFORO_DATABASE_URL": empty}
+    result = CliRunner().invoke(main, ["reconcile", "list"], env=env)
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert "run `aforo migrate`" in line
+
+
+@pytest.mark.integration
+def test_migrate_with_an_unreachable_broker_says_so_at_once_and_changes_nothing(settings):
+    empty = f"m_{uuid.uuid4().hex[:12]}"
+    admin = settings.database_url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {empty}")
+    closed = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, **settings.to_env(), "AFORO_KAFKA_BOOTSTRAP": closed,
+           "AFORO_DATABASE_URL": f"{admin}/{empty}"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "migrate"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    print(f"\nmigrate against a closed port failed in {time.monotonic() - started:.2f} s")
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    # librdkafka wrote ~195 lines here before, over its 10 s timeout
+    assert done.stderr.strip().splitlines() == [
+        f"Error: cannot reach the Kafka broker ({closed}: Connection refused); "
+        "check AFORO_KAFKA_BOOTSTRAP or `aforo status`"]
+    with psycopg.connect(f"{admin}/{empty}") as conn:  # the database was left alone
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
+
+def test_the_api_answers_every_aforo_error_from_its_class(tmp_path):
+    settings = Settings(home=tmp_path, kafka_bootstrap_env="127.0.0.1:1",
+                        database_url_env="postgresql://127.0.0.1:1/x", redis_url_env="redis://127.0.0.1:1")
+    app = create_app(settings)
+    raising = {"not-configured": NotConfigured("no postgres configured"),
+               "conflict": Conflict("acme 2026-10 is closed"), "missing": NotFound("no such backfill"),
+               "api": ApiError(429, "rate_limited", "slow down", headers={"Retry-After": "2"}, source="k")}
+    def raiser(error: Exception):
+        def route():
+            raise error
+        return route
+    for name, error in raising.items():
+        app.add_api_route(f"/raise/{name}", raiser(error))
+    client = TestClient(app)  # no lifespan: the routes need no services
+    answers = {name: client.get(f"/raise/{name}") for name in raising}
+    assert {n: (r.status_code, r.json()) for n, r in answers.items()} == {
+        "not-configured": (503, {"error": "not_configured", "message": "no postgres configured"}),
+        "conflict": (409, {"error": "conflict", "message": "acme 2026-10 is closed"}),
+        "missing": (404, {"error": "not_found", "message": "no such backfill"}),
+        "api": (429, {"error": "rate_limited", "message": "slow down", "source": "k"}),
+    }
+    assert answers["not-configured"].headers["retry-after"] == "5"
+    assert answers["api"].headers["retry-after"] == "2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes machine changes for Postgres")
+def test_up_as_root_says_what_it_would_change_and_asks_first(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    env = {**NO_STACK, "AFORO_HOME": str(locked / "home"),
+           **{f"AFORO_EMBEDDED_{s}_PORT": str(free_port()) for s in ("KAFKA", "POSTGRES", "REDIS")}}
+    refused = CliRunner().invoke(main, ["up"], env=env)  # no terminal to ask on, no --yes
+    assert refused.exit_code == 1
+    assert f"let every user pass through (o+x: enter, not list) {locked}\n" in refused.output
+    assert "re-run with --yes" in refused.output
+    assert locked.stat().st_mode & 0o777 == 0o700  # nothing changed
+    assert not (locked / "home" / "stack.json").exists()  # nothing started
+
+    try:
+        allowed = CliRunner().invoke(main, ["up", "--yes"], env=env)
+        assert allowed.exit_code == 0, allowed.output
+        assert f"pass through (o+x: enter, not list) {locked}\n" in allowed.output  # said, not asked
+        assert locked.stat().st_mode & 0o777 == 0o701
+        assert "postgres  running" in allowed.output
+    finally:
+        CliRunner().invoke(main, ["down"], env=env)
