@@ -11,7 +11,7 @@ TOOLS  := .tools
 # work offline); `make test` installs it when it is missing (as root, as CI runs).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install tools run test test-clock lint bench bench-quick up down status clean
+.PHONY: install tools sdk-toolchains run test test-clock lint bench bench-quick up down status clean
 
 install: $(STAMP)
 
@@ -28,11 +28,12 @@ $(TOOLS)/promtool:
 	  && chmod +x promtool.tmp && mv promtool.tmp promtool && rm -f prometheus_*.deb \
 	  || { rm -f promtool.tmp prometheus_*.deb; echo "promtool not available: rules checked for structure only"; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdks/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Aforo needs Python 3.11 or 3.12 (Bytewax has no wheels for newer)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet -e './sdks/python[test]'
 	touch $(STAMP)
 
 # --yes: as root, `aforo up` lists what Postgres needs changed on the machine and makes the
@@ -42,9 +43,13 @@ run: install
 	$(BIN)/aforo migrate
 	$(BIN)/aforo demo
 
+# Go, a JDK with JUnit 5, Node.js and the Node SDK's packages, for the SDK suites (apt, npm).
+sdk-toolchains:
+	sdks/toolchains.sh
+
 # Tests marked time_sensitive also run at 00:30 UTC on the 1st of a month and on 1 January
 # (tests/conftest.py): `make test` includes them; `make test-clock` runs only them.
-test: install tools $(CHROMIUM)
+test: install tools $(CHROMIUM) sdk-toolchains
 	$(BIN)/python -m pytest
 
 test-clock: install

@@ -28,10 +28,12 @@ class Accepted(BaseModel):
     events: list[Receipt]
 
 
-async def produce_events(svc: Services, events: list[dict], tier: str, received_ms: int) -> dict:
-    """The body of an `Accepted` answer (a plain dict: building a thousand pydantic receipts per
+async def produce_events(svc: Services, events: list[dict], tier: str, received_ms: int,
+                         raws: list[bytes] | None = None) -> dict:
+    """Produce `raws` (the events as their client sent them), else the events a door built, encoded;
+    the body of an `Accepted` answer (a plain dict: building a thousand pydantic receipts per
     request cost more than producing the events)."""
-    acks = await svc.producer.send_batch([encode(e) for e in events], tier, received_ms)
+    acks = await svc.producer.send_batch(raws or [encode(e) for e in events], tier, received_ms)
     receipts = [{"index": i, "id": e.get("id"), "source": e.get("source"), "partition": acks.coords[i][0],
                  "offset": acks.coords[i][1]} for i, e in enumerate(events) if i in acks.coords]
     if acks.failed:

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from api import observe
 from api.console import pages
 from api.routes import backfills, events, gateways, guide, portal, revenue, uploads, usage, webhooks
+from api.routes.gateways import firehose_reply
 from api.services import ApiOptions, Services
 from config import Settings
 from schemas.errors import AforoError
@@ -32,33 +33,41 @@ each narrowed to the key's tenant (an operator key may read every tenant; a cust
 own customer)."""
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+def _answer(request: Request, body: dict[str, object], status: int,
+            headers: dict[str, str] | None) -> JSONResponse:
+    """Every error answer; a Firehose delivery's also carries what Firehose requires of it."""
+    return JSONResponse({**body, **firehose_reply(request.headers, str(body["message"]))},
+                        status_code=status, headers=headers)
+
+
+def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
            **extra: object) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+    return _answer(request, {"error": code, "message": message, **extra}, status, headers)
 
 
-async def _aforo_error(_request: Request, exc: AforoError) -> JSONResponse:
+async def _aforo_error(request: Request, exc: AforoError) -> JSONResponse:
     """Every AforoError (ApiError included): its status, code and message (schemas/errors.py)."""
-    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers)
+    return _answer(request, exc.body(), exc.http_status, exc.headers)
 
 
-async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
-    return _error(400, "bad_request", "; ".join(problems) or "invalid request")
+    return _error(request, 400, "bad_request", "; ".join(problems) or "invalid request")
 
 
-async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return _error(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    return _error(503, "unavailable", f"the database is unavailable: {type(exc).__name__}",
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(request, 503, "unavailable", f"the database is unavailable: {type(exc).__name__}",
                   headers={"Retry-After": "5"})
 
 
-async def _disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
-    return _error(400, "client_disconnected", "the client closed the connection before the body was read")
+async def _disconnected(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+    return _error(request, 400, "client_disconnected",
+                  "the client closed the connection before the body was read")
 
 
 def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:

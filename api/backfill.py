@@ -24,7 +24,6 @@ backfilled event already in the ledger ends `duplicate`).
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from datetime import datetime, timedelta
 import psycopg
 from pydantic import BaseModel
 
-from api.producer import Acks, RawTopicProducer
 from api.uploads import BadRow, Row, event_bytes
 from operators.enrich import billing_period
 from operators.schema_gate import SchemaError, parse_time
@@ -41,6 +39,7 @@ from operators.timestamp_gate import EPOCH, HORIZON_US, MAX_SKEW_US, to_us
 from schemas.errors import AforoError
 from sinks.backfills import Backfill, record_backfill, set_produced
 from sinks.kafka import BACKFILL_HEADER
+from sinks.raw_producer import RawProducer
 
 TIER = "backfill"  # the ledger's `tier`: the door the events came through
 MAX_EVENTS = 500_000  # held in memory to be ordered; split a longer history (by period, say)
@@ -125,7 +124,7 @@ def check(rows: Iterator[Row], tenant: str, now: datetime) -> Batch:
             break
         if problem is None:
             try:
-                raw = event_bytes(row.value, tenant)
+                raw = event_bytes(row, tenant)
                 subject, when = row.value.get("subject"), row.value.get("time")
                 if not isinstance(subject, str) or not subject:
                     raise ValueError("a backfilled event needs a subject (the customer): it is ordered by it")
@@ -157,7 +156,7 @@ def check(rows: Iterator[Row], tenant: str, now: datetime) -> Batch:
 
 def run_backfill(batch: Batch, actor: str, reason: str, now: datetime,
                  connect: Callable[[], AbstractContextManager[psycopg.Connection]],
-                 producer: RawTopicProducer) -> BackfillReport:
+                 producer: RawProducer) -> BackfillReport:
     """Record the backfill, then produce its events in order, stamped `now`; returns once the
     broker has reported on each (ClosedPeriod before anything is produced)."""
     first, last = min(e.event_us for e in batch.events), max(e.event_us for e in batch.events)
@@ -166,14 +165,8 @@ def run_backfill(batch: Batch, actor: str, reason: str, now: datetime,
                         _utc(first), _utc(last))
     with connect() as conn:
         record_backfill(conn, backfill)
-    reported = threading.Event()
-    acks = Acks(reported.set, keep_coords=False)
-    header = ((BACKFILL_HEADER, backfill.id.encode()),)
-    stamp_ms = to_us(now) // 1000
-    for event in batch.events:
-        producer.send_stream(acks, event.raw, TIER, stamp_ms, ref=event.line, headers=header)
-    acks.seal()
-    reported.wait(producer.delivery_timeout_s + 30)
+    acks = producer.send(((e.line, e.raw) for e in batch.events), TIER, timestamp_ms=to_us(now) // 1000,
+                         headers=((BACKFILL_HEADER, backfill.id.encode()),))
     with connect() as conn:
         set_produced(conn, backfill.id, acks.acked)
     unacknowledged = [BadRow(line=line, error=error) for line, error in sorted(acks.errors.items())]

@@ -4,6 +4,9 @@ logged request (method, route, path, status, latency, consumer as the subject). 
 Each gateway is data, not code: how to unwrap its export's envelope, and for each event field
 the JSONPaths where that gateway's documented log format keeps it (first present wins). Field
 names follow each gateway's own documentation, so the gateway is configured, not programmed.
+
+Exports are read with exact numbers (schemas.exact_json) and numbers stay exact on the way into
+the event: a latency of 12345678901234567.89 ms is written as logged, never through a float.
 """
 
 from __future__ import annotations
@@ -11,17 +14,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, Inexact, InvalidOperation, localcontext
 from urllib.parse import urlsplit
-
-import orjson
 
 from api.cloudevents import cloudevent, to_rfc3339
 from api.jsonpath import first
 from api.limits import MIB, check_depth, gunzip
+from schemas import exact_json
+from schemas.exact_json import JsonError
 
 EVENT_TYPE = "api.call"
 MAX_ENTRIES = 10_000
@@ -35,6 +38,7 @@ class ExportError(ValueError):
 @dataclass(frozen=True)
 class GatewayFormat:
     name: str
+    title: str  # what the gateway and its export are called, for messages
     entries: Callable[[object], list[object]]  # the logged requests inside one export body
     paths: dict[str, tuple[str, ...]]  # event field -> candidate JSONPaths
     # when no latency field is present: (start, end) timestamps whose difference is the latency
@@ -63,8 +67,8 @@ def _firehose_record(data: str) -> list[object]:
         raise ExportError(f"a Firehose record's data is not base64 (optionally gzip): {exc}") from None
     text = raw.decode("utf-8", "replace")
     try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        message = exact_json.loads(raw)
+    except JsonError:
         message = None
     if isinstance(message, dict) and isinstance(message.get("logEvents"), list):
         if message.get("messageType") == "CONTROL_MESSAGE":
@@ -73,8 +77,8 @@ def _firehose_record(data: str) -> list[object]:
     lines = []
     for line in filter(str.strip, text.splitlines()):
         try:
-            lines.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
+            lines.append(exact_json.loads(line))
+        except JsonError as exc:
             raise ExportError(f"an access-log line is not JSON ({exc}); configure the JSON format") from None
     return lines
 
@@ -94,7 +98,7 @@ def _aws(doc: object) -> list[object]:
 
 FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
     # Kong http-log plugin: https://developer.konghq.com/plugins/http-log/ (log format)
-    GatewayFormat("kong", _kong, {
+    GatewayFormat("kong", "Kong http-log", _kong, {
         "id": ("$.request.id", "$.request.headers['x-kong-request-id']",
                "$.response.headers['x-kong-request-id']"),
         "time": ("$.started_at",),
@@ -107,7 +111,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
         "api": ("$.service.name",),
     }),
     # API Gateway access logging ($context variables, JSON format; see README for the format string)
-    GatewayFormat("aws", _aws, {
+    GatewayFormat("aws", "AWS API Gateway access-log (Firehose or direct)", _aws, {
         "id": ("$.requestId",),
         "time": ("$.requestTimeEpoch", "$.requestTime"),
         "method": ("$.httpMethod",),
@@ -119,7 +123,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
         "api": ("$.apiId",),
     }),
     # Apigee: analytics record field names, or flow-variable names from a ServiceCallout template
-    GatewayFormat("apigee", _list_or_one, {
+    GatewayFormat("apigee", "Apigee", _list_or_one, {
         "id": ("$.messageid", "$.message_id", "$.gateway_flow_id"),
         "time": ("$.client_received_start_timestamp", "$['client.received.start.timestamp']"),
         "method": ("$.request_verb", "$['request.verb']"),
@@ -134,7 +138,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
                         ("$['client.received.start.timestamp']", "$['system.timestamp']"))),
     # Azure API Management GatewayLogs: resource-log records (camelCase, {"records": [...]}) or
     # the Log Analytics column names (PascalCase) posted by a send-one-way-request policy
-    GatewayFormat("azure-apim", lambda doc: _list_or_one(doc, "records"), {
+    GatewayFormat("azure-apim", "Azure API Management", lambda doc: _list_or_one(doc, "records"), {
         "id": ("$.correlationId", "$.CorrelationId"),
         "time": ("$.time", "$.TimeGenerated"),
         "method": ("$.properties.method", "$.Method"),
@@ -148,7 +152,7 @@ FORMATS: dict[str, GatewayFormat] = {f.name: f for f in (
     }),
     # MuleSoft API analytics events: the forwarder's (snake_case) or the Analytics Event API's
     # export field names
-    GatewayFormat("mulesoft", lambda doc: _list_or_one(doc, "events"), {
+    GatewayFormat("mulesoft", "MuleSoft analytics", lambda doc: _list_or_one(doc, "events"), {
         "id": ("$.event_id", "$.message_id", "$['Message ID']"),
         "time": ("$.received_ts", "$.Timestamp"),
         "method": ("$.verb", "$.Verb"),
@@ -172,37 +176,48 @@ def _pick(entry: object, paths: tuple[str, ...]) -> object | None:
     return None
 
 
-def _number(value: object) -> float | int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+def _number(value: object) -> Decimal | int | None:
+    """A logged number (a JSON number or its text), exactly: never through a binary float."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         return None
     try:
-        number = float(str(value))
-    except ValueError:
+        number = Decimal(value)
+    except InvalidOperation:
         return None
-    if not math.isfinite(number):
+    if not number.is_finite():
         return None
     # integral values as JSON integers, within the range every JSON reader keeps exact
-    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    return int(number) if number == number.to_integral_value() and abs(number) < 2**53 else number
 
 
-def _epoch_ms(value: object) -> float | None:
-    """A timestamp as epoch milliseconds: numbers (ms), or an ISO 8601 string."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ms(value: object) -> Decimal | int | None:
+    """A timestamp as epoch milliseconds: numbers (ms), or an ISO 8601 string (UTC unless it says)."""
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
         try:
-            return datetime.fromisoformat(value).timestamp() * 1000
-        except (ValueError, OverflowError, OSError):
+            moment = datetime.fromisoformat(value)
+        except ValueError:
             return None
+        since = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH
+        return _number(Decimal(since // timedelta(microseconds=1)) / 1000)
     return _number(value)
 
 
-def _latency(fmt: GatewayFormat, entry: object) -> float | int | None:
+def _latency(fmt: GatewayFormat, entry: object) -> Decimal | int | None:
     latency = _number(_pick(entry, fmt.paths["latency_ms"]))
     if latency is not None:
         return latency
     for start_path, end_path in fmt.latency_between:
         start, end = _epoch_ms(first(entry, start_path)), _epoch_ms(first(entry, end_path))
         if start is not None and end is not None and end >= start:
-            return _number(round(end - start, 3))
+            with localcontext() as exact:
+                exact.prec, exact.traps[Inexact] = 40, True
+                try:
+                    return _number(end - start)
+                except Inexact:  # no timestamps have that many digits: leave the latency out
+                    return None
     return None
 
 
@@ -229,7 +244,7 @@ def _time(value: object) -> object:
 def _entry_id(name: str, entry: object) -> str:
     """Entries without a request id get one from their content: the same log line sent again is
     the same event, so the pipeline marks the resend a duplicate."""
-    return f"{name}-" + hashlib.sha256(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return f"{name}-" + hashlib.sha256(exact_json.dumps(entry, sort_keys=True)).hexdigest()[:32]
 
 
 def to_event(fmt: GatewayFormat, entry: dict, *, tenant: str, source: str, received: str) -> dict:

@@ -14,12 +14,13 @@ from psycopg_pool import ConnectionPool
 from api.cache import TtlCache
 from api.keys import StoredKey, find_key
 from api.limits import RateLimiter
-from api.producer import RawTopicProducer
 from api.sessions import session_key
 from api.stream import LiveTail
+from api.webhooks.secrets import SecretBox
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
 from observe.health import Readiness
+from sinks.raw_producer import RawProducer
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class ApiOptions:
 class Services:
     def __init__(self, settings: Settings, options: ApiOptions):
         self.settings = settings
-        self.producer = RawTopicProducer(settings, options.delivery_timeout_s)
+        self.producer = RawProducer(settings, options.delivery_timeout_s)
         # Opened without waiting: the API starts (and answers 503) while Postgres is away.
         self.pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=False,
                                    kwargs={"autocommit": True})
@@ -47,6 +48,7 @@ class Services:
         self.readiness = Readiness(settings)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
+        self.secrets = SecretBox(settings)
         self.sessions: TtlCache[str] = TtlCache(lambda token: self.db(session_key, token))  # -> key id
         self.live = LiveTail(settings)  # one output-topic consumer for every SSE client
 

@@ -26,17 +26,16 @@ from __future__ import annotations
 import csv
 import io
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import orjson
 from pydantic import BaseModel
 
-from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit, encode
+from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit
 from api.limits import check_depth
-from api.producer import MAX_KEPT_ERRORS, Acks, RawTopicProducer, now_ms
+from schemas import exact_json
+from sinks.raw_producer import MAX_KEPT_ERRORS, RawProducer
 
 FORMATS = ("csv", "json", "ndjson")
 MEDIA_TYPES = {"text/csv": "csv", "application/csv": "csv", "application/json": "json",
@@ -58,6 +57,7 @@ class Row:
     value: object = None
     error: str | None = None
     fatal: bool = False  # the rest of the file cannot be read
+    raw: bytes | None = None  # a JSON row's own bytes, produced as they are (a CSV row is encoded)
 
 
 def format_of(fmt: str | None, content_type: str | None) -> str:
@@ -71,15 +71,14 @@ def format_of(fmt: str | None, content_type: str | None) -> str:
     return MEDIA_TYPES[media]
 
 
-def _parse(raw: bytes) -> tuple[object, str | None]:
+def _json_row(line: int, raw: bytes) -> Row:
+    """A JSON row, numbers exact (schemas.exact_json), keeping its bytes without surrounding whitespace."""
     try:
-        value = orjson.loads(raw)
+        value = exact_json.loads(raw)
         check_depth(value)
-    except orjson.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc}"
     except ValueError as exc:
-        return None, str(exc)
-    return value, None
+        return Row(line, error=str(exc))
+    return Row(line, value, raw=raw.strip(_WS))
 
 
 # --- NDJSON ------------------------------------------------------------------------------------
@@ -95,8 +94,7 @@ def ndjson_rows(stream: BinaryIO) -> Iterator[Row]:
             yield Row(number, error=f"line is longer than {MAX_LINE} bytes")
             continue
         if line.strip():
-            value, error = _parse(line)
-            yield Row(number, value, error)
+            yield _json_row(number, line)
 
 
 # --- a JSON array, element by element ---------------------------------------------------------
@@ -190,9 +188,7 @@ def json_array_rows(stream: BinaryIO) -> Iterator[Row]:
                     yield Row(s.line_at(s.pos), error="the JSON array is not closed", fatal=True)
                     return
                 end = s.element_end()
-            line = s.line_at(s.pos)
-            value, error = _parse(s.buf[s.pos:end])
-            yield Row(line, value, error)
+            yield _json_row(s.line_at(s.pos), s.buf[s.pos:end])
             closing = s.buf[end] == ord("]")
             s.pos = end + 1
             if closing:
@@ -325,38 +321,40 @@ class UploadReport(BaseModel):
             self.errors.append(BadRow(line=line, error=error))
 
 
-def event_bytes(value: object, tenant: str | None) -> bytes:
-    """A row's raw record: the event admitted for the tenant (ValueError for a row that is not an
-    event or is too large, PermissionError for another tenant's). Uploads and backfills alike."""
-    raw = encode(admit(value, tenant))
+def event_bytes(row: Row, tenant: str | None) -> bytes:
+    """A row's raw record: the bytes the row was written as (a JSON row) or the event it builds (a
+    CSV row), admitted for the tenant (ValueError for a row that is not an event or is too large,
+    PermissionError for another tenant's). Uploads and backfills alike."""
+    raw = admit(row.value, tenant, row.raw)
     if len(raw) > MAX_EVENT_BYTES:
         raise ValueError(f"the event is larger than {MAX_EVENT_BYTES} bytes")
     return raw
 
 
-def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawTopicProducer,
-               tier: str = "upload") -> UploadReport:
-    """Produce every good row as it is read (stamped with the time it was read); blocks until the
-    broker has reported on each. `tenant` None (the CLI without --tenant) leaves rows as they are."""
-    report = UploadReport(format=fmt)
-    reported = threading.Event()
-    acks = Acks(reported.set, keep_coords=False)
+def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) -> Iterator[tuple[int, bytes]]:
+    """(line, raw record) of every row that can be produced; the others go to the report."""
     for row in rows:
         if row.fatal:
             report.stopped = BadRow(line=row.line, error=row.error or "")
-            break
+            return
         report.rows += 1
         if row.error is not None:
             report.refuse(row.line, row.error)
             continue
         try:
-            raw = event_bytes(row.value, tenant)
+            raw = event_bytes(row, tenant)
         except (ValueError, PermissionError) as exc:
             report.refuse(row.line, str(exc))
             continue
-        producer.send_stream(acks, raw, tier, now_ms(), ref=row.line)
-    acks.seal()
-    reported.wait(producer.delivery_timeout_s + 30)
+        yield row.line, raw
+
+
+def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawProducer,
+               tier: str = "upload") -> UploadReport:
+    """Produce every good row as it is read (stamped with the time it was read); blocks until the
+    broker has reported on each. `tenant` None (the CLI without --tenant) leaves rows as they are."""
+    report = UploadReport(format=fmt)
+    acks = producer.send(_good_rows(rows, tenant, report), tier)
     report.produced = acks.acked
     report.not_acknowledged = acks.sent - acks.acked
     report.not_acknowledged_rows = [BadRow(line=line, error=error)

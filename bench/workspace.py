@@ -31,8 +31,9 @@ import config
 from bench.events import bench_catalog
 from schemas.catalog import Catalog
 from sinks.catalog import apply_catalog
-from sinks.kafka import RawProducer, ensure_topics, kafka_config
+from sinks.kafka import ensure_topics, kafka_config
 from sinks.postgres import connect, migrate
+from sinks.raw_producer import RawProducer
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret"
@@ -67,13 +68,14 @@ def produce(s: config.Settings, lines: list[bytes]) -> int:
     """Send lines to the installation's raw topic; fail unless the broker acknowledged them all."""
     ensure_topics(s)
     producer = RawProducer(s)
-    for _ in producer.send(lines):
-        pass
-    producer.flush()
-    if producer.errors or producer.acked != len(lines):
-        raise RuntimeError(f"{len(lines) - producer.acked} of {len(lines)} events not acknowledged: "
-                           f"{producer.errors[:3]}")
-    return producer.acked
+    try:
+        acks = producer.send(enumerate(lines), "sdk")
+    finally:
+        producer.close()
+    if acks.acked != len(lines):
+        raise RuntimeError(f"{len(lines) - acks.acked} of {len(lines)} events not acknowledged: "
+                           f"{list(acks.errors.values())[:3]}")
+    return acks.acked
 
 
 def raw_batches(s: config.Settings, batch: int = 10_000) -> Iterator[list[Message]]:

@@ -123,10 +123,10 @@ def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None, backfi
     """Produce every row of FILE as one event (tier upload), streamed; report bad rows by line.
     With --backfill, FILE is one audited backfill instead: all of it, or none of it."""
     from api.backfill import require_reason
-    from api.producer import RawTopicProducer
     from api.uploads import UploadError, parse_csv_mapping, rows_of, run_upload
     from cli.backfill_commands import backfill_rows
     from sinks.kafka import ensure_topics
+    from sinks.raw_producer import RawProducer
     fmt = fmt or _FORMATS.get(file.suffix.lower())
     if fmt is None:
         raise click.ClickException(f"cannot tell the format of {file.name}: give --format")
@@ -142,7 +142,7 @@ def upload(file: Path, fmt: str | None, mapping_file, tenant: str | None, backfi
     except (orjson.JSONDecodeError, UploadError) as exc:
         raise click.ClickException(f"--mapping: {exc}") from None
     ensure_topics(settings)
-    producer = RawTopicProducer(settings)
+    producer = RawProducer(settings)
     try:
         with file.open("rb", buffering=0) as raw, click.progressbar(
                 length=file.stat().st_size, label="uploading", file=sys.stderr) as bar:
@@ -175,24 +175,27 @@ def webhooks() -> None:
 @click.argument("name")
 @click.option("--provider", required=True,
               type=click.Choice(PROVIDERS))
-@click.option("--tenant",
-              help="The tenant of its events (default: the X-Aforo-Tenant header of each request).")
+@click.option("--tenant", required=True,
+              help="The tenant of its events (one source per tenant: no provider signs a tenant header).")
 @click.option("--secret", prompt=True, hide_input=True,
               help="Signing secret (SendGrid: the verification public key). Prompted when not given.")
 @click.option("--mapping", "mapping_file", type=click.File("rb"),
               help="JSONPath mapping (JSON); default: the provider's template (`aforo webhooks template`).")
-def webhooks_add(name: str, provider: str, tenant: str | None, secret: str, mapping_file) -> None:
-    """Add webhook source NAME, received at POST /v1/webhooks/<provider>/NAME."""
+def webhooks_add(name: str, provider: str, tenant: str, secret: str, mapping_file) -> None:
+    """Add webhook source NAME, received at POST /v1/webhooks/<provider>/NAME; its secret is
+    stored encrypted (key: AFORO_WEBHOOK_KEY, else $AFORO_HOME/webhook.key)."""
     from api.webhooks.mapping import MappingError
+    from api.webhooks.secrets import SecretBox
     from api.webhooks.store import add_source
     from sinks.postgres import connect
+    settings = _settings()
     try:
         mapping = orjson.loads(mapping_file.read()) if mapping_file else None
-        with connect(_settings().database_url) as conn:
-            source = add_source(conn, name, provider, secret, tenant, mapping)
+        with connect(settings.database_url) as conn:
+            source = add_source(conn, name, provider, secret, tenant, mapping, SecretBox(settings))
     except (orjson.JSONDecodeError, MappingError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"POST /v1/webhooks/{source.provider}/{source.name} -> tenant {source.tenant or '(header)'}")
+    click.echo(f"POST /v1/webhooks/{source.provider}/{source.name} -> tenant {source.tenant}")
 
 
 @webhooks.command("list")
@@ -203,7 +206,7 @@ def webhooks_list() -> None:
     with connect(_settings().database_url) as conn:
         sources = list_sources(conn)
     for s in sources:
-        click.echo(f"{s.name:<20} {s.provider:<9} {s.tenant or '(header)':<12} "
+        click.echo(f"{s.name:<20} {s.provider:<9} {s.tenant or '(none: add again)':<12} "
                    f"{orjson.dumps(s.mapping.to_json()).decode()}")
 
 

@@ -51,7 +51,7 @@ for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
 def _print_services(states) -> None:
     for s in states:
         state = "running" if s.running else "stopped"
-        click.echo(f"{s.name:<9} {state:<8} {s.url or '-':<45} {s.detail}")
+        click.echo(f"{s.name:<9} {state:<8} {config.redacted_url(s.url) or '-':<45} {s.detail}")
 
 
 @main.command()
@@ -94,14 +94,18 @@ def status() -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
+    from api.webhooks.secrets import seal_stored_secrets
     from sinks.kafka import ensure_topics, require_broker, topic_differences
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     require_broker(s)  # at once, and before the database changes
     applied = pg_migrate(s.database_url)
+    sealed = seal_stored_secrets(s)
     ensure_topics(s)
     differences = topic_differences(s)
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
+    if sealed:
+        click.echo(f"encrypted {sealed} webhook secrets stored in plaintext")
     if differences:
         _fail("the topics differ from the configuration (nothing was changed; see README, "
               "Operations: topics):\n  " + "\n  ".join(differences))
@@ -113,27 +117,26 @@ def migrate() -> None:
 
 def send_lines(settings: config.Settings, lines, total: int | None = None) -> int:
     """Produce lines as raw records; returns how many the broker acknowledged."""
-    from sinks.kafka import RawProducer, ensure_topics
+    from sinks.kafka import ensure_topics
+    from sinks.raw_producer import RawProducer
     ensure_topics(settings)
     producer = RawProducer(settings)
-    if total is not None:
-        with click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True) as bar:
-            done = 0
-            for n in producer.send(lines):
-                bar.update(n - done)
-                done = n
-    else:  # a stream of unknown length: a live counter instead of a bar
-        tty = sys.stderr.isatty()
-        for n in producer.send(lines):
-            if tty:
-                click.echo(f"\rsent {n}", nl=False, err=True)
-        if tty:
+    try:
+        if total is not None:
+            with click.progressbar(length=total, label="sending", file=sys.stderr, show_pos=True) as bar:
+                acks = producer.send(enumerate(lines), "sdk", progress=lambda n: bar.update(n - bar.pos))
+        elif sys.stderr.isatty():  # a stream of unknown length: a live counter instead of a bar
+            acks = producer.send(enumerate(lines), "sdk",
+                                 progress=lambda n: click.echo(f"\rsent {n}", nl=False, err=True))
             click.echo("", err=True)
-    producer.flush()
-    if producer.errors:
-        click.echo(f"{len(producer.errors)} records not acknowledged, e.g. {producer.errors[0]}",
+        else:
+            acks = producer.send(enumerate(lines), "sdk")
+    finally:
+        producer.close()
+    if acks.failed:
+        click.echo(f"{acks.failed} records not acknowledged, e.g. {next(iter(acks.errors.values()))}",
                    err=True)
-    return producer.acked
+    return acks.acked
 
 
 @main.command()
@@ -223,10 +226,7 @@ def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | N
         from observe.server import start_for_flow
         # one process of a cluster refreshes the ledger gauges: they describe the whole flow
         start_for_flow(settings, metrics_port, "metering", ledger_gauges=not process_id)
-    try:
-        elapsed = run_flow(settings, once, workers, cluster)
-    except config.NotConfigured as exc:
-        _fail(str(exc))
+    elapsed = run_flow(settings, once, workers, cluster)
     if once:
         click.echo(f"done in {elapsed:.1f}s")
 

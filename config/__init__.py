@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -127,6 +128,7 @@ class Settings:
     topic_prefix: str = "aforo"
     raw_partitions: int = 8
     secret_env: str | None = None
+    webhook_key_env: str | None = None
     recovery_dir_env: str | None = None
     embedded_kafka_port: int = 19092
     embedded_postgres_port: int = 15432
@@ -155,6 +157,7 @@ class Settings:
             topic_prefix=e.get("AFORO_TOPIC_PREFIX") or "aforo",
             raw_partitions=_int(e, "AFORO_RAW_PARTITIONS", 8),
             secret_env=e.get("AFORO_SECRET") or None,
+            webhook_key_env=e.get("AFORO_WEBHOOK_KEY") or None,
             recovery_dir_env=e.get("AFORO_RECOVERY_DIR") or None,
             embedded_kafka_port=_int(e, "AFORO_EMBEDDED_KAFKA_PORT", 19092),
             embedded_postgres_port=_int(e, "AFORO_EMBEDDED_POSTGRES_PORT", 15432),
@@ -191,6 +194,7 @@ class Settings:
         return {"AFORO_HOME": str(self.home), "AFORO_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
                 "AFORO_DATABASE_URL": self.database_url, "AFORO_REDIS_URL": self.redis_url,
                 "AFORO_TOPIC_PREFIX": self.topic_prefix, "AFORO_SECRET": self.secret_env or "",
+                "AFORO_WEBHOOK_KEY": self.webhook_key_env or "",
                 "AFORO_EPOCH_INTERVAL": str(self.epoch_interval_s),
                 "AFORO_BATCH_SIZE": str(self.batch_size), "AFORO_RAW_PARTITIONS": str(self.raw_partitions),
                 "AFORO_REPLICATION_FACTOR": str(self.replication_factor),
@@ -269,12 +273,39 @@ class Settings:
         so hashes stay verifiable across restarts of a local stack."""
         if self.secret_env:
             return self.secret_env.encode()
-        path = self.home / "secret"
-        if not path.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+        return kept_secret(self.home / "secret", lambda: secrets.token_hex(32)).encode()
+
+
+    @property
+    def webhook_key_file(self) -> Path:
+        """Where the key that encrypts webhook secrets is kept (mode 0600) when AFORO_WEBHOOK_KEY
+        does not give it (api/webhooks/secrets.py)."""
+        return self.home / "webhook.key"
+
+
+def kept_secret(path: Path, generate: Callable[[], str]) -> str:
+    """The secret kept in `path`, generated there first if missing: created with mode 0600 from the
+    start (never readable by others, even for a moment) and exclusively (two processes never
+    write two different secrets)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(generate())
+    return path.read_text().strip()
+
+
+def redacted_url(url: str) -> str:
+    """A service URL fit to print: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
 
 
 def load() -> Settings:

@@ -68,6 +68,7 @@ def execute(flow: Dataflow, settings: Settings, recovery_name: str | None, worke
     # The flows allocate millions of short-lived, acyclic objects; at CPython's default thresholds
     # the cyclic GC took a third of the worker's time (measured with py-spy). Collect far less
     # often, and never rescan what start-up built.
+    gc.collect()  # what an earlier run in this process left, before start-up is frozen
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     recovery = RecoveryConfig(recovery_dir(settings, recovery_name)) if recovery_name else None

@@ -21,6 +21,7 @@ import signal
 import threading
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -45,6 +46,12 @@ from sinks.raw_source import RawSource, TopicRecreated
 _log = logging.getLogger(__name__)
 
 
+class FlowCatalog(Catalog, Protocol):
+    """What the flow reads of the catalog (sinks/entitlements.CatalogCache)."""
+
+    def key_paths(self) -> dict[str, str | None]: ...
+
+
 class PartitionTotals:
     """The RunningTotals of every raw partition this process reads, each used by the one worker
     that reads the partition."""
@@ -66,7 +73,7 @@ class PartitionTotals:
             totals.committed(w.rated_as)
 
 
-def build(source: Source[Batch], sink: Sink[Batch], *, catalog: CatalogCache, claims: dedup.ClaimIndex,
+def build(source: Source[Batch], sink: Sink[Batch], *, catalog: FlowCatalog, claims: dedup.ClaimIndex,
           totals: PartitionTotals, topics: Topics, secret: bytes) -> Dataflow:
     flow = Dataflow("metering")
     raw = op.input("raw", flow, source)
@@ -133,9 +140,13 @@ def _run_once(settings: Settings, *, once: bool, workers: int, cluster: Cluster 
         with connect(settings.database_url) as conn:
             return high_water(conn, tid, partition)
 
+    catalog = CatalogCache(settings.database_url, settings.redis_url)
     flow = build(
         RawSource(settings, raw_topic_id, start_at, tail=not once, stopping=stopping),
         LedgerSink(settings.database_url, partial(OutputTopics, settings), on_commit=totals.committed),
-        catalog=CatalogCache(settings.database_url, settings.redis_url), claims=state, totals=totals,
-        topics=settings.topics, secret=settings.secret)
-    execute(flow, settings, None, workers, cluster)
+        catalog=catalog, claims=state, totals=totals, topics=settings.topics, secret=settings.secret)
+    try:
+        execute(flow, settings, None, workers, cluster)
+    finally:
+        state.close()
+        catalog.close()

@@ -21,55 +21,27 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulBatchLogic
 
 from config import Settings
 from flows.execution import execute
+from flows.stateful import stateful
 from operators.anomaly import Alert, CustomerMonitor, FirstDelivery, Usage, parse_enriched
 from operators.quota_pacing import Quota, QuotaPacing
 from sinks.alerts import AlertSink, QuotaCatalog, ensure_alerts_topic
-from sinks.kafka import ensure_topics, source_config, topic_id
+from sinks.kafka import ensure_topics, kafka_config, topic_id
 
 
-class _DedupStep(StatefulBatchLogic[Usage, Usage, FirstDelivery]):
-    """Bytewax shell around one customer's FirstDelivery."""
-
-    def __init__(self, state: FirstDelivery | None):
-        self._first = state or FirstDelivery()
-
-    def on_batch(self, values: list[Usage]) -> tuple[list[Usage], bool]:
-        return [u for u in values if self._first.first(u)], StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> FirstDelivery:
-        return self._first
+def _first(state: FirstDelivery, values: list[Usage]) -> list[Usage]:
+    return [u for u in values if state.first(u)]
 
 
-class _AnomalyStep(StatefulBatchLogic[Usage, Alert, CustomerMonitor]):
-    """Bytewax shell around one customer's hourly and weekly detectors."""
-
-    def __init__(self, state: CustomerMonitor | None):
-        self._monitor = state or CustomerMonitor()
-
-    def on_batch(self, values: list[Usage]) -> tuple[list[Alert], bool]:
-        # One event at a time: the outcome must not depend on where the batches happen to split.
-        return [a for u in values for a in self._monitor.observe(u)], StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> CustomerMonitor:
-        return self._monitor
+def _anomalies(state: CustomerMonitor, values: list[Usage]) -> list[Alert]:
+    # One event at a time: the outcome must not depend on where the batches happen to split.
+    return [a for u in values for a in state.observe(u)]
 
 
-class _QuotaPacingStep(StatefulBatchLogic[tuple[Usage, dict[str, Quota]], Alert, QuotaPacing]):
-    """Bytewax shell around one customer's quota pacing; each event comes with its
-    subscription's quotas."""
-
-    def __init__(self, state: QuotaPacing | None):
-        self._pacing = state or QuotaPacing()
-
-    def on_batch(self, values: list[tuple[Usage, dict[str, Quota]]]) -> tuple[list[Alert], bool]:
-        return [a for u, quotas in values for a in self._pacing.observe(u, quotas)], StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> QuotaPacing:
-        return self._pacing
+def _pacing(state: QuotaPacing, values: list[tuple[Usage, dict[str, Quota]]]) -> list[Alert]:
+    return [a for u, quotas in values for a in state.observe(u, quotas)]
 
 
 def _with_quotas(catalog: QuotaCatalog, batch: list[Usage]) -> list[tuple[Usage, dict[str, Quota]]]:
@@ -83,18 +55,21 @@ def _customer_key(u: Usage) -> str:
 
 
 def build(settings: Settings, *, once: bool) -> Dataflow:
-    source = KafkaSource([settings.kafka_bootstrap], [settings.topics.enriched], tail=not once,
-                         batch_size=settings.batch_size, add_config=source_config(settings))
+    # The installation's connection properties (TLS, SASL, ...): the admin role's, since Bytewax
+    # also builds an admin client (a producer instance) from them.
+    client = kafka_config(settings, "admin")
+    source = KafkaSource(client.pop("bootstrap.servers").split(","), [settings.topics.enriched],
+                         tail=not once, batch_size=settings.batch_size, add_config=client)
     flow = Dataflow("monitoring")
     messages = op.input("enriched", flow, source)
     usage = op.filter_map("parse", messages, lambda msg: parse_enriched(msg.value or b""))
     by_customer = op.key_on("customer", usage, _customer_key)
-    firsts = op.stateful_batch("dedup", by_customer, _DedupStep)
-    anomalies = op.stateful_batch("anomaly", firsts, _AnomalyStep)
+    firsts = stateful("dedup", by_customer, FirstDelivery, _first)
+    anomalies = stateful("anomaly", firsts, CustomerMonitor, _anomalies)
     with_quotas = op.flat_map_batch("quotas", op.key_rm("unkey_dedup", firsts),
                                     partial(_with_quotas, QuotaCatalog(settings.database_url)))
     by_customer_quotas = op.key_on("customer_quotas", with_quotas, lambda x: _customer_key(x[0]))
-    pacing = op.stateful_batch("quota_pacing", by_customer_quotas, _QuotaPacingStep)
+    pacing = stateful("quota_pacing", by_customer_quotas, QuotaPacing, _pacing)
     alerts = op.key_rm("unkey", op.merge("alerts", anomalies, pacing))
     op.output("alerts_out", alerts, AlertSink(settings))
     return flow

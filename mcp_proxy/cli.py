@@ -79,6 +79,8 @@ def _setup_logging(log_file: Path | None) -> BinaryIO:
               help="undelivered events wait here across restarts "
                    "[default: ~/.aforo-mcp-proxy/spool/TENANT-PRODUCT]")
 @click.option("--spool-max-mb", type=int, default=256, show_default=True)
+@click.option("--shutdown-grace", type=float, default=2.0, show_default=True,
+              help="stdio: seconds the server gets to exit after its stdin closes, then again after SIGTERM")
 @click.option("--call-timeout", type=float, default=300.0, show_default=True,
               help="seconds before an unanswered tools/call is metered as timeout")
 @click.option("--log-file", type=click.Path(path_type=Path))
@@ -90,8 +92,9 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
          ping_interval: float,
          tenant: str, product: str, customer: str | None, agent_customer: tuple[str, ...],
          api_key: str | None, endpoint: str | None, kafka: str | None, topic_prefix: str, instance: str,
-         spool_dir: Path | None, spool_max_mb: int, call_timeout: float, log_file: Path | None,
-         metrics_port: int | None, metrics_host: str, extra_args: tuple[str, ...]) -> None:
+         spool_dir: Path | None, spool_max_mb: int, shutdown_grace: float, call_timeout: float,
+         log_file: Path | None, metrics_port: int | None, metrics_host: str,
+         extra_args: tuple[str, ...]) -> None:
     """Relay MCP between a client and a server and meter sessions and tool calls to Aforo.
     Arguments after `--` are passed to the stdio server as they are (for arguments with commas)."""
     if transport == "stdio" and not command:
@@ -117,11 +120,11 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
     try:
         if transport == "stdio":
             argv = [command or "", *(a for a in args_csv.split(",") if a), *extra_args]
-            code = _run(_stdio(argv, new_session(), sink))
+            code = _run(_stdio(argv, new_session(), sink, shutdown_grace))
         else:
             host, _, port = listen.rpartition(":")
             _run(_http(transport, upstream or "", host or "127.0.0.1", int(port), new_session,
-                              ping_interval))
+                       ping_interval, delivery))
     finally:
         delivery.close()
     sys.exit(code)
@@ -137,17 +140,17 @@ def _run(main_coro: Coroutine[None, None, T]) -> T:
         return runner.run(main_coro)
 
 
-async def _stdio(argv: list[str], metered: Metered, sink: BinaryIO) -> int:
+async def _stdio(argv: list[str], metered: Metered, sink: BinaryIO, grace_s: float) -> int:
     from mcp_proxy.stdio import run_stdio
 
     try:
-        return await run_stdio(argv, metered, sink)
+        return await run_stdio(argv, metered, sink, grace_s)
     finally:
         metered.close()
 
 
 async def _http(transport: str, upstream: str, host: str, port: int,
-                new_session: Callable[[], Metered], ping_s: float) -> None:
+                new_session: Callable[[], Metered], ping_s: float, delivery: Delivery) -> None:
     from mcp_proxy.relay import expire_periodically, serve
     from mcp_proxy.sse_transport import SseProxy
     from mcp_proxy.streamable_http import StreamableHttpProxy
@@ -159,10 +162,13 @@ async def _http(transport: str, upstream: str, host: str, port: int,
         streamable = StreamableHttpProxy(upstream, new_session)
         app, sessions = streamable, lambda: list(streamable.sessions.values())
     expiry = asyncio.create_task(expire_periodically(sessions))
-    try:
-        await serve(app, host, port)
-    finally:
+
+    async def cleanup() -> None:
         expiry.cancel()
+        await app.aclose()  # every open session ends: its session.end is queued
+        await asyncio.to_thread(delivery.close)  # delivered now, or spooled for the next start
+
+    await serve(app, host, port, cleanup)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ oldest first, once it answers again, and survive a restart of the proxy."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
@@ -16,11 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
-from confluent_kafka import Producer
 
-from config import Settings, clock
+from config import Settings
 from observe.metrics import MCP_EVENTS, MCP_QUEUED_EVENTS, MCP_SPOOL_BYTES
-from sinks.kafka import TIER_HEADER, produce, producer_config, record_key
+from sinks.raw_producer import RawProducer
 
 log = logging.getLogger("aforo.mcp_proxy.delivery")
 
@@ -42,13 +42,22 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+def _version() -> str:
+    try:
+        return f"mcp-proxy/{importlib.metadata.version('aforo')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "mcp-proxy/dev"
+
+
 class HttpSender:
-    """POST /v1/events batches with the tenant's API key; 202 means the broker acknowledged all."""
+    """POST /v1/events batches with the tenant's API key, named as the MCP proxy (tier `mcp`); 202
+    means the broker acknowledged all."""
 
     def __init__(self, endpoint: str, api_key: str, timeout_s: float = 10.0):
         base = endpoint.rstrip("/")
         self._url = base if base.endswith("/v1/events") else base + "/v1/events"
-        self._headers = {"Authorization": f"Bearer {api_key}",
+        # Aforo-MCP-Proxy: the REST door records these events as tier `mcp` (api/routes/events.py)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Aforo-MCP-Proxy": _version(),
                          "Content-Type": "application/cloudevents-batch+json"}
         self._client = httpx.Client(timeout=timeout_s)
 
@@ -68,33 +77,23 @@ class HttpSender:
 
 
 class KafkaSender:
-    """Straight to `<prefix>.events.raw` with Aforo's idempotent producer settings, header
-    aforo-tier=mcp, keyed by tenant/customer like every other door."""
+    """Straight to `<prefix>.events.raw` through Aforo's raw producer (the one every door uses),
+    tier `mcp`."""
 
     def __init__(self, bootstrap: str, topic_prefix: str = "aforo", timeout_s: float = 10.0):
         settings = Settings(home=Path("."), kafka_bootstrap_env=bootstrap, topic_prefix=topic_prefix)
-        # A bounded message timeout turns an unreachable broker into a failed batch we spool,
+        # A bounded delivery timeout turns an unreachable broker into a failed batch we spool,
         # instead of librdkafka holding it in memory for its default five minutes.
-        self._producer = Producer({**producer_config(settings), "message.timeout.ms": int(timeout_s * 1000)})
-        self._topic = settings.topics.raw
-        self._timeout_s = timeout_s
-        self._headers = [(TIER_HEADER, TIER.encode())]
+        self._producer = RawProducer(settings, delivery_timeout_s=timeout_s)
 
     def send(self, events: list[bytes]) -> None:
-        errors: list[str] = []
-
-        def on_delivery(err, _msg) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for event in events:
-            produce(self._producer, self._topic, event, key=record_key(event), headers=self._headers,
-                    timestamp=clock.now_ms(), on_delivery=on_delivery)
-        if self._producer.flush(self._timeout_s + 5) or errors:
-            raise DeliveryError(f"kafka: {errors[:3] or 'not acknowledged in time'}")
+        acks = self._producer.send(enumerate(events), TIER)
+        if acks.failed:
+            raise DeliveryError(f"kafka: {acks.failed} of {len(events)} not acknowledged, e.g. "
+                                f"{list(acks.errors.values())[:3]}")
 
     def close(self) -> None:
-        self._producer.flush(1)
+        self._producer.close()
 
 
 class Spool:
@@ -182,9 +181,12 @@ class Delivery:
                 self._cond.notify()  # to start the linger, or to send a full batch now
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush: one last attempt (unless the endpoint is known down), and whatever is still
-        undelivered goes to the spool for the next start."""
+        """Flush: what is queued goes to the spool, then one last attempt delivers the spool, even
+        if the endpoint failed a moment ago (an outage that just ended is the usual case); what it
+        cannot take waits there for the next start. Closing again does nothing."""
         with self._cond:
+            if self._stopping:
+                return
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout_s)
@@ -214,16 +216,15 @@ class Delivery:
                 while not self._stopping and not self._ready():
                     self._cond.wait(self._wait_s())
                 stopping = self._stopping
+            if stopping:
+                # On disk first, so an endpoint that hangs past close()'s wait costs nothing.
+                self._spill(self._take(len(self._queue)))
+                self._deliver_once()
+                return
             if self._down():
                 self._spill(self._take(len(self._queue)))
-                if stopping:
-                    return
                 continue
-            delivered = self._deliver_once()
-            if stopping:
-                if not delivered:
-                    self._spill(self._take(len(self._queue)))
-                return
+            self._deliver_once()
 
     def _has_spool(self) -> bool:
         return self._spooled
@@ -232,20 +233,20 @@ class Delivery:
         with self._cond:
             return [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
 
-    def _deliver_once(self) -> bool:
-        """Spooled batches first (they are older), then the queue; False when the endpoint failed."""
+    def _deliver_once(self) -> None:
+        """Spooled batches first (they are older), then the queue, until the endpoint fails."""
         if self._spool is not None and self._spooled:
             for path in self._spool.files():
                 if not self._send(Spool.read(path), path):
-                    return False
+                    return
             self._spooled = False
         while True:
             batch = self._take(self._batch_size)
             if not batch:
-                return True
+                return
             if not self._send(batch, None):
                 self._spill(batch)
-                return False
+                return
 
     def _send(self, batch: list[bytes], path: Path | None) -> bool:
         try:

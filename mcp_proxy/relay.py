@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from starlette.requests import Request
@@ -100,20 +100,24 @@ def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
             for k, v in upstream.headers.multi_items() if k.lower() not in _RESPONSE_DROP]
 
 
-async def lifespan(receive, send) -> None:
-    while (message := await receive())["type"] != "lifespan.shutdown":
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-    await send({"type": "lifespan.shutdown.complete"})
-
-
-async def serve(app, host: str, port: int) -> None:
-    """Serve an HTTP transport's ASGI app until SIGINT/SIGTERM, then close its sessions."""
+async def serve(app, host: str, port: int, cleanup: Callable[[], Awaitable[None]]) -> None:
+    """Serve an HTTP transport's ASGI app until SIGINT/SIGTERM. `cleanup` (end the open sessions,
+    deliver what is queued) runs at the lifespan shutdown, after the connections have closed:
+    uvicorn re-raises the signal as soon as it has served, which ends the process right there."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+    async def with_lifespan(scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+        try:
+            await cleanup()
+        finally:
+            await send({"type": "lifespan.shutdown.complete"})
+
+    config = uvicorn.Config(with_lifespan, host=host, port=port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=2)  # open event streams would hold shutdown forever
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        await app.aclose()
+    await uvicorn.Server(config).serve()

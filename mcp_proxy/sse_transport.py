@@ -16,7 +16,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from mcp_proxy.relay import Metered, lifespan, log, request_headers, response_headers
+from mcp_proxy.relay import Metered, log, request_headers, response_headers
 from mcp_proxy.sse import SseParser
 
 PING = b": ping\n"  # a comment line: ignored by every SSE reader, keeps idle connections open
@@ -53,9 +53,6 @@ class SseProxy:
         self.sessions: dict[str, _Session] = {}
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
         request = Request(scope, receive)
         handler = self._stream if request.method == "GET" else self._message
         await (await handler(request))(scope, receive, send)
@@ -139,6 +136,10 @@ class SseProxy:
         return response
 
     async def aclose(self) -> None:
+        """End every open session (their streams may not have unwound yet)."""
+        for sid, session in list(self.sessions.items()):
+            self.sessions.pop(sid, None)
+            session.metered.close()
         await self._client.aclose()
 
 

@@ -11,7 +11,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from mcp_proxy.relay import Metered, lifespan, log, request_headers, response_headers
+from mcp_proxy.relay import Metered, log, request_headers, response_headers
 from mcp_proxy.sse import SseParser
 
 SESSION_HEADER = "mcp-session-id"
@@ -33,9 +33,6 @@ class StreamableHttpProxy:
         self.sessions: dict[str, Metered] = {}
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
         response = await self.handle(Request(scope, receive))
         await response(scope, receive, send)
 

@@ -10,8 +10,8 @@ from typing import Protocol
 
 import orjson
 
-from operators.parse import exact_json
 from operators.schema_gate import json_path
+from schemas import exact_json
 from schemas.billing import (
     BillingContext,
     CostRate,
@@ -168,7 +168,7 @@ def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:
     data = event.get("data") or {}
 
     def exact() -> Mapping:
-        return exact_json(rec.raw).get("data") or {}
+        return exact_json.loads(rec.raw).get("data") or {}
 
     for m in metrics:
         try:

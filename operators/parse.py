@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import orjson
 
+from schemas import exact_json
 from schemas.record import Reason, Record, Status
 
 MAX_RAW_BYTES = 1024 * 1024
 _JSON_KIND = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
               type(None): "null", Decimal: "number"}
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def exact_json(raw: bytes) -> object:
-    """The raw JSON with every number exact: integers of any size as int, the others as Decimal
-    from their text. orjson reads both beyond-64-bit integers and fractions as binary floats
-    (2^70 becomes 1.1805916207174113e+21), so quantities are taken from here, never from it."""
-    return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
 
 
 def parse(rec: Record) -> Record:
@@ -34,11 +23,13 @@ def parse(rec: Record) -> Record:
         return rec.decide(Status.REJECTED, Reason.TOO_LARGE,
                           f"raw record is {len(raw)} bytes; the limit is {MAX_RAW_BYTES}")
     try:
-        event = orjson.loads(raw)  # fast, and exact for everything but the numbers
+        # Fast, and exact for everything but the numbers, which orjson reads as binary floats:
+        # quantities are taken from the exact reading (operators/enrich.py).
+        event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:  # valid JSON that orjson refuses, such as a number beyond a double (1e400)
-            event = exact_json(raw)
-        except (ValueError, RecursionError):
+            event = exact_json.loads(raw)
+        except exact_json.JsonError:
             return rec.decide(Status.REJECTED, Reason.MALFORMED, f"not valid JSON: {exc}")
     if not isinstance(event, dict):
         return rec.decide(Status.REJECTED, Reason.MALFORMED,

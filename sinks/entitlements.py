@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterable
 
 import orjson
-import psycopg
 import redis
 
 from observe import metrics
 from schemas.billing import Entitlement, SubscriptionRef, TenantInfo
 from sinks.catalog import catalog_state, load_entitlements, load_tenants
-from sinks.postgres import connect
+from sinks.postgres import Reconnecting
 
 REDIS_TTL_S = 600
 REDIS_RETRY_S = 5.0
@@ -53,6 +52,7 @@ class CatalogCache:
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._redis_down_until = 0.0
         self._local = threading.local()
+        self._opened: list[Reconnecting] = []
         self._lock = threading.Lock()
         self._version: tuple[str, int] | None = None
         self._checked_at = 0.0
@@ -60,11 +60,19 @@ class CatalogCache:
         self._key_paths: dict[str, str | None] = {}
         self._entitlements: dict[tuple[str, str], Entitlement | None] = {}
 
-    def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = connect(self._database_url, autocommit=True)
-        return conn
+    def _db(self) -> Reconnecting:
+        """This worker thread's connection, which waits out a Postgres outage."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = Reconnecting(self._database_url, "reading the catalog", autocommit=True)
+            self._opened.append(db)
+        return db
+
+    def close(self) -> None:
+        """Close every worker's connection and the Redis client (the flow has ended)."""
+        for db in self._opened:
+            db.close()
+        self._redis.close()
 
     def tenants(self) -> dict[str, TenantInfo]:
         """The current tenants; reloaded (and every cached entitlement dropped) on a catalog change.
@@ -74,9 +82,9 @@ class CatalogCache:
         if self._version is not None and now - self._checked_at < VERSION_CHECK_S:
             return self._tenants
         self._checked_at = now
-        state = catalog_state(self._conn())
+        state = self._db().run(catalog_state)
         if state != self._version:
-            tenants = load_tenants(self._conn())
+            tenants = self._db().run(load_tenants)
             with self._lock:
                 self._version, self._tenants, self._entitlements = state, tenants, {}
                 self._key_paths = {tid: t.idempotency_key for tid, t in tenants.items()}
@@ -100,7 +108,7 @@ class CatalogCache:
             missing = [k for k in missing if k not in from_redis]
             metrics.cache_lookups("entitlements", "redis", len(from_redis), len(missing))
         if missing:
-            from_pg = load_entitlements(self._conn(), missing)
+            from_pg = self._db().run(lambda conn: load_entitlements(conn, missing))
             found.update(from_pg)
             self._redis_set(from_pg)
             metrics.cache_lookups("entitlements", "postgres", len(from_pg), 0)  # the source: always answers

@@ -1,18 +1,19 @@
-"""Kafka adapters: client configuration, topic setup, the raw producer. The metering flow's source
-and output topics are in sinks/raw_source.py and sinks/outputs.py."""
+"""Kafka adapters: client configuration and topic setup. The raw producer is
+sinks/raw_producer.py; the metering flow's source and output topics are sinks/raw_source.py and
+sinks/outputs.py."""
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
-from config import Settings, clock
+from config import Settings
 from schemas.errors import Unavailable
 
 # Raw records up to this size reach the pipeline (which rejects those over 1 MiB with a reason)
@@ -170,13 +171,6 @@ def _cleanup_policies(admin: AdminClient, names: list[str]) -> dict[str, str]:
     return policies
 
 
-def source_config(settings: Settings) -> dict:
-    """What a Bytewax KafkaSource adds to its own consumer settings: this installation's
-    consumer configuration (TLS, SASL, the prefetch bound, logging), so a flow's consumers
-    connect exactly like every other client."""
-    return kafka_config(settings, "consumer")
-
-
 def topic_id(settings: Settings, topic: str) -> str:
     """The broker's id for the current incarnation of a topic (a memory-only broker that
     restarts, or a topic deleted and recreated, starts its offsets again under a new id)."""
@@ -220,36 +214,3 @@ def record_key(line: bytes) -> bytes | None:
         return f"{event['tenantid']}/{event['subject']}".encode()
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
-
-
-class RawProducer:
-    """Produces raw lines verbatim with an idempotent producer; counts acknowledgements."""
-
-    def __init__(self, settings: Settings, tier: str = "sdk"):
-        self._producer = Producer(producer_config(settings))
-        self._topic = settings.topics.raw
-        self._headers = [(TIER_HEADER, tier.encode())]
-        self.acked = 0
-        self.errors: list[str] = []
-
-    def _on_delivery(self, err, _msg) -> None:
-        if err is None:
-            self.acked += 1
-        else:
-            self.errors.append(str(err))
-
-    def send(self, lines: Iterable[bytes], timestamp_ms: int | None = None) -> Iterator[int]:
-        """Produce each line; yields the running count of lines handed to the producer."""
-        n = 0
-        for line in lines:
-            produce(self._producer, self._topic, line, key=record_key(line), headers=self._headers,
-                    timestamp=timestamp_ms or clock.now_ms(), on_delivery=self._on_delivery)
-            n += 1
-            if n % 1000 == 0:
-                self._producer.poll(0)
-                yield n
-        yield n
-
-    def flush(self, timeout: float = 60.0) -> None:
-        if self._producer.flush(timeout) != 0:
-            self.errors.append("timed out waiting for broker acknowledgements")

@@ -397,6 +397,7 @@ class PostgresState:
     def __init__(self, url: str):
         self._url = url
         self._local = threading.local()
+        self._opened: list[Reconnecting] = []
         self._purged_at = time.monotonic()
 
     def _db(self) -> Reconnecting:
@@ -404,7 +405,13 @@ class PostgresState:
         if db is None:
             db = self._local.db = Reconnecting(self._url, "reading claims and running totals",
                                                autocommit=True)
+            self._opened.append(db)
         return db
+
+    def close(self) -> None:
+        """Close every worker's connection (the flow has ended)."""
+        for db in self._opened:
+            db.close()
 
     def claim(self, records: Sequence[Record]) -> dict[str, Claim]:
         """operators.dedup.ClaimIndex: claims are committed at once, before anything is rated, so

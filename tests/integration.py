@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -11,18 +12,20 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 import config
 from flows.metering import run
-from sinks.kafka import RawProducer, ensure_topics, kafka_config
+from sinks.kafka import ensure_topics, kafka_config
 from sinks.postgres import connect
+from sinks.raw_producer import RawProducer
 
 
 def send(s: config.Settings, lines: list[bytes], timestamp_ms: int | None = None) -> int:
     ensure_topics(s)
     p = RawProducer(s)
-    for _ in p.send(lines, timestamp_ms=timestamp_ms):
-        pass
-    p.flush()
-    assert not p.errors, p.errors
-    return p.acked
+    try:
+        acks = p.send(enumerate(lines), "sdk", timestamp_ms=timestamp_ms)
+    finally:
+        p.close()
+    assert not acks.failed, acks.errors
+    return acks.acked
 
 
 def ledger(s: config.Settings) -> list[tuple]:
@@ -51,23 +54,31 @@ def outcomes(s: config.Settings) -> Counter:
 
 
 def messages(s: config.Settings, topics: tuple[str, ...]) -> list[Message]:
-    """Every message of the topics, read from the start to partition EOF, in partition order."""
+    """Every message of the topics, read from the start to partition EOF, in partition order (a
+    partition may report its end more than once, so ends are counted per partition)."""
     c = Consumer(kafka_config(s, "consumer", group_id="aforo-test", enable_partition_eof=True))
     parts = []
     for topic in topics:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
     c.assign(parts)
-    found, remaining = [], len(parts)
-    while remaining:
-        for m in c.consume(1000, 5.0):
+    found, at_end = [], set()
+    deadline = time.monotonic() + 60
+    while len(at_end) < len(parts):
+        assert time.monotonic() < deadline, f"only {len(at_end)} of {len(parts)} partitions reached their end"
+        for m in c.consume(1000, 1.0):
             if m.error():
                 assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
-                remaining -= 1
+                at_end.add((m.topic(), m.partition()))
                 continue
             found.append(m)
     c.close()
     return sorted(found, key=lambda m: (m.topic(), m.partition(), m.offset()))
+
+
+def raw_values(s: config.Settings) -> list[bytes]:
+    """The value of every raw record, in partition order."""
+    return [m.value() for m in messages(s, (s.topics.raw,))]
 
 
 def routed(s: config.Settings) -> dict[str, set[str]]:

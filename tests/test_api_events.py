@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from integration import raw_values
 from starlette.testclient import TestClient
 from test_api_helpers import new_key, open_api, raw_count
 
 from api.app import create_app
 from api.cache import TtlCache
-from api.cloudevents import admit, admit_batch, batch_of, to_rfc3339
+from api.cloudevents import admit, admit_batch, batch_of, parse_events, to_rfc3339
 from api.errors import ApiError
 from api.jsonpath import PathError, find, first
 from api.keys import key_id_of, revoke_key
@@ -35,21 +36,41 @@ def _event(i: int = 1, **extra) -> dict:
 # --- plain functions ---------------------------------------------------------------------------
 
 def test_admit_fills_the_tenant_and_refuses_another():
-    assert admit({"id": "x"}, "acme") == {"id": "x", "tenantid": "acme"}
-    assert admit({"id": "x", "tenantid": "acme"}, "acme") == {"id": "x", "tenantid": "acme"}
+    assert admit({"id": "x"}, "acme", b'{"id" : "x"}') == b'{"tenantid":"acme","id" : "x"}'
+    assert admit({}, "acme", b"{ }") == b'{"tenantid":"acme" }'
+    assert admit({"id": "x"}, "acme") == b'{"tenantid":"acme","id":"x"}'
+    assert admit({"id": "x", "tenantid": "acme"}, "acme", b"as sent") == b"as sent"
+    assert admit({"id": "x"}, None, b"as sent") == b"as sent"  # the CLI without --tenant
     with pytest.raises(PermissionError, match="globex"):
         admit({"tenantid": "globex"}, "acme")
+    with pytest.raises(PermissionError, match="None"):
+        admit({"tenantid": None}, "acme")
     with pytest.raises(ValueError, match="JSON object"):
         admit([1], "acme")
 
 
+def test_each_events_bytes_on_either_path():
+    compact = b'[{"a":1},{"b":"x"}] '  # orjson writes it back byte for byte: its fast path
+    assert parse_events(compact) == ([{"a": 1}, {"b": "x"}], [b'{"a":1}', b'{"b":"x"}'])
+    exact = b'[{"a":1180591620717411303424},{"b":1.10}]'  # orjson would write these back otherwise
+    assert parse_events(exact)[1] == [b'{"a":1180591620717411303424}', b'{"b":1.10}']
+    assert parse_events(b' {"c": 1e400} ')[1] == [b'{"c": 1e400}']
+    for broken in (b"[" * 40 + b"]" * 40, b"[1,]", b'{"a": NaN}', b"\xff"):
+        with pytest.raises(ApiError) as refused:
+            parse_events(broken)
+        assert refused.value.http_status == 400
+
+
 def test_a_batch_is_refused_whole_naming_each_bad_event():
+    def admitted(events):
+        return admit_batch(events, [orjson.dumps(e) for e in events], "acme")
+
     with pytest.raises(ApiError) as refused:
-        admit_batch([_event(1), 7, _event(3, tenantid="globex"), "x"], "acme")
+        admitted([_event(1), 7, _event(3, tenantid="globex"), "x"])
     assert refused.value.http_status == 400
     assert [e["index"] for e in refused.value.extra["events"]] == [1, 3]
     with pytest.raises(ApiError) as foreign:
-        admit_batch([_event(1), _event(2, tenantid="globex")], "acme")
+        admitted([_event(1), _event(2, tenantid="globex")])
     assert foreign.value.http_status == 403 and foreign.value.extra["events"][0]["index"] == 1
 
 
@@ -165,6 +186,47 @@ def test_events_end_to_end_with_tier_and_provenance(api_app):
     _, globex_key = new_key(s, "globex")
     globex = {"Authorization": f"Bearer {globex_key}"}
     assert client.get("/v1/events/sdk/test/e-1", headers=globex).status_code == 404
+
+
+# Numbers a binary float cannot hold: 2**70, 19 significant digits, beyond a double's range both
+# ways; pretty-printed, with an escape and a non-ASCII character the encoder would rewrite.
+_EXACT = ('{"specversion": "1.0", "id": "exact", "source": "sdk/test", "type": "llm.completion",\n'
+          '   "subject": "cust-1", "time": "2026-12-01T00:00:00Z", "tenantid": "acme",\n'
+          '   "data": {"tokens": 1180591620717411303424, "cost": 12345678901234567.89, "tiny": 1E-400,'
+          ' "huge": 1e400, "note": "caf\\u00e9 \u2615", "zero": -0.0}}').encode()
+_NO_TENANT = b'{ "id": "no-tenant", "specversion": "1.0", "source": "sdk/test", "type": "api.call",' \
+             b' "subject": "cust-1", "time": "2026-12-01T00:00:00Z", "data": {"n": 0.10}}'
+
+
+@pytest.mark.integration
+def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
+    """No number passes through a binary float: a batch's events are produced as their own slices
+    of the body; only a missing tenantid is added (first, from the key)."""
+    client, s = api_app.client, api_app.settings
+    batch = client.post("/v1/events", content=b"[\n  " + _EXACT + b" ,\n\t" + _NO_TENANT + b"\n]",
+                        headers={**api_app.auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert batch.status_code == 202, batch.text
+    single = client.post("/v1/events", content=b"\n " + _EXACT.replace(b'"exact"', b'"single"') + b"\n",
+                         headers={**api_app.auth, "Content-Type": "application/cloudevents+json"})
+    assert single.status_code == 202, single.text
+    assert sorted(value for value in raw_values(s)) == sorted([
+        _EXACT, b'{"tenantid":"acme", "id": "no-tenant"' + _NO_TENANT.split(b'"no-tenant"', 1)[1],
+        _EXACT.replace(b'"exact"', b'"single"')])
+
+
+@pytest.mark.integration
+def test_a_client_side_door_names_its_tier(api_app):
+    """The MCP proxy and the SDKs deliver through POST /v1/events and name themselves in a header
+    of their own; their events get their tier (the MCP proxy's were recorded as rest)."""
+    client, s = api_app.client, api_app.settings
+    headers = {**api_app.auth, "Content-Type": "application/json"}
+    for i, named in enumerate(({"Aforo-MCP-Proxy": "mcp-proxy/0.1.0"}, {"Aforo-SDK": "python/0.1.0"}, {})):
+        r = client.post("/v1/events", content=orjson.dumps(_event(i)), headers={**headers, **named})
+        assert r.status_code == 202, r.text
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        tiers = conn.execute("SELECT event_id, tier FROM ledger ORDER BY event_id").fetchall()
+    assert tiers == [("e-0", "mcp"), ("e-1", "sdk"), ("e-2", "rest")]
 
 
 @pytest.mark.integration

@@ -6,13 +6,17 @@ import base64
 import gzip
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import orjson
 import pytest
+from integration import raw_values
 from test_api_helpers import fixture_bytes, open_api
 
+from api.cloudevents import encode
 from api.gateways import FORMATS, ExportError, export_events
 from flows.metering import run
+from schemas import exact_json
 from sinks.postgres import connect
 
 RECEIVED = "2026-11-30T00:00:00.000Z"
@@ -23,7 +27,7 @@ def _events(gateway: str, doc: object) -> list[dict]:
 
 
 def _fixture(name: str) -> object:
-    return orjson.loads(fixture_bytes(name))
+    return exact_json.loads(fixture_bytes(name))
 
 
 def _firehose(*records: bytes) -> dict:
@@ -128,10 +132,26 @@ def test_odd_field_values_never_break_the_mapping(value):
     entry = {"request": {"method": value, "uri": value, "id": value}, "response": {"status": value},
              "latencies": {"request": value}, "started_at": value, "consumer": {"username": value}}
     [event] = _events("kong", entry)
-    orjson.dumps(event)
+    encode(event)
+
+
+def test_numbers_stay_exact_from_the_log_to_the_event():
+    [event] = _events("kong", exact_json.loads(_EXACT_KONG))
+    assert b'"latency_ms":12345678901234567.89' in encode(event)
+    flow_variables = {"messageid": "m-2", "client.received.start.timestamp": "1764512587000.1234567",
+                      "system.timestamp": "1764512587250.1234568", "developer.app.name": "cust-3"}
+    [callout] = _events("apigee", flow_variables)  # a float difference gives 250.00000009999...
+    assert callout["data"]["latency_ms"] == Decimal("250.0000001")
+    iso = {"messageid": "m-3", "client.received.start.timestamp": "2026-11-30T14:23:07.000001Z",
+           "system.timestamp": "2026-11-30T14:23:07.250002+00:00", "developer.app.name": "cust-3"}
+    assert _events("apigee", iso)[0]["data"]["latency_ms"] == Decimal("250.001")
 
 
 # --- through the API and the pipeline -----------------------------------------------------------
+
+_EXACT_KONG = (b'{"request": {"id": "exact-1", "method": "GET", "uri": "/x"}, "response": {"status": 200},'
+               b' "consumer": {"username": "cust-1"}, "started_at": 1764512587412,'
+               b' "latencies": {"request": 12345678901234567.89}}')
 
 @pytest.fixture
 def api_app(settings):
@@ -140,6 +160,42 @@ def api_app(settings):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@pytest.mark.integration
+def test_a_logged_number_reaches_the_raw_topic_exactly(api_app):
+    r = api_app.client.post("/v1/gateways/kong", content=_EXACT_KONG,
+                            headers={**api_app.auth, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    [raw] = raw_values(api_app.settings)
+    assert b'"latency_ms":12345678901234567.89' in raw
+
+
+@pytest.mark.integration
+def test_every_firehose_reply_carries_its_request_id_timestamp_and_error(api_app):
+    """Firehose treats a reply without requestId and timestamp as a 500 with no body: its error
+    output would never show why Aforo refused a delivery."""
+    client = api_app.client
+    firehose = {"X-Amz-Firehose-Request-Id": "req-9", "Content-Type": "application/json"}
+    keyed = {**firehose, "X-Amz-Firehose-Access-Key": api_app.key}
+    replies = {
+        401: client.post("/v1/gateways/aws", content=b"{}", headers=firehose),
+        400: client.post("/v1/gateways/aws", content=b'{"records": [{"nodata": 1}]}', headers=keyed),
+        415: client.post("/v1/gateways/aws", content=b"{}", headers={**keyed, "Content-Encoding": "br"}),
+        413: client.post("/v1/gateways/aws", content=b" " * (16 * 1024 * 1024 + 1), headers=keyed),
+    }
+    for status, reply in replies.items():
+        body = reply.json()
+        assert reply.status_code == status, reply.text
+        assert body["requestId"] == "req-9" and isinstance(body["timestamp"], int), reply.text
+        assert body["errorMessage"] == body["message"] and body["error"], reply.text
+    assert "X-Amz-Firehose-Access-Key" in replies[401].json()["errorMessage"]
+    assert "Authorization: Bearer" not in replies[401].json()["errorMessage"]
+    assert replies[400].json()["errorMessage"].startswith("AWS API Gateway")
+    # the same refusals without Firehose's header keep the API's own shape
+    plain = client.post("/v1/gateways/aws", content=b"{}", headers={"Content-Type": "application/json"})
+    assert plain.status_code == 401 and "requestId" not in plain.json()
+    assert "Authorization: Bearer" in plain.json()["message"]
 
 
 @pytest.mark.integration

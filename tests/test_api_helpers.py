@@ -67,14 +67,16 @@ def raw_count(settings: config.Settings) -> int:
         c.close()
 
 
-# --- signing as each provider does -------------------------------------------------------------
+# --- signing as each provider does (with the Content-Type each sends) ----------------------------
+
+JSON = {"Content-Type": "application/json"}
 
 def _hex(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def stripe_headers(secret: str, body: bytes, ts: int) -> dict[str, str]:
-    return {"Stripe-Signature": f"t={ts},v1={_hex(secret, f'{ts}.'.encode() + body)},v0=ignored"}
+    return {**JSON, "Stripe-Signature": f"t={ts},v1={_hex(secret, f'{ts}.'.encode() + body)},v0=ignored"}
 
 
 def twilio_headers(token: str, url: str, body: bytes) -> dict[str, str]:
@@ -94,19 +96,20 @@ def sendgrid_keypair() -> tuple[ec.EllipticCurvePrivateKey, str]:
 
 def sendgrid_headers(private: ec.EllipticCurvePrivateKey, body: bytes, ts: int) -> dict[str, str]:
     signature = private.sign(str(ts).encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+    return {**JSON, "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
             "X-Twilio-Email-Event-Webhook-Timestamp": str(ts)}
 
 
 def github_headers(secret: str, body: bytes, delivery: str, event: str) -> dict[str, str]:
-    return {"X-Hub-Signature-256": f"sha256={_hex(secret, body)}", "X-GitHub-Delivery": delivery,
+    return {**JSON, "X-Hub-Signature-256": f"sha256={_hex(secret, body)}", "X-GitHub-Delivery": delivery,
             "X-GitHub-Event": event}
 
 
 def slack_headers(secret: str, body: bytes, ts: int) -> dict[str, str]:
-    return {"X-Slack-Signature": f"v0={_hex(secret, f'v0:{ts}:'.encode() + body)}",
+    return {**JSON, "X-Slack-Signature": f"v0={_hex(secret, f'v0:{ts}:'.encode() + body)}",
             "X-Slack-Request-Timestamp": str(ts)}
 
 
 def generic_headers(secret: str, body: bytes, ts: int) -> dict[str, str]:
-    return {"X-Aforo-Timestamp": str(ts), "X-Aforo-Signature": f"v1={_hex(secret, f'{ts}.'.encode() + body)}"}
+    return {**JSON, "X-Aforo-Timestamp": str(ts),
+            "X-Aforo-Signature": f"v1={_hex(secret, f'{ts}.'.encode() + body)}"}

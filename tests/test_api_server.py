@@ -138,12 +138,12 @@ def test_keys_and_webhooks_commands(settings, tmp_path):
     assert added.exit_code == 0 and "/v1/webhooks/generic/usage-feed" in added.output, added.output
     assert runner.invoke(webhooks, ["add", "stripe-acme", "--provider", "stripe", "--tenant", "acme"],
                          input="whsec_x\n", env=env).exit_code == 0  # secret prompted, template mapping
-    assert runner.invoke(webhooks, ["add", "usage-feed", "--provider", "generic", "--secret", "x"],
-                         env=env).exit_code != 0  # exists
+    assert runner.invoke(webhooks, ["add", "usage-feed", "--provider", "generic", "--tenant", "acme",
+                                    "--secret", "x"], env=env).exit_code != 0  # exists
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": "$.t"}')
-    refused = runner.invoke(webhooks, ["add", "x", "--provider", "generic", "--secret", "x",
-                                       "--mapping", str(bad)], env=env)
+    refused = runner.invoke(webhooks, ["add", "x", "--provider", "generic", "--tenant", "acme",
+                                       "--secret", "x", "--mapping", str(bad)], env=env)
     assert refused.exit_code != 0 and "needs id" in refused.output
     listed = runner.invoke(webhooks, ["list"], env=env).output
     assert "usage-feed" in listed and "stripe-acme" in listed and "s3cret" not in listed

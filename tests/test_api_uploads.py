@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 from click.testing import CliRunner
-from integration import env_of
+from integration import env_of, raw_values
 from test_api_helpers import open_api
 
 from api.uploads import (
@@ -175,6 +175,30 @@ def test_uploads_end_to_end(api_app):
         *[(f"n-{i}", "upload", "accepted") for i in range(5)]]
     times = {i: t for i, _, _, t in rows}
     assert times["n-4"] < times["n-0"]  # each row keeps its own time
+
+
+def _exact_event(i: int, tenant: bytes = b' "tenantid": "acme",') -> bytes:
+    return (b'{"specversion": "1.0", "id": "x-%d", "source": "batch", "type": "llm.completion",%s'
+            b' "subject": "cust-1", "time": "2026-12-01T00:00:00Z",'
+            b' "data": {"tokens": 1180591620717411303424, "cost": 12345678901234567.89, "huge": 1e400,'
+            b' "note": "caf\\u00e9 \xe2\x98\x95"}}') % (i, tenant)
+
+
+@pytest.mark.integration
+def test_uploaded_json_rows_are_produced_as_the_bytes_sent(api_app):
+    """No number passes through a binary float: each NDJSON line and each element of a JSON array
+    is produced as it was written (a missing tenantid inserted first)."""
+    client, s, auth = api_app.client, api_app.settings, api_app.auth
+    ndjson = _exact_event(1) + b"\r\n" + _exact_event(2, tenant=b"") + b"\n"
+    r = client.post("/v1/uploads", params={"format": "ndjson"}, content=ndjson, headers=auth)
+    assert r.status_code == 202 and r.json()["produced"] == 2, r.text
+    array = b"[" + _exact_event(3) + b",\n  " + _exact_event(4, tenant=b"") + b"\n]"
+    r = client.post("/v1/uploads", content=array, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 202 and r.json()["produced"] == 2, r.text
+    with_tenant = b'{"tenantid":"acme",' + _exact_event(0, tenant=b"")[1:]
+    assert sorted(value for value in raw_values(s)) == sorted([
+        _exact_event(1), with_tenant.replace(b"x-0", b"x-2"),
+        _exact_event(3), with_tenant.replace(b"x-0", b"x-4")])
 
 
 @pytest.mark.integration

@@ -3,11 +3,16 @@ the JSONPath mappings on realistic payloads, and webhook events through the pipe
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from collections import Counter
+from urllib.parse import urlencode
 
 import orjson
 import pytest
+from click.testing import CliRunner
+from integration import env_of, raw_values
 from test_api_helpers import (
     fixture_bytes,
     generic_headers,
@@ -22,6 +27,7 @@ from test_api_helpers import (
 )
 
 from api.webhooks.mapping import MappingError, map_events, parse_mapping, parse_payload
+from api.webhooks.secrets import SecretBox, SecretKeyError
 from api.webhooks.signatures import (
     SignatureError,
     SignedRequest,
@@ -34,7 +40,10 @@ from api.webhooks.signatures import (
 )
 from api.webhooks.store import add_source
 from api.webhooks.templates import TEMPLATES
+from cli.main import main
+from config import Settings
 from flows.metering import run
+from schemas import exact_json
 from sinks.postgres import connect
 
 NOW = int(time.time())
@@ -165,8 +174,9 @@ def test_templates_map_realistic_payloads():
         ("FOTFFO0ecsBE-zxFXfs6WA==", "open", "cust-2@example.com")]
     [github] = _map("github", fixture_bytes("github_push.json"),
                     {"X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "X-GitHub-Event": "push"})
-    assert (github["id"], github["type"], github["subject"]) == (
-        "72d3162e-cc78-11e3-81ab-4c9367dc0958", "push", "cust-3")
+    digest = hashlib.sha256(exact_json.dumps(exact_json.loads(fixture_bytes("github_push.json")),
+                                             sort_keys=True)).hexdigest()  # of what GitHub signs
+    assert (github["id"], github["type"], github["subject"]) == (digest, "push", "cust-3")
     [slack] = _map("slack", fixture_bytes("slack_event_callback.json"))
     assert (slack["id"], slack["type"], slack["subject"], slack["time"]) == (
         "Ev0PV52K21", "message", "cust-1", "2025-11-30T14:23:07.000Z")
@@ -213,8 +223,8 @@ def test_webhooks_end_to_end(api_app):
         for name, provider, secret, tenant in [
             ("stripe-acme", "stripe", "whsec_test", "acme"), ("sms", "twilio", "tw-token", "acme"),
             ("mail", "sendgrid", public, "acme"), ("repos", "github", "gh-secret", "acme"),
-            ("chat", "slack", "slack-secret", None), ("billing-export", "generic", "g-secret", "acme")]:
-            add_source(conn, name, provider, secret, tenant, None)
+            ("chat", "slack", "slack-secret", "acme"), ("billing-export", "generic", "g-secret", "acme")]:
+            add_source(conn, name, provider, secret, tenant, None, SecretBox(s))
     now = int(time.time())
 
     stripe_body = _stripe_body("evt_e2e_1")
@@ -259,9 +269,6 @@ def test_webhooks_end_to_end(api_app):
     assert r.status_code == 200 and r.json() == {"challenge": orjson.loads(challenge)["challenge"]}
     slack_body = orjson.dumps({**orjson.loads(fixture_bytes("slack_event_callback.json")), "event_time": now})
     r = client.post("/v1/webhooks/slack/chat", content=slack_body,
-                    headers=slack_headers("slack-secret", slack_body, now))
-    assert r.status_code == 400 and "X-Aforo-Tenant" in r.json()["message"]  # a shared source: say whose
-    r = client.post("/v1/webhooks/slack/chat", content=slack_body,
                     headers={**slack_headers("slack-secret", slack_body, now), "X-Aforo-Tenant": "acme"})
     assert r.status_code == 202
 
@@ -286,3 +293,154 @@ def test_webhooks_end_to_end(api_app):
     assert stripe_rows == [("accepted", "unmetered"), ("duplicate", "same_payload")]  # billed once
     generic = next(r for r in rows if r[0] == "generic/billing-export")
     assert generic[2:4] == ("accepted", None)  # an api.call of acme's cust-2: rated
+
+
+def _ledger_of(s, source: str) -> list[tuple[str, str | None]]:
+    with connect(s.database_url) as conn:
+        return conn.execute("SELECT status, reason FROM ledger WHERE source = %s"
+                            " ORDER BY ingested_at, raw_partition, raw_offset", (source,)).fetchall()
+
+
+@pytest.mark.integration
+def test_redeliveries_and_replays_are_duplicates_of_what_was_signed(api_app):
+    """GitHub's delivery id is not signed: the same signed body under three new ids is one event
+    and two duplicates of the same payload (the template maps no time, so a redelivery must get the
+    first receipt's time, not its own). Twilio, which signs no time either, the same."""
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        add_source(conn, "repos", "github", "gh-secret", "acme", None, SecretBox(s))
+        add_source(conn, "sms", "twilio", "tw-token", "acme", None, SecretBox(s))
+    github_body = fixture_bytes("github_push.json")
+    for delivery in ("d-1", "d-2", "d-3"):
+        signed = github_headers("gh-secret", github_body, delivery, "push")
+        r = client.post("/v1/webhooks/github/repos", content=github_body,
+                        headers=signed)
+        assert r.status_code == 202, r.text
+        time.sleep(0.01)  # a later receipt
+    twilio_body = fixture_bytes("twilio_status_callback.txt")
+    url = "http://testserver/v1/webhooks/twilio/sms"
+    for _ in range(2):
+        signed = twilio_headers("tw-token", url, twilio_body)
+        r = client.post(url, content=twilio_body,
+                        headers={"Content-Type": "application/x-www-form-urlencoded", **signed})
+        assert r.status_code == 202, r.text
+        time.sleep(0.01)
+    run(s, once=True)
+    assert _ledger_of(s, "github/repos") == [("accepted", "unmetered"), *[("duplicate", "same_payload")] * 2]
+    # the account sid is no acme customer: held, and its redelivery a duplicate all the same
+    assert _ledger_of(s, "twilio/sms") == [("unresolved", "unknown_customer"), ("duplicate", "same_payload")]
+
+
+@pytest.mark.integration
+def test_github_form_deliveries_are_read_and_other_media_types_refused(api_app):
+    """GitHub's default content type is a form with the JSON in `payload`; a body the provider
+    does not send is refused with 415 before anything is acknowledged."""
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        add_source(conn, "repos", "github", "gh-secret", "acme", None, SecretBox(s))
+    push = orjson.loads(fixture_bytes("github_push.json"))
+    form = urlencode({"payload": orjson.dumps(push).decode()}).encode()
+    signed = github_headers("gh-secret", form, "d-1", "push")
+    r = client.post("/v1/webhooks/github/repos", content=form,
+                    headers={**signed, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 202, r.text
+    refused = [client.post("/v1/webhooks/github/repos", content=body, headers={
+        **github_headers("gh-secret", body, "d-2", "push"), "Content-Type": media}) for media, body in (
+            ("text/plain", fixture_bytes("github_push.json")),
+            ("application/x-www-form-urlencoded", b"ref=main&after=1"),  # no payload field
+            ("application/x-www-form-urlencoded", b"payload=%7Bnot+json"))]
+    assert [x.status_code for x in refused] == [415, 400, 400], [x.text for x in refused]
+    [raw] = raw_values(s)
+    assert orjson.loads(raw)["subject"] == "cust-3"  # read from the payload: the event is attributable
+    run(s, once=True)
+    assert _ledger_of(s, "github/repos") == [("accepted", "unmetered")]
+
+
+@pytest.mark.integration
+def test_a_webhook_source_belongs_to_one_tenant(api_app):
+    """X-Aforo-Tenant is not signed: a source names its tenant, and a signed request replayed under
+    other tenants' names lands nowhere else."""
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        with pytest.raises(ValueError, match="tenant"):
+            add_source(conn, "shared", "slack", "slack-secret", None, None, SecretBox(s))
+        add_source(conn, "chat", "slack", "slack-secret", "acme", None, SecretBox(s))
+    now = int(time.time())
+    body = orjson.dumps({**orjson.loads(fixture_bytes("slack_event_callback.json")), "event_time": now})
+    signed = slack_headers("slack-secret", body, now)
+    assert client.post("/v1/webhooks/slack/chat", content=body, headers=signed).status_code == 202
+    for other in ("globex", "initech"):
+        r = client.post("/v1/webhooks/slack/chat", content=body, headers={**signed, "X-Aforo-Tenant": other})
+        assert r.status_code == 403, r.text
+    assert [orjson.loads(raw)["tenantid"] for raw in raw_values(s)] == ["acme"]
+
+
+@pytest.mark.integration
+def test_webhook_secrets_are_encrypted_at_rest(api_app):
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        add_source(conn, "billing-export", "generic", "g-secret-plain", "acme", None, SecretBox(s))
+        [(stored,)] = conn.execute("SELECT secret FROM webhook_sources").fetchall()
+    assert "g-secret-plain" not in stored
+    key = s.home / "webhook.key"
+    assert key.exists() and key.stat().st_mode & 0o777 == 0o600
+    now = int(time.time())
+    body = orjson.dumps({"id": "exp-1", "type": "api.call", "subject": "cust-2",
+                         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data": {"n": 1}})
+    r = client.post("/v1/webhooks/generic/billing-export", content=body,
+                    headers=generic_headers("g-secret-plain", body, now))
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.integration
+def test_a_providers_numbers_reach_the_raw_topic_exactly(api_app):
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        add_source(conn, "stripe-acme", "stripe", "whsec_test", "acme", None, SecretBox(s))
+    body = fixture_bytes("stripe_invoice_paid.json").replace(
+        b'"amount": 4200,', b'"amount": 1180591620717411303424,').replace(
+        b'"created": 1764512587', b'"created": %d' % int(time.time()))
+    r = client.post("/v1/webhooks/stripe/stripe-acme", content=body,
+                    headers=stripe_headers("whsec_test", body, int(time.time())))
+    assert r.status_code == 202, r.text
+    [raw] = raw_values(s)
+    assert b'"quantity":1180591620717411303424' in raw
+
+
+def test_secret_box_keeps_secrets_under_its_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    box = SecretBox(Settings(home=tmp_path))
+    sealed = box.seal("whsec_x")
+    assert sealed.startswith("fernet:") and box.open(sealed) == "whsec_x"
+    assert SecretBox(Settings(home=tmp_path)).open(sealed) == "whsec_x"  # the key kept in AFORO_HOME
+    assert box.open("stored-before-0040") == "stored-before-0040"
+    with pytest.raises(SecretKeyError, match="does not exist"):
+        SecretBox(Settings(home=tmp_path / "elsewhere")).open(sealed)
+    other = Settings(home=tmp_path, webhook_key_env=Fernet.generate_key().decode())
+    with pytest.raises(SecretKeyError, match="not the one"):
+        SecretBox(other).open(sealed)
+    with pytest.raises(SecretKeyError, match="not a Fernet key"):
+        SecretBox(Settings(home=tmp_path, webhook_key_env="short")).open(sealed)
+    assert not (tmp_path / "elsewhere" / "webhook.key").exists()  # a reader never makes up a key
+
+
+@pytest.mark.integration
+def test_migrate_encrypts_plaintext_secrets_and_a_wrong_key_is_a_clear_503(settings):
+    from cryptography.fernet import Fernet
+
+    with connect(settings.database_url) as conn:
+        add_source(conn, "billing-export", "generic", "g-secret", "acme", None, SecretBox(settings))
+        conn.execute("UPDATE webhook_sources SET secret = 'g-secret'")  # as stored before 0040
+    result = CliRunner().invoke(main, ["migrate"], env=env_of(settings))
+    assert result.exit_code == 0 and "encrypted 1 webhook secrets" in result.output, result.output
+    with connect(settings.database_url) as conn:
+        [(stored,)] = conn.execute("SELECT secret FROM webhook_sources").fetchall()
+    assert stored.startswith("fernet:") and SecretBox(settings).open(stored) == "g-secret"
+    body = orjson.dumps({"id": "e-1", "type": "api.call", "subject": "c", "time": "2026-12-01T00:00:00Z"})
+    wrong = dataclasses.replace(settings, webhook_key_env=Fernet.generate_key().decode())
+    for api in open_api(wrong):
+        r = api.client.post("/v1/webhooks/generic/billing-export", content=body,
+                            headers=generic_headers("g-secret", body, int(time.time())))
+        assert r.status_code == 503 and "not the one" in r.json()["message"], r.text
+        assert "g-secret" not in r.text

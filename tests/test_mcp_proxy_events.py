@@ -163,6 +163,23 @@ def test_spool_survives_a_restart_and_rejected_batches_are_kept_aside(tmp_path: 
     assert list(tmp_path.glob("rejected-*.ndjson")) and Spool(tmp_path, 0).files() == []
 
 
+def test_close_makes_a_last_attempt_even_while_backing_off(tmp_path: Path):
+    """The endpoint failed a moment ago and is back when the session ends (an outage that meets
+    the backoff): close() tries it rather than leaving everything in the spool."""
+    frozen = 0.0  # the backoff never runs out
+    sender = FlakySender()
+    sender.down.set()
+    delivery = Delivery(sender, Spool(tmp_path, 1 << 20), linger_s=0.0, clock=lambda: frozen).start()
+    delivery.submit([b'{"n":1}'])
+    wait_for(lambda: bool(Spool(tmp_path, 0).files()))  # failed, spooled, retry "later"
+    sender.down.clear()
+    delivery.submit([b'{"n":2}'])
+    delivery.close()
+    delivery.close()  # again: nothing (the CLI and an HTTP transport's shutdown both close)
+    assert sorted(orjson.loads(e)["n"] for e in sender.got) == [1, 2]
+    assert Spool(tmp_path, 0).files() == []
+
+
 def test_full_spool_keeps_memory_bounded_and_counts_drops(tmp_path: Path):
     sender = FlakySender()
     sender.down.set()

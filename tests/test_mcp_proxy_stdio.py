@@ -56,6 +56,8 @@ def test_results_identical_and_every_call_metered(tmp_path: Path):
     [end] = [e for e in events.values() if e["type"] == "mcp.session.end"]
     assert end["data"]["tool_calls"] == 4 and end["data"]["tool_calls_tool_error"] == 1
     assert f"{session}/start" in events and end["id"] == f"{session}/end"
+    # the proxy names itself, so POST /v1/events records its events with tier mcp, not rest
+    assert [c.split("/")[0] for c in collector.clients] == ["mcp-proxy"]
 
 
 async def _run(argv: list[str]) -> list:
@@ -75,7 +77,9 @@ def test_endpoint_outage_mid_session_loses_nothing(tmp_path: Path):
             collector.stop()
             for i in range(3):
                 await session.call_tool("echo", {"text": f"during {i}"})
-            await asyncio.sleep(0.5)  # let the proxy fail a delivery and spool
+            # the proxy fails deliveries and spools; 0.9 s meets its 0.8 s backoff step, so the
+            # session ends while the endpoint is still "known down": close() must try it anyway
+            await asyncio.sleep(0.9)
             collector.start()
             await session.call_tool("echo", {"text": "after"})
 
@@ -116,8 +120,11 @@ def test_bytes_relayed_unchanged_with_odd_spacing_and_large_lines(tmp_path: Path
     collector = Collector()
     try:
         direct = raw_exchange(server_argv("stdio"), lines, 3)
+        # the server exits on end of input; on a loaded machine that can take longer than the
+        # default 2 s grace, after which the proxy would (rightly) SIGTERM it
         proxied = raw_exchange(proxy_argv("stdio", tmp_path, endpoint=collector.url, extra=(
-            "--command", sys.executable, "--args", f"{server_argv('stdio')[1]},stdio")), lines, 3)
+            "--shutdown-grace", "30", "--command", sys.executable, "--args",
+            f"{server_argv('stdio')[1]},stdio")), lines, 3)
         events = collector.wait_for(lambda ev: len(tool_calls(ev)) == 2)
     finally:
         collector.stop()

@@ -9,13 +9,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
 import pytest
 import redis
+from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient
 
+from cli.main import main
 from config import Settings
 from stack import embedded
 from stack.embedded import ServiceState, StackError
@@ -72,12 +75,13 @@ def _up_in_child(s: Settings) -> None:
 @needs_extra
 @pytest.mark.integration
 def test_up_status_down_up(settings: Settings) -> None:
+    started = _by_name(embedded.up(settings, allow_root_changes=True))
+    pg_password, redis_password = ((settings.home / s / "password").read_text() for s in NAMES[1:])
     urls = {
         "kafka": f"127.0.0.1:{settings.embedded_kafka_port}",
-        "postgres": f"postgresql://postgres@127.0.0.1:{settings.embedded_postgres_port}/aforo",
-        "redis": f"redis://127.0.0.1:{settings.embedded_redis_port}/0",
+        "postgres": f"postgresql://postgres:{pg_password}@127.0.0.1:{settings.embedded_postgres_port}/aforo",
+        "redis": f"redis://:{redis_password}@127.0.0.1:{settings.embedded_redis_port}/0",
     }
-    started = _by_name(embedded.up(settings, allow_root_changes=True))
     for name, state in started.items():
         assert (state.running, state.url, state.detail) == (True, urls[name], "started")
         assert state.pid is not None
@@ -119,6 +123,57 @@ def test_up_status_down_up(settings: Settings) -> None:
     assert restarted["redis"].pid != dead.pid
     with psycopg.connect(urls["postgres"]) as conn:
         assert conn.execute("select id from kept").fetchall() == [(42,)]
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _refused_without_password(urls: dict[str, str]) -> None:
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(_without_password(urls["postgres"]), connect_timeout=5).close()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(_without_password(urls["redis"])).ping()
+
+
+@needs_extra
+@pytest.mark.integration
+def test_postgres_and_redis_take_only_their_generated_passwords(settings: Settings) -> None:
+    """The embedded Postgres does not trust local connections, Redis needs its requirepass, and
+    neither password shows in `aforo status`, the services' logs or any process's command line."""
+    urls = {s.name: s.url for s in embedded.up(settings, allow_root_changes=True)}
+    passwords = [urlsplit(urls["postgres"]).password, urlsplit(urls["redis"]).password]
+    assert all(p and len(p) >= 24 for p in passwords)
+    _refused_without_password(urls)
+    with psycopg.connect(urls["postgres"]) as conn:
+        [(verifier,)] = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+    assert verifier.startswith("SCRAM-SHA-256$")
+    assert redis.Redis.from_url(urls["redis"]).ping()
+
+    env = {"AFORO_HOME": str(settings.home), "AFORO_EMBEDDED_KAFKA_PORT": str(settings.embedded_kafka_port),
+           "AFORO_EMBEDDED_POSTGRES_PORT": str(settings.embedded_postgres_port),
+           "AFORO_EMBEDDED_REDIS_PORT": str(settings.embedded_redis_port)}
+    status = CliRunner().invoke(main, ["status"], env=env)
+    assert status.exit_code == 0 and "postgresql://postgres:***@" in status.output, status.output
+    import psutil
+    titles = " ".join(" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
+    logs = b"".join(f.read_bytes() for f in (settings.home / "logs").iterdir())
+    for password in passwords:
+        assert password not in status.output and password not in titles and password.encode() not in logs
+    for kept in (settings.stack_file, *settings.home.glob("*/password"), settings.home / "redis/redis.conf"):
+        assert kept.stat().st_mode & 0o077 == 0, kept  # readable by its owner only
+
+    # A cluster from before passwords (trust, no password kept) gets one when it next starts.
+    embedded.down(settings)
+    hba = settings.home / "postgres" / "data" / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    (settings.home / "postgres" / "password").unlink()
+    urls = {s.name: s.url for s in embedded.up(settings, allow_root_changes=True)}
+    assert urlsplit(urls["postgres"]).password not in passwords
+    _refused_without_password(urls)
+    with psycopg.connect(urls["postgres"]) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
 
 
 @needs_extra

@@ -85,8 +85,8 @@ class PageRoute(APIRoute):
             except _Redirect as redirect:
                 return redirect.response
             except ApiError as exc:
-                response = _render(request, "error.html", {"status": exc.status, "message": exc.message,
-                                                           "nav": []}, exc.status)
+                response = _render(request, "error.html", {"status": exc.http_status, "message": exc.message,
+                                                           "nav": []}, exc.http_status)
             if request.url.path != "/docs":
                 response.headers["Content-Security-Policy"] = CSP
             return response
@@ -116,8 +116,8 @@ async def login(request: Request, svc: Svc) -> Response:
     try:
         stored = await live_key(svc, key)
     except ApiError as exc:
-        message = "That key is not valid (or has been revoked)." if exc.status == 401 else exc.message
-        return _render(request, "login.html", {"next": target, "error": message, "nav": []}, exc.status)
+        message = "That key is not valid (or has been revoked)." if exc.http_status == 401 else exc.message
+        return _render(request, "login.html", {"next": target, "error": message, "nav": []}, exc.http_status)
     token = await svc.db(create_session, stored.id)
     if stored.scope == "customer" and not target.startswith("/portal"):
         target = "/portal"

@@ -1,5 +1,6 @@
-"""POST /v1/events (tier `rest`); reading events back: GET /v1/events (the latest),
-/v1/events/counters, /v1/events/stream (live) and /v1/events/{source}/{id} (provenance)."""
+"""POST /v1/events (tier `rest`, or `sdk` when an Aforo SDK sends them); reading events back:
+GET /v1/events (the latest), /v1/events/counters, /v1/events/stream (live) and
+/v1/events/{source}/{id} (provenance)."""
 
 from __future__ import annotations
 
@@ -22,19 +23,28 @@ from api.cloudevents import (
     admit_batch,
     batch_of,
     media_type,
+    parse_events,
 )
 from api.errors import ApiError, documented
-from api.limits import MIB, decoded, parse_json, read_body
-from api.producer import now_ms
+from api.limits import MIB, decoded, read_body
 from api.reads import Money, money, now
 from api.services import Svc
 from api.stream import tail
 from api.viewer import TenantViewer
+from config.clock import now_ms
 from operators.provenance import gate_trail
 from sinks.console import event_counters, event_lines, recent_events
 from sinks.reports import event_chain
 
 router = APIRouter(tags=["events"])
+
+# The client-side doors that deliver through this route name themselves (name/version) in a header
+# of their own, and their events are recorded with their tier: Aforo's SDKs ("python/0.1.0") as
+# `sdk`, the MCP proxy as `mcp`. The tier is provenance, not a permission: a caller claiming it
+# changes nothing it is billed.
+SDK_HEADER = "aforo-sdk"
+MCP_PROXY_HEADER = "aforo-mcp-proxy"
+CLIENT_HEADERS = {SDK_HEADER: "sdk", MCP_PROXY_HEADER: "mcp"}
 
 CLOUDEVENT = {
     "type": "object",
@@ -69,8 +79,11 @@ async def post_events(request: Request, caller: RestCaller, svc: Svc) -> Respons
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be one of {', '.join(EVENT_MEDIA_TYPES)}, got {content_type!r}")
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")), MIB)
-    events = admit_batch(batch_of(parse_json(body), content_type), caller.tenant)
-    return json_response(await produce_events(svc, events, "rest", received), 202)
+    doc, texts = parse_events(body)
+    events = batch_of(doc, content_type)
+    raws = admit_batch(events, texts, caller.tenant)
+    tier = next((tier for header, tier in CLIENT_HEADERS.items() if request.headers.get(header)), "rest")
+    return json_response(await produce_events(svc, events, tier, received, raws), 202)
 
 
 class Line(BaseModel):

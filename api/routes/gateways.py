@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.accept import Accepted, json_response, produce_events
 from api.auth import Caller, GatewayCaller, authenticate
-from api.cloudevents import rfc3339_ms
+from api.cloudevents import parse_exact, rfc3339_ms
 from api.errors import bad_request, documented
 from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
-from api.limits import MIB, decoded, parse_json, read_body
-from api.producer import now_ms
+from api.limits import MIB, decoded, read_body
 from api.services import Services, Svc
+from config.clock import now_ms
 
 router = APIRouter(tags=["gateways"])
 
@@ -24,10 +25,25 @@ EXPORT_BODY = {"requestBody": {"required": True, "content": {"application/json":
 _RESPONSES = documented(400, 401, 413, 415, 429, 503)
 
 
+FIREHOSE_REQUEST_ID = "x-amz-firehose-request-id"
+
+
 class GatewayAccepted(Accepted):
-    # Kinesis Data Firehose requires its request id and a timestamp echoed in a 200 answer.
-    requestId: str | None = None  # Firehose's field name
+    # Kinesis Data Firehose requires its request id and a timestamp in every answer (and an
+    # errorMessage in a failure): it treats one without them as a 500 with no body.
+    requestId: str | None = None  # Firehose's field names
     timestamp: int | None = None
+
+
+def firehose_reply(headers: Mapping[str, str], error: str | None = None) -> dict[str, object]:
+    """What a Kinesis Data Firehose delivery's answer must carry (nothing for other callers)."""
+    request_id = headers.get(FIREHOSE_REQUEST_ID)
+    if request_id is None:
+        return {}
+    reply: dict[str, object] = {"requestId": request_id, "timestamp": now_ms()}
+    if error is not None:
+        reply["errorMessage"] = error
+    return reply
 
 
 async def _ingest(gateway: str, request: Request, caller: Caller, svc: Services,
@@ -35,16 +51,14 @@ async def _ingest(gateway: str, request: Request, caller: Caller, svc: Services,
     received = now_ms()
     body = await read_body(decoded(request.stream(), request.headers.get("content-encoding")),
                            MAX_EXPORT_BYTES)
+    fmt = FORMATS[gateway]
     try:
-        events = export_events(FORMATS[gateway], parse_json(body), tenant=caller.tenant,
+        events = export_events(fmt, parse_exact(body), tenant=caller.tenant,
                                source=source or f"gateway/{gateway}", received=rfc3339_ms(received))
     except ExportError as exc:
-        raise bad_request(f"not a {gateway} log export: {exc}") from None
+        raise bad_request(f"{fmt.title} export refused: {exc}") from None
     accepted = await produce_events(svc, events, "gateway", received)
-    firehose_id = request.headers.get("x-amz-firehose-request-id")
-    if firehose_id:
-        accepted.update(requestId=firehose_id, timestamp=received)
-    return json_response(accepted, 200)
+    return json_response({**accepted, **firehose_reply(request.headers)}, 200)
 
 
 @router.post("/v1/gateways/{gateway}", response_model=GatewayAccepted,

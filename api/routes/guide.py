@@ -12,9 +12,9 @@ from api.accept import produce_events
 from api.cloudevents import rfc3339_ms
 from api.errors import ApiError, documented
 from api.guide import snippets
-from api.producer import now_ms
 from api.services import Svc
 from api.viewer import TenantViewer
+from config.clock import now_ms
 from sinks.console import first_customer
 
 router = APIRouter(tags=["console"])

@@ -1,7 +1,8 @@
 """A ready mapping per provider (`aforo webhooks add` uses it unless given --mapping).
 
-Each picks the provider's own event id (so redeliveries dedup), its event type, the account the
-usage belongs to as the subject, and the provider's timestamp where the payload has one.
+Each picks the provider's own event id from the signed payload (so redeliveries dedup and a replay
+under new headers is no new event), its event type, the account the usage belongs to as the
+subject, and the provider's timestamp where the payload has one (else the first receipt's time).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ TEMPLATES: dict[str, dict] = {
         "time": "$.timestamp",
         "data": {"message_id": "$.sg_message_id", "category": "$.category"},
     },
-    # GitHub: the delivery id and event name are headers; the account is the repository owner.
+    # GitHub: the delivery id and event name are headers, and only the body is signed: the id is
+    # the payload's digest (a redelivery is the same bytes); the account is the repository owner.
     "github": {
-        "id": "header:X-GitHub-Delivery", "type": "header:X-GitHub-Event",
+        "id": "sha256:$", "type": "header:X-GitHub-Event",
         "subject": "$.repository.owner.login",
         "data": {"action": "$.action", "repository": "$.repository.full_name", "sender": "$.sender.login"},
     },

@@ -1,0 +1,3 @@
+module aforo-go
+
+go 1.19

@@ -1,0 +1,44 @@
+"""JSON numbers read and written exactly, and each array element's own bytes."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from schemas import exact_json
+from schemas.exact_json import JsonError
+
+
+def test_numbers_keep_their_value():
+    doc = exact_json.loads(b'{"a": 1180591620717411303424, "b": 12345678901234567.89, "c": 1e400,'
+                           b' "d": -0.0, "e": 0.1}')
+    assert doc == {"a": 2**70, "b": Decimal("12345678901234567.89"), "c": Decimal("1e400"),
+                   "d": Decimal("-0.0"), "e": Decimal("0.1")}
+    assert all(type(doc[k]) is Decimal for k in "abcde")
+    assert type(exact_json.loads(b"999999999999999999")) is int
+    assert exact_json.dumps(doc) == b'{"a":1180591620717411303424,"b":12345678901234567.89,"c":1E+400,' \
+                                    b'"d":-0.0,"e":0.1}'
+    assert exact_json.loads(exact_json.dumps(doc)) == doc
+    assert exact_json.dumps({"b": 1, "a": Decimal("2.50")}, sort_keys=True) == b'{"a":2.50,"b":1}'
+    with pytest.raises(TypeError):
+        exact_json.dumps({"x": Decimal("NaN")})
+
+
+def test_each_element_keeps_its_own_bytes():
+    body = '[ {"a": 1.10,\n "b": "caf\\u00e9 ☕"} ,2e0,"x"  ,[1, [2]]\n]'.encode()
+    doc, texts = exact_json.loads_with_text(body)
+    assert doc == [{"a": Decimal("1.10"), "b": "café ☕"}, Decimal("2"), "x", [1, [2]]]
+    assert texts == ['{"a": 1.10,\n "b": "caf\\u00e9 ☕"}'.encode(), b"2e0", b'"x"', b"[1, [2]]"]
+    assert exact_json.loads_with_text(b" [ ] ") == ([], [])
+    assert exact_json.loads_with_text(b'\n {"a": 1} \n') == ({"a": 1}, [b'{"a": 1}'])
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"", "Expecting value"), (b"[1 2]", "delimiter"), (b"[1,]", "Expecting value"), (b"[1", "delimiter"),
+    (b'{"a": 1} x', "Extra data"), (b"[1] [2]", "Extra data"), (b'{"a": NaN}', "NaN is not a JSON value"),
+    (b"[Infinity]", "Infinity"), (b'"\xff"', "UTF-8"), (b"[" * 100_000, "nests too deep"),
+])
+def test_what_is_not_json_is_refused(body, problem):
+    with pytest.raises(JsonError, match=problem):
+        exact_json.loads_with_text(body)
