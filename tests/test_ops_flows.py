@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from integration import env_of
+from integration import env_of, send
 
 from cli.main import main
 from flows.metering import run
@@ -24,7 +24,7 @@ from observe.health import Readiness
 from observe.metrics import REGISTRY
 from observe.server import start
 from sinks.entitlements import CatalogCache
-from sinks.kafka import RawProducer, ensure_topics, kafka_config, topic_differences
+from sinks.kafka import ensure_topics, kafka_config, topic_differences
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,8 @@ def _send_one_by_one(settings, lines: list[bytes]) -> None:
     """One record per produce request: the embedded broker (tansu) reports a partition's log end
     as its last batch's base offset + 1, so only single-record batches give true end offsets
     (real Kafka counts records)."""
-    p = RawProducer(settings)
     for line in lines:
-        for _ in p.send([line]):
-            pass
-        p.flush()
-    assert not p.errors, p.errors
+        assert send(settings, [line]) == 1
 
 
 def _lag(settings) -> float:
