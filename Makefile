@@ -6,13 +6,27 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TOOLS  := .tools
 # The console's browser tests drive Debian's chromium (Playwright's own browser download cannot
 # work offline); `make test` installs it when it is missing (as root, as CI runs).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install sdk-toolchains run test test-clock lint bench bench-quick up down status clean
+.PHONY: install tools sdk-toolchains run test test-clock lint bench bench-quick up down status clean
 
 install: $(STAMP)
+
+# promtool checks the Prometheus rules (tests/test_deploy.py): taken from Debian's prometheus
+# package without installing it (no daemon, no dependencies). Without apt the rules are still
+# checked for structure and metric names.
+tools: $(TOOLS)/promtool
+
+$(TOOLS)/promtool:
+	@mkdir -p $(TOOLS)
+	@cd $(TOOLS) && { apt-get download prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool.tmp \
+	  && chmod +x promtool.tmp && mv promtool.tmp promtool && rm -f prometheus_*.deb \
+	  || { rm -f promtool.tmp prometheus_*.deb; echo "promtool not available: rules checked for structure only"; }
 
 $(STAMP): pyproject.toml sdks/python/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Aforo needs Python 3.11 or 3.12 (Bytewax has no wheels for newer)"; exit 1; }
@@ -35,7 +49,7 @@ sdk-toolchains:
 
 # Tests marked time_sensitive also run at 00:30 UTC on the 1st of a month and on 1 January
 # (tests/conftest.py): `make test` includes them; `make test-clock` runs only them.
-test: install $(CHROMIUM) sdk-toolchains
+test: install tools $(CHROMIUM) sdk-toolchains
 	$(BIN)/python -m pytest
 
 test-clock: install

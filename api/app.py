@@ -15,6 +15,7 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from api import observe
 from api.console import pages
 from api.routes import backfills, events, gateways, guide, portal, revenue, uploads, usage, webhooks
 from api.routes.gateways import firehose_reply
@@ -78,7 +79,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         try:
             yield
         finally:
-            app.state.services.close()
+            await app.state.services.aclose()
 
     # /docs is the console's own page on the vendored Swagger UI (works offline); no ReDoc.
     app = FastAPI(title="Aforo", version="1", description=DESCRIPTION, lifespan=lifespan,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         app.include_router(module.router)
     app.include_router(pages.router)  # the web console and the portal, at /
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
+    observe.add_to(app, log_access=options.access_log)
     app.openapi = lambda: _without_422(app)
     return app
 

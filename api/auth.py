@@ -42,7 +42,7 @@ async def live_key(svc: Services, key: str | None, where: str = BEARER) -> Store
     stored = verify(await svc.keys.get(key_id), key) if key_id else None
     if stored is None:
         raise unauthorized(where)
-    svc.limiter.check(f"key:{stored.id}")
+    await svc.limiter.acquire(f"key:{stored.id}")
     return stored
 
 

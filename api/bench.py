@@ -81,7 +81,7 @@ def _server(settings: config.Settings) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **settings.to_env()}
     code = ("from api.server import serve; from api.services import ApiOptions; "
-            f"serve('127.0.0.1', {port}, ApiOptions(rate=1e9, burst=1e9), access_log=False)")
+            f"serve('127.0.0.1', {port}, ApiOptions(rate=1e9, burst=1e9, access_log=False))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

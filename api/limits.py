@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -9,11 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
+import redis.asyncio as aioredis
 
 from api.errors import ApiError, bad_request, too_large
+from observe.metrics import RATE_LIMITED
 
 MIB = 1024 * 1024
 MAX_DEPTH = 32  # CloudEvents are shallow; deeper nesting is hostile or a mistake
+log = logging.getLogger("aforo.api.limits")
 
 
 async def decoded(chunks: AsyncIterator[bytes], encoding: str | None) -> AsyncIterator[bytes]:
@@ -113,22 +117,89 @@ class TokenBucket:
 
 
 @dataclass
-class RateLimiter:
-    """One token bucket per source (an API key, a webhook source): requests per second with a burst.
-    The set of sources is bounded by configuration, as buckets are only made after authentication."""
+class LocalRateLimiter:
+    """One token bucket per source, in this process. The set of sources is bounded by
+    configuration, as buckets are only made after authentication."""
 
     rate: float
     burst: float
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
-    def check(self, source: str) -> None:
+    def wait_s(self, source: str) -> float:
+        """Take a token for `source`: 0 when granted, else the seconds until one is available."""
         now = self.clock()
         bucket = self._buckets.get(source)
         if bucket is None:
             bucket = self._buckets[source] = TokenBucket(self.rate, self.burst, self.burst, now)
-        wait = bucket.take(now)
-        if wait:
-            retry = max(1, math.ceil(wait))
-            raise ApiError(429, "rate_limited", f"too many requests for {source}; retry in {retry} s",
-                           headers={"Retry-After": str(retry)}, retry_after=retry)
+        return bucket.take(now)
+
+    def check(self, source: str) -> None:
+        refuse_if_waiting(source, self.wait_s(source))
+
+
+def refuse_if_waiting(source: str, wait: float) -> None:
+    if wait:
+        retry = max(1, math.ceil(wait))
+        RATE_LIMITED.labels(source.split(":", 1)[0]).inc()
+        raise ApiError(429, "rate_limited", f"too many requests for {source}; retry in {retry} s",
+                       headers={"Retry-After": str(retry)}, retry_after=retry)
+
+
+# The same token bucket, kept in Redis so every API process draws from one budget per source.
+# Redis's clock (TIME) times the refill, so processes on hosts with skewed clocks agree. Numbers
+# travel as strings: Redis would truncate a Lua number to an integer.
+_TAKE_TOKEN = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RateLimiter:
+    """Requests per second with a burst, per source (an API key, a webhook source), shared by
+    every API process through Redis: one atomic script call per request. While Redis is
+    unreachable each process falls back to its own buckets (a per-process limit is still a
+    limit) and tries Redis again REDIS_RETRY_S later."""
+
+    REDIS_RETRY_S = 5.0
+
+    def __init__(self, rate: float, burst: float, redis_client: aioredis.Redis | None = None,
+                 namespace: str = "aforo", clock: Callable[[], float] = time.monotonic):
+        self.local = LocalRateLimiter(rate, burst, clock)
+        self._rate, self._burst = rate, burst
+        self._redis = redis_client
+        self._script = redis_client.register_script(_TAKE_TOKEN) if redis_client is not None else None
+        self._namespace = namespace
+        self._clock = clock
+        self._redis_down_until = 0.0
+
+    async def acquire(self, source: str) -> None:
+        """Take a token for `source`, or raise 429 with Retry-After. (Named apart from the local
+        limiter's synchronous `check`: a call left without `await` fails loudly.)"""
+        refuse_if_waiting(source, await self._wait_s(source))
+
+    async def _wait_s(self, source: str) -> float:
+        if self._script is None or self._clock() < self._redis_down_until:
+            return self.local.wait_s(source)
+        try:
+            return float(await self._script(keys=[f"{self._namespace}:ratelimit:{source}"],
+                                            args=[repr(self._rate), repr(self._burst)]))
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("rate limits fall back to this process's own buckets for %ss: Redis: %s",
+                        self.REDIS_RETRY_S, exc)
+            self._redis_down_until = self._clock() + self.REDIS_RETRY_S
+            return self.local.wait_s(source)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import anyio.to_thread
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
@@ -18,6 +19,7 @@ from api.stream import LiveTail
 from api.webhooks.secrets import SecretBox
 from api.webhooks.store import WebhookSource, find_source
 from config import Settings
+from observe.health import Readiness
 from sinks.raw_producer import RawProducer
 
 T = TypeVar("T")
@@ -28,6 +30,7 @@ class ApiOptions:
     rate: float = 100.0  # requests per second per source (API key or webhook source)
     burst: float = 200.0
     delivery_timeout_s: float = 30.0  # longest wait for the broker's acknowledgement
+    access_log: bool = True  # one structured line per request (aforo.api.access)
 
 
 class Services:
@@ -38,7 +41,11 @@ class Services:
         self.pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=False,
                                    kwargs={"autocommit": True})
         self.pool.open(wait=False)
-        self.limiter = RateLimiter(options.rate, options.burst)
+        # short timeouts: a request waits at most this long before the limiter falls back
+        redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=0.5,
+                                               socket_connect_timeout=0.5)
+        self.limiter = RateLimiter(options.rate, options.burst, redis_client, settings.topic_prefix)
+        self.readiness = Readiness(settings)
         self.keys: TtlCache[StoredKey] = TtlCache(lambda key_id: self.db(find_key, key_id))
         self.sources: TtlCache[WebhookSource] = TtlCache(lambda name: self.db(find_source, name))
         self.secrets = SecretBox(settings)
@@ -52,7 +59,8 @@ class Services:
                 return query(conn, *args)
         return await anyio.to_thread.run_sync(run)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
         self.live.close()
         self.producer.close()
         self.pool.close()

@@ -72,7 +72,7 @@ async def session_viewer(svc: Services, token: str | None) -> Viewer | None:
     stored = await svc.keys.get(key_id) if key_id else None
     if stored is None or stored.revoked_at is not None:
         return None
-    svc.limiter.check(f"key:{stored.id}")
+    await svc.limiter.acquire(f"key:{stored.id}")
     return Viewer.of(stored)
 
 

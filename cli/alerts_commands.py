@@ -91,12 +91,20 @@ def run_monitoring(settings: config.Settings, once: bool = True) -> float:
 
 @click.command()
 @click.option("--once", is_flag=True, help="Process what is in the enriched topic, then exit.")
-def monitor(once: bool) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve /metrics, /healthz and /readyz on AFORO_METRICS_HOST:PORT.")
+def monitor(once: bool, metrics_port: int | None) -> None:
     """Run the monitoring flow: usage anomalies and quota pacing.
 
     Reads the enriched topic; writes alerts to Postgres and the alerts topic. With crash
     recovery: it resumes where it stopped."""
-    elapsed = run_monitoring(config.load(), once)
+    from observe.logs import configure as configure_logging
+    from observe.server import start_for_flow
+    settings = config.load()
+    configure_logging(settings, service=True)
+    if metrics_port is not None:
+        start_for_flow(settings, metrics_port, "monitoring", ledger_gauges=False)
+    elapsed = run_monitoring(settings, once)
     if once:
         click.echo(f"done in {elapsed:.1f}s")
 

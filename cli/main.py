@@ -21,7 +21,9 @@ from cli.api_commands import keys, serve, upload, webhooks
 from cli.backfill_commands import backfill
 from cli.bill_commands import bill, credit, invoice
 from cli.errors import AforoGroup
+from cli.ops_commands import doctor
 from config import clock
+from observe.logs import configure as configure_logging
 
 
 def _settings() -> config.Settings:
@@ -35,12 +37,14 @@ def _fail(message: str) -> None:
 @click.group(cls=AforoGroup)
 def main() -> None:
     """Aforo: financial-grade usage metering."""
+    configure_logging(_settings(), service=False)  # services switch to JSON lines when they start
 
 
 for _command in (serve, keys, upload, webhooks,  # the HTTP front doors (api/)
                  monitor, alerts,  # the monitoring flow and its alerts
                  backfill,  # the record of backfills (`aforo upload --backfill`)
-                 bill, invoice, credit):  # the bill run and its invoices
+                 bill, invoice, credit,  # the bill run and its invoices
+                 doctor):  # operations
     main.add_command(_command)
 
 
@@ -94,16 +98,20 @@ def migrate() -> None:
     """Create or upgrade the Postgres schema and the Kafka topics."""
     from api.webhooks.secrets import seal_stored_secrets
     from sinks.invoice_delivery import invoices_topic
-    from sinks.kafka import ensure_topics, require_broker
+    from sinks.kafka import ensure_topics, require_broker, topic_differences
     from sinks.postgres import migrate as pg_migrate
     s = _settings()
     require_broker(s)  # at once, and before the database changes
     applied = pg_migrate(s.database_url)
     sealed = seal_stored_secrets(s)
     ensure_topics(s, invoices_topic(s))
+    differences = topic_differences(s)
     click.echo(f"applied {', '.join(applied)}" if applied else "schema up to date")
     if sealed:
         click.echo(f"encrypted {sealed} webhook secrets stored in plaintext")
+    if differences:
+        _fail("the topics differ from the configuration (nothing was changed; see README, "
+              "Operations: topics):\n  " + "\n  ".join(differences))
     click.echo(f"topics ready: {s.topics.raw} ({s.raw_partitions} partitions), "
                + ", ".join((*s.topics.outputs, invoices_topic(s))))
 
@@ -180,8 +188,13 @@ def run_flow(settings: config.Settings, once: bool, workers: int, cluster=None) 
 @click.option("--process-id", type=click.IntRange(min=0), help="This process's index in --addresses.")
 @click.option("--addresses",
               help="host:port of every process of the cluster, comma-separated, in process-id order.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve /metrics, /healthz and /readyz on AFORO_METRICS_HOST:PORT (with --processes,"
+                   " process I on PORT+I).")
+@click.option("--metrics-base-port", type=click.IntRange(0, 65535), hidden=True,
+              help="Set by --processes for its children: serve on this port + the process id.")
 def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | None,
-            addresses: str | None) -> None:
+            addresses: str | None, metrics_port: int | None, metrics_base_port: int | None) -> None:
     """Run the metering flow. It resumes where the ledger ends, whatever stopped it; SIGINT or
     SIGTERM stops it after the batches in flight are committed. Raw partitions are shared out over
     every worker of every process (N processes x W workers should not exceed the partitions)."""
@@ -192,9 +205,11 @@ def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | N
     if (process_id is None) != (addresses is None):
         _fail("--process-id and --addresses go together")
     settings = _settings()
+    configure_logging(settings, service=True)
     if processes is not None and processes > 1:
         command = [sys.executable, "-c", "from cli.main import main; main()", "run",
-                   "--workers", str(workers), *(["--once"] if once else [])]
+                   "--workers", str(workers), *(["--once"] if once else []),
+                   *(["--metrics-base-port", str(metrics_port)] if metrics_port is not None else [])]
         started = time.perf_counter()
         code = run_local_cluster(command, processes, env={**os.environ, **settings.to_env()})
         if code:
@@ -208,6 +223,12 @@ def run_cmd(once: bool, workers: int, processes: int | None, process_id: int | N
             cluster = Cluster(tuple(a.strip() for a in addresses.split(",")), process_id)
         except ValueError as exc:
             _fail(str(exc))
+    if metrics_base_port is not None and process_id is not None:
+        metrics_port = metrics_base_port + process_id
+    if metrics_port is not None:
+        from observe.server import start_for_flow
+        # one process of a cluster refreshes the ledger gauges: they describe the whole flow
+        start_for_flow(settings, metrics_port, "metering", ledger_gauges=not process_id)
     elapsed = run_flow(settings, once, workers, cluster)
     if once:
         click.echo(f"done in {elapsed:.1f}s")

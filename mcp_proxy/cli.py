@@ -17,6 +17,7 @@ from mcp_proxy.delivery import Delivery, HttpSender, KafkaSender, Sender, Spool
 from mcp_proxy.events import Identity
 from mcp_proxy.observer import SessionMeter
 from mcp_proxy.relay import Metered
+from schemas.errors import AforoError
 
 T = TypeVar("T")
 TRANSPORTS = ("stdio", "streamable-http", "sse")
@@ -83,13 +84,17 @@ def _setup_logging(log_file: Path | None) -> BinaryIO:
 @click.option("--call-timeout", type=float, default=300.0, show_default=True,
               help="seconds before an unanswered tools/call is metered as timeout")
 @click.option("--log-file", type=click.Path(path_type=Path))
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="serve /metrics (calls, deliveries, spool depth) and /healthz on --metrics-host:PORT")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
 def main(transport: str, command: str | None, args_csv: str, upstream: str | None, listen: str,
          ping_interval: float,
          tenant: str, product: str, customer: str | None, agent_customer: tuple[str, ...],
          api_key: str | None, endpoint: str | None, kafka: str | None, topic_prefix: str, instance: str,
          spool_dir: Path | None, spool_max_mb: int, shutdown_grace: float, call_timeout: float,
-         log_file: Path | None, extra_args: tuple[str, ...]) -> None:
+         log_file: Path | None, metrics_port: int | None, metrics_host: str,
+         extra_args: tuple[str, ...]) -> None:
     """Relay MCP between a client and a server and meter sessions and tool calls to Aforo.
     Arguments after `--` are passed to the stdio server as they are (for arguments with commas)."""
     if transport == "stdio" and not command:
@@ -98,8 +103,15 @@ def main(transport: str, command: str | None, args_csv: str, upstream: str | Non
         raise click.UsageError(f"--transport {transport} needs --upstream")
     ident = Identity(tenant, product, instance, customer, _agent_customers(agent_customer))
     sink = _setup_logging(log_file)
+    if metrics_port is not None:
+        from observe.server import start as serve_metrics
+        try:
+            serve_metrics(metrics_host, metrics_port, "mcp-proxy")
+        except AforoError as exc:
+            raise click.UsageError(str(exc)) from None
     delivery = Delivery(_sender(endpoint, api_key, kafka, topic_prefix),
                         Spool(spool_dir or _default_spool(tenant, product), spool_max_mb << 20)).start()
+    delivery.export_gauges()
 
     def new_session() -> Metered:
         return Metered(SessionMeter(ident, call_timeout_s=call_timeout), delivery)

@@ -19,6 +19,7 @@ from typing import Protocol
 import httpx
 
 from config import Settings
+from observe.metrics import MCP_EVENTS, MCP_QUEUED_EVENTS, MCP_SPOOL_BYTES
 from sinks.raw_producer import RawProducer
 
 log = logging.getLogger("aforo.mcp_proxy.delivery")
@@ -156,6 +157,12 @@ class Delivery:
         self._thread.start()
         return self
 
+    def export_gauges(self) -> None:
+        """Read the queue and spool depths at each scrape (this process's only Delivery)."""
+        MCP_QUEUED_EVENTS.set_function(lambda: len(self._queue))
+        if self._spool is not None:
+            MCP_SPOOL_BYTES.set_function(self._spool.size)
+
     def submit(self, events: list[bytes]) -> None:
         """Never blocks on the endpoint: the relay calls this inline."""
         if not events:
@@ -163,6 +170,7 @@ class Delivery:
         with self._cond:
             if self._spool_full and len(self._queue) >= self._max_memory:
                 self.dropped += len(events)  # nowhere left to keep them: say so rather than grow
+                MCP_EVENTS.labels("dropped").inc(len(events))
                 log.error("spool full and memory buffer full: dropped %d events", len(events))
                 return
             first = not self._queue
@@ -251,10 +259,12 @@ class Delivery:
             return False
         except Rejected as exc:
             log.error("endpoint rejected %d events, kept aside in the spool: %s", len(batch), exc)
+            MCP_EVENTS.labels("rejected").inc(len(batch))
             if self._spool is not None:
                 self._spool.write(batch, prefix="rejected")
         else:
             self.delivered += len(batch)
+            MCP_EVENTS.labels("delivered").inc(len(batch))
         self._backoff_s, self._retry_at, self._spool_full = 0.0, 0.0, False
         if path is not None:
             path.unlink(missing_ok=True)
@@ -277,4 +287,5 @@ class Delivery:
             lost = len(chunk) - room
         if lost > 0:
             self.dropped += lost
+            MCP_EVENTS.labels("dropped").inc(lost)
             log.error("spool full: dropped %d events", lost)

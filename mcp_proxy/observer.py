@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from mcp_proxy.events import SESSION_END, SESSION_START, TOOL_CALL, Identity, cloudevent, jsonrpc_id_key
+from observe.metrics import MCP_SESSIONS, MCP_TOOL_CALLS
 
 OUTCOMES = ("ok", "tool_error", "protocol_error", "cancelled", "timeout")
 
@@ -128,6 +129,7 @@ class SessionMeter:
         result = msg.get("result") if isinstance(msg.get("result"), dict) else {}
         server = result.get("serverInfo") if isinstance(result.get("serverInfo"), dict) else {}
         self.protocol_version = result.get("protocolVersion") or self.protocol_version
+        MCP_SESSIONS.inc()
         return [self._event(SESSION_START, "start", self.started[0], {
             "protocol_version": self.protocol_version, "server": server.get("name"),
             "server_version": server.get("version")})]
@@ -168,6 +170,7 @@ class SessionMeter:
     def _tool_event(self, key: str, call: _Call, outcome: str, mono_s: float, response_bytes: int,
                     extra: dict) -> bytes:
         self.outcomes[outcome] += 1
+        MCP_TOOL_CALLS.labels(outcome).inc()
         return cloudevent(self.ident, TOOL_CALL, f"{self.session_id}/{key}", self.agent, call.wall_s, {
             "tool": call.tool, "outcome": outcome, "session": self.session_id, "agent": self.agent,
             "agent_version": self.agent_version, "jsonrpc_id": key,

@@ -17,15 +17,16 @@ from decimal import Decimal
 import orjson
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from config import Settings
+from observe.metrics import alert_fired
 from operators.anomaly import Alert, utc
 from operators.projection import LEVELS
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
-from sinks.kafka import kafka_config, produce, producer_config
+from sinks.kafka import TopicSpec, create_topics, kafka_config, produce, producer_config
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
@@ -36,16 +37,10 @@ def alerts_topic(settings: Settings) -> str:
 
 
 def ensure_alerts_topic(settings: Settings) -> None:
+    """One partition: alerts are few, and consumers see them in the order they fired."""
     admin = AdminClient(kafka_config(settings, "admin"))
-    name = alerts_topic(settings)
-    if name in admin.list_topics(timeout=10).topics:
-        return
-    [future] = admin.create_topics([NewTopic(name, 1, 1)], operation_timeout=10).values()
-    try:
-        future.result()
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise RuntimeError(f"cannot create topic {name}: {exc}") from None
+    create_topics(admin, [TopicSpec(alerts_topic(settings), 1, settings.replication_factor)],
+                  admin.list_topics(timeout=10).topics)
 
 
 def alert_key(alert: Alert) -> bytes:
@@ -123,11 +118,13 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
         columns = [list(c) for c in zip(*(
             (*a.key, utc(a.window_start_us), utc(a.window_end_us), utc(a.event_us),
              orjson.dumps(a.details).decode()) for a in items), strict=True)]
+        fired = []
         with self._conn.transaction():
             new = set(self._conn.execute(_INSERT, columns).fetchall())  # not written by an earlier run
             for a in items:
                 if a.key in new:
                     new.discard(a.key)
+                    fired.append(a)
                     produce(self._producer, self._topic, alert_message(a),
                             key=f"{a.tenant}/{a.customer}".encode(), headers=[(ALERT_HEADER, alert_key(a))],
                             on_delivery=self._on_delivery)
@@ -135,6 +132,8 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
             if self._errors:  # roll back: the replay after the crash writes them again
                 errors, self._errors = self._errors, []
                 raise RuntimeError(f"producing alerts failed: {errors[:3]}")
+        for a in fired:  # committed
+            alert_fired(a.tenant, a.kind)
 
     def close(self) -> None:
         self._producer.flush()

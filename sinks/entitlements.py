@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import orjson
 import redis
 
+from observe import metrics
 from schemas.billing import Entitlement, SubscriptionRef, TenantInfo
 from sinks.catalog import catalog_state, load_entitlements, load_tenants
 from sinks.postgres import Reconnecting
@@ -87,6 +88,7 @@ class CatalogCache:
             with self._lock:
                 self._version, self._tenants, self._entitlements = state, tenants, {}
                 self._key_paths = {tid: t.idempotency_key for tid, t in tenants.items()}
+            metrics.known_tenants(tenants)
         return self._tenants
 
     def key_paths(self) -> dict[str, str | None]:
@@ -99,14 +101,17 @@ class CatalogCache:
         local = self._entitlements
         found = {k: local[k] for k in wanted if k in local}
         missing = [k for k in wanted if k not in found]
+        metrics.cache_lookups("entitlements", "process", len(found), len(missing))
         if missing:
             from_redis = self._redis_get(missing)
             found.update(from_redis)
             missing = [k for k in missing if k not in from_redis]
+            metrics.cache_lookups("entitlements", "redis", len(from_redis), len(missing))
         if missing:
             from_pg = self._db().run(lambda conn: load_entitlements(conn, missing))
             found.update(from_pg)
             self._redis_set(from_pg)
+            metrics.cache_lookups("entitlements", "postgres", len(from_pg), 0)  # the source: always answers
         with self._lock:
             if len(local) > LOCAL_MAX:
                 local.clear()

@@ -129,3 +129,9 @@ def resolvable(conn: psycopg.Connection) -> list[int]:
     entitlements = load_entitlements(conn, {(t, s) for _, t, s, _ in rows})
     return [i for i, t, s, when in rows
             if (ent := entitlements.get((t, s))) is not None and active_subscription(ent, to_us(when))]
+
+
+def undecided_counts(conn: psycopg.Connection) -> dict[tuple[str | None, str], int]:
+    """Held rows awaiting a decision, counted per (tenant, status)."""
+    return {(tenant, status): n for tenant, status, n in conn.execute(
+        f"SELECT l.tenantid, l.status, count(*) {_UNDECIDED} GROUP BY 1, 2 ORDER BY 1, 2")}

@@ -22,7 +22,7 @@ from api.errors import ApiError
 from api.jsonpath import PathError, find, first
 from api.keys import key_id_of, revoke_key
 from api.keys import new_key as make_key
-from api.limits import RateLimiter, check_depth, gunzip
+from api.limits import LocalRateLimiter, check_depth, gunzip
 from api.services import ApiOptions
 from flows.metering import run
 from sinks.postgres import connect
@@ -103,7 +103,7 @@ def test_limits():
     with pytest.raises(ValueError, match="more than"):
         gunzip(gzip.compress(b"\0" * 10_000_000), 1000)  # a small bomb is refused, not inflated
     now = [0.0]
-    limiter = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    limiter = LocalRateLimiter(rate=2, burst=3, clock=lambda: now[0])
     for _ in range(3):
         limiter.check("k")
     with pytest.raises(ApiError) as limited:

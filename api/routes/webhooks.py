@@ -19,6 +19,7 @@ from api.webhooks.secrets import SecretKeyError
 from api.webhooks.signatures import PROVIDERS, VERIFIERS, SignatureError, SignedRequest
 from api.webhooks.store import WebhookSource
 from config.clock import now_ms
+from observe.metrics import WEBHOOK_VERIFICATION_FAILURES
 
 router = APIRouter(tags=["webhooks"])
 
@@ -63,12 +64,15 @@ def _media_type(provider: str, content_type: str | None) -> str:
 async def receive_webhook(provider: Provider, source: str, request: Request, svc: Svc) -> Response:
     """The signature is verified before anything else is read into an event; a bad or stale one is
     401 and nothing is produced. The CloudEvent id comes from the signed payload, so a replay or a
-    redelivery is a duplicate in the ledger, never billed twice."""
+    redelivery is a duplicate in the ledger, never billed twice.
+
+    The signature is checked before the rate limit (an HMAC of at most 5 MiB costs little), and
+    requests that fail it draw from a budget of their own: a flood of forged or stale requests is
+    refused without spending the source's budget for genuine deliveries."""
     received = now_ms()
     configured = await svc.sources.get(source) if "\x00" not in source else None
     if configured is None or configured.provider != provider:
         raise ApiError(404, "not_found", f"no {provider} webhook source {source!r}")
-    svc.limiter.check(f"webhook:{source}")
     body = await read_body(request.stream(), MAX_WEBHOOK_BYTES)
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:
@@ -78,7 +82,10 @@ async def receive_webhook(provider: Provider, source: str, request: Request, svc
     try:
         VERIFIERS[provider](secret, SignedRequest(str(request.url), headers, body), time.time())
     except SignatureError as exc:
+        WEBHOOK_VERIFICATION_FAILURES.labels(provider).inc()
+        await svc.limiter.acquire(f"webhook_unverified:{source}")
         raise ApiError(401, "bad_signature", f"{provider} signature refused: {exc}") from None
+    await svc.limiter.acquire(f"webhook:{source}")
     kind = _media_type(provider, headers.get("content-type"))
     try:
         payload = parse_payload(body, kind, payload_field=provider == "github")

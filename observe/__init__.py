@@ -1,0 +1,1 @@
+"""Running Aforo in production: metrics, health and readiness, structured logs."""
