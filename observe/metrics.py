@@ -114,12 +114,18 @@ def records_decided(decisions: Iterable[tuple[str | None, str, str | None]]) -> 
         RECORDS.labels(tenant_label(tenant), status, reason or "").inc(n)
 
 
-def revenue_accrued(tenant: str, currency: str, amount: Decimal) -> None:
-    """One accepted event's marginal revenue (the sum of its lines)."""
-    if amount > 0:
-        REVENUE_ACCRUED.labels(tenant_label(tenant), currency).inc(float(amount))
-    elif amount < 0:
-        REVENUE_CREDITED.labels(tenant_label(tenant), currency).inc(float(-amount))
+def revenue_accrued(amounts: Iterable[tuple[str, str, Decimal]]) -> None:
+    """(tenant, currency, marginal revenue) of each rated event of a batch, once it is durable:
+    summed per batch first, so a batch costs a few counter updates, not one per event."""
+    accrued: dict[tuple[str, str], Decimal] = {}
+    credited: dict[tuple[str, str], Decimal] = {}
+    for tenant, currency, amount in amounts:
+        if amount:
+            into = accrued if amount > 0 else credited
+            into[tenant, currency] = into.get((tenant, currency), 0) + abs(amount)
+    for counter, sums in ((REVENUE_ACCRUED, accrued), (REVENUE_CREDITED, credited)):
+        for (tenant, currency), total in sums.items():
+            counter.labels(tenant_label(tenant), currency).inc(float(total))
 
 
 def cache_lookups(cache: str, layer: str, hits: int, misses: int) -> None:

@@ -27,6 +27,7 @@ import orjson
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from observe import metrics
 from operators.audit import (
     AUDIT_COLUMNS,
     AUDIT_LINE_COLUMNS,
@@ -136,22 +137,29 @@ class Writes:
     totals: bytes  # COPY text for revenue_stage
     distinct: bytes  # COPY text for revenue_distinct
     rated_as: int
+    decided: list[tuple[str, str, str | None]]  # (tenant, status, reason) per row, for the metrics
+    revenue: list[tuple[str, str, Decimal]]  # (tenant, currency, marginal revenue) per rated row
 
 
 def writes_of(batch: Batch) -> Writes:
-    rows, tenants, offsets, leaves, lines = [], [], [], [], []
+    rows, tenants, offsets, leaves, lines, decided, revenue = [], [], [], [], [], [], []
     prefix = f"{text(batch.topic_id)}\t{batch.partition}\t"
     for r in batch.records:
         row = row_text(r)
         these = line_texts(r)
+        tenant = _tenant(r)
         rows.append(row)
-        tenants.append(_tenant(r))
+        tenants.append(tenant)
         offsets.append(r.offset)
         leaves.append(leaf(row, these))
         lines.extend(f"{prefix}{r.offset}\t{x}\n" for x in these)
+        decided.append((tenant, r.status, r.reason))
+        if r.lines:
+            revenue.append((tenant, r.billing.currency, sum([x.revenue for x in r.lines], _ZERO)))
     totals, distinct = totals_texts(batch.records)
     return Writes(batch.topic_id, batch.partition, batch.records[0].offset, batch.records[-1].offset,
-                  rows, tenants, offsets, leaves, "".join(lines).encode(), totals, distinct, batch.rated_as)
+                  rows, tenants, offsets, leaves, "".join(lines).encode(), totals, distinct, batch.rated_as,
+                  decided, revenue)
 
 
 def totals_texts(records: Iterable[Record]) -> tuple[bytes, bytes]:
@@ -271,6 +279,11 @@ def commit(conn: psycopg.Connection, w: Writes, before_commit: Callable[[], None
     return True
 
 
+def _attempt(conn: psycopg.Connection, w: Writes, before_commit: Callable[[], None]) -> bool:
+    with metrics.ledger_write(len(w.rows)):
+        return commit(conn, w, before_commit)
+
+
 # --- the sink ------------------------------------------------------------------------------------
 
 class _Writer:
@@ -293,7 +306,9 @@ class _Writer:
                     return
                 if self._failure is None:
                     w, before_commit = item
-                    self._db.run(lambda conn, w=w, f=before_commit: commit(conn, w, f))
+                    if self._db.run(lambda conn, w=w, f=before_commit: _attempt(conn, w, f)):
+                        metrics.records_decided(w.decided)
+                        metrics.revenue_accrued(w.revenue)
                     self._on_commit(w)
             except BaseException as exc:  # re-raised on the worker thread, which stops the flow
                 self._failure = exc
@@ -356,7 +371,11 @@ class _LedgerPartition(StatelessSinkPartition[Batch]):
             self._outputs.produce_batch(batch)
             # The outputs are acknowledged before the ledger commits: at least once on the topics,
             # exactly once in the ledger.
-            self._writer.put(writes, self._outputs.flush)
+            self._writer.put(writes, self._flush)
+
+    def _flush(self) -> None:
+        with metrics.snapshot("ledger"):
+            self._outputs.flush()
 
     def close(self) -> None:
         try:

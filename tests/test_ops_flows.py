@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import orjson
@@ -25,6 +26,7 @@ from observe.metrics import REGISTRY
 from observe.server import start
 from sinks.entitlements import CatalogCache
 from sinks.kafka import ensure_topics, kafka_config, topic_differences
+from sinks.postgres import connect
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +79,32 @@ def test_lag_and_held_events_follow_the_ledger(settings):
     assert result.exit_code == 0, result.output
     ledger_gauges.refresh(settings, admin)
     assert _gauge("aforo_held_events", tenant="acme", reason="late") == 2
+
+
+def _count(name: str, **labels: str) -> float:
+    return _gauge(name, **labels) or 0.0
+
+
+def test_decisions_and_revenue_are_counted_once_the_ledger_has_them(settings):
+    now = datetime.now(UTC)
+    before = {s: _count("aforo_records_total", tenant="acme", status=s, reason=r)
+              for s, r in (("accepted", ""), ("duplicate", "same_payload"))}
+    revenue_before = _count("aforo_revenue_accrued_total", tenant="acme", currency="USD")
+    events = [_event(i, now) for i in range(105)]  # the plan's first 100 calls are free
+    send(settings, events + events[:5] + [b"not json"])
+    run(settings, once=True)
+
+    accepted = _count("aforo_records_total", tenant="acme", status="accepted", reason="")
+    assert accepted - before["accepted"] == 105
+    assert (_count("aforo_records_total", tenant="acme", status="duplicate", reason="same_payload")
+            - before["duplicate"]) == 5
+    assert _count("aforo_records_total", tenant="_other", status="rejected", reason="malformed") >= 1
+    with connect(settings.database_url) as conn:
+        ledger_revenue = conn.execute("SELECT sum(revenue) FROM ledger WHERE tenantid = 'acme'"
+                                      " AND status = 'accepted'").fetchone()[0]
+    accrued = _count("aforo_revenue_accrued_total", tenant="acme", currency="USD") - revenue_before
+    assert ledger_revenue == Decimal("0.010") and accrued == pytest.approx(float(ledger_revenue))
+    assert _count("aforo_ledger_batch_records_count") >= 1
 
 
 def test_flow_process_serves_metrics_health_and_readiness(settings):
