@@ -18,6 +18,7 @@ from test_api_helpers import Api, fixture_bytes, new_key, open_api, stripe_heade
 
 from api.app import create_app
 from api.services import ApiOptions
+from api.webhooks.secrets import SecretBox
 from api.webhooks.store import add_source
 from observe.metrics import REGISTRY
 from sinks.kafka import ensure_topics
@@ -54,7 +55,7 @@ def _forged_then_genuine(api: Api) -> None:
     settings = api.settings
     source = f"stripe-{uuid.uuid4().hex[:8]}"
     with connect(settings.database_url) as conn:
-        add_source(conn, source, "stripe", "whsec_test", "acme", None)
+        add_source(conn, source, "stripe", "whsec_test", "acme", None, SecretBox(settings))
     url = f"/v1/webhooks/stripe/{source}"
     failures = _sample("aforo_webhook_verification_failures_total", provider="stripe")
     now = int(time.time())

@@ -125,11 +125,12 @@ def tls(settings, tmp_path) -> Iterator[Settings]:
     pg, rd = urlsplit(settings.database_url), urlsplit(settings.redis_url)
     pg_tls = TlsTerminator((pg.hostname, pg.port), context, postgres=True)
     redis_tls = TlsTerminator((rd.hostname, rd.port), context, postgres=False)
-    user = f"{pg.username}@" if pg.username else ""
+    def credentials(url) -> str:  # the embedded stack's services have passwords
+        return url.netloc.rpartition("@")[0] + "@" if "@" in url.netloc else ""
     over_tls = dataclasses.replace(
         settings,
-        database_url_env=f"postgresql://{user}127.0.0.1:{pg_tls.port}{pg.path}?sslmode=verify-full&sslrootcert={ca}",
-        redis_url_env=f"rediss://127.0.0.1:{redis_tls.port}{rd.path}?ssl_ca_certs={ca}&ssl_cert_reqs=required")
+        database_url_env=f"postgresql://{credentials(pg)}127.0.0.1:{pg_tls.port}{pg.path}?sslmode=verify-full&sslrootcert={ca}",
+        redis_url_env=f"rediss://{credentials(rd)}127.0.0.1:{redis_tls.port}{rd.path}?ssl_ca_certs={ca}&ssl_cert_reqs=required")
     try:
         yield over_tls
     finally:
