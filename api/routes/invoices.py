@@ -196,7 +196,7 @@ def _scope(viewer: Viewer, tenant: str | None) -> tuple[str, str | None]:
 
 def _page(invoice_id: int, line_no: int, total: int, offset: int, limit: int, rows: list[dict],
           number: str) -> EventPage:
-    items = [AttributedEvent(**{k: str(v) if isinstance(v, Decimal) else v for k, v in r.items()})
+    items = [AttributedEvent(**{k: format(v, "f") if isinstance(v, Decimal) else v for k, v in r.items()})
              for r in rows]
     return EventPage(invoice=number, line_no=line_no, events=total, offset=offset, limit=limit, items=items,
                      next_offset=offset + limit if offset + limit < total else None)
