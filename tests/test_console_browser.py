@@ -24,8 +24,8 @@ from integration import env_of, meter_demo, send
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from test_api_server import serving
 from test_billing_run import TERMS, month_of_usage
+from test_console_api import console_keys
 
-from api.keys import create_key
 from cli.main import main
 from flows.billing import bill_run
 from flows.metering import run
@@ -105,10 +105,7 @@ def served(settings):
     """The demo stream metered, keys of each scope, the API served on a real socket."""
     ensure_topics(settings)
     meter_demo(settings, 400)
-    with connect(settings.database_url) as conn:
-        keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
-                "operator": create_key(conn, None, "operator")[1],
-                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+    keys = console_keys(settings)
     with serving(settings) as base:
         yield settings, base, keys
 
@@ -355,9 +352,7 @@ def billed_console(chromium, settings):
     apply(settings, TERMS)
     month_of_usage(settings)
     assert bill_run(settings, "acme", PERIOD).ok
-    with connect(settings.database_url) as conn:
-        keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
-                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+    keys = console_keys(settings)
     with serving(settings) as base:
         c = Console(chromium, base)
         yield c, settings, keys

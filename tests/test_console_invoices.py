@@ -16,8 +16,8 @@ import pytest
 from billing_fixtures import PERIOD, apply, cli
 from test_api_server import serving
 from test_billing_run import TERMS, month_of_usage
+from test_console_api import console_keys
 
-from api.keys import create_key
 from flows.billing import bill_run
 from sinks.audit import verify_file
 from sinks.postgres import connect
@@ -31,10 +31,7 @@ def billed(settings):
     apply(settings, TERMS)
     month_of_usage(settings)
     assert bill_run(settings, "acme", PERIOD).ok
-    with connect(settings.database_url) as conn:
-        keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
-                "operator": create_key(conn, None, "operator")[1],
-                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+    keys = console_keys(settings)
     with serving(settings) as base:
         yield settings, base, keys
 

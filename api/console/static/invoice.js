@@ -8,15 +8,7 @@
   if (!table) return;
   const PAGE = 50;
 
-  for (const button of table.querySelectorAll("button.expand")) {
-    button.addEventListener("click", () => {
-      const open = button.getAttribute("aria-expanded") !== "true";
-      button.setAttribute("aria-expanded", String(open));
-      button.textContent = open ? "−" : "+";
-      button.setAttribute("aria-label", button.getAttribute("aria-label").replace(open ? "Show" : "Hide", open ? "Hide" : "Show"));
-      document.getElementById(button.getAttribute("aria-controls")).hidden = !open;
-    });
-  }
+  table.querySelectorAll("button.expand").forEach(Aforo.expander);
 
   // "0.0020" -> "0.002" (the server writes plain decimals, never "5E-7")
   const exact = (s) => (s.includes(".") ? s.replace(/0+$/, "").replace(/\.$/, "") : s) || "0";
