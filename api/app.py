@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from api import observe
 from api.console import pages
-from api.routes import backfills, events, gateways, guide, portal, revenue, uploads, usage, webhooks
+from api.routes import backfills, events, gateways, guide, invoices, portal, revenue, uploads, usage, webhooks
 from api.routes.gateways import firehose_reply
 from api.services import ApiOptions, Services
 from config import Settings
@@ -90,7 +90,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways, backfills, revenue, usage, guide, portal):
+    for module in (events, uploads, webhooks, gateways, backfills, revenue, usage, guide, portal, invoices):
         app.include_router(module.router)
     app.include_router(pages.router)  # the web console and the portal, at /
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

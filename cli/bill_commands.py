@@ -10,8 +10,6 @@ import click
 import orjson
 
 import config
-from operators.billing.common import group_label
-from schemas.errors import NotFound
 
 
 def _settings() -> config.Settings:
@@ -235,18 +233,10 @@ def invoice_void(number, reason, tenant) -> None:
 def invoice_trace(number, line_no, output, tenant) -> None:
     """The ledger rows behind an invoice line, with their validation hashes and audit chain entries,
     in `aforo audit export`'s format (NDJSON + manifest): `aforo audit verify FILE` checks it."""
-    from sinks.audit import export_file
-    from sinks.billing import traced_rows
+    from sinks.billing import export_trace
     with _connect() as conn:
         invoice_id, inv, _ = _load(conn, number, tenant)
-        lines = [x for x in inv.lines if x.kind == "usage" and (line_no is None or x.line_no == line_no)]
-        if line_no is not None and not lines:
-            raise NotFound(f"{number} has no usage line {line_no}")
-        about = {"customer": inv.header.customer, "period": inv.header.period, "invoice": inv.number,
-                 "lines": [{"line_no": x.line_no, "metric": x.metric, "group": group_label(x.group),
-                            "events": x.events, "usage_amount": str(x.usage_amount)} for x in lines]}
-        rows, manifest = export_file(conn, output, "ndjson", inv.header.tenant,
-                                     coords=traced_rows(conn, invoice_id, line_no), about=about)
+        rows, manifest = export_trace(conn, invoice_id, inv, line_no, output)
     click.echo(f"{rows} rows -> {output}; manifest {manifest}")
 
 

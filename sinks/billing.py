@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_loads
 
 from operators.billing import STAGES
-from operators.billing.common import shift_period
+from operators.billing.common import group_label, shift_period
 from operators.billing.settle import digest, document, number
 from operators.pricing import group_key, parse_charge
 from operators.revenue import period_bounds
@@ -36,6 +37,7 @@ from schemas.billing_run import (
 )
 from schemas.catalog import ChargeTerms
 from schemas.errors import Conflict, NotFound
+from sinks.audit import export_file
 from sinks.postgres import as_dicts
 
 _LOCK_SPACE = 0x0AF0_0015  # advisory locks of bill runs: (this, hash of tenant and period)
@@ -433,6 +435,44 @@ def traced_rows(conn: psycopg.Connection, invoice_id: int, line_no: int | None) 
     return conn.execute(
         "SELECT raw_topic_id, raw_partition, raw_offset FROM bill_run_event_index WHERE invoice_id = %s"
         " AND (%s::int IS NULL OR line_no = %s) ORDER BY 1, 2, 3", (invoice_id, line_no, line_no)).fetchall()
+
+
+def export_trace(conn: psycopg.Connection, invoice_id: int, invoice: Invoice, line_no: int | None,
+                 output: Path) -> tuple[int, Path]:
+    """Write the ledger rows behind one usage line (None: every usage line) with their validation
+    hashes and audit chain entries, in `aforo audit export`'s NDJSON with its manifest (which names
+    the invoice and the lines' usage amounts): `aforo audit verify` checks it. (rows, manifest)."""
+    lines = [x for x in invoice.lines if x.kind == "usage" and (line_no is None or x.line_no == line_no)]
+    if line_no is not None and not lines:
+        raise NotFound(f"{invoice.number} has no usage line {line_no}")
+    about = {"customer": invoice.header.customer, "period": invoice.header.period, "invoice": invoice.number,
+             "lines": [{"line_no": x.line_no, "metric": x.metric, "group": group_label(x.group),
+                        "events": x.events, "usage_amount": str(x.usage_amount)} for x in lines]}
+    return export_file(conn, output, "ndjson", invoice.header.tenant,
+                       coords=traced_rows(conn, invoice_id, line_no), about=about)
+
+
+def line_event_counts(conn: psycopg.Connection, invoice_id: int) -> dict[int, int]:
+    """line -> the ledger rows indexed behind it when the invoice was settled."""
+    return dict(conn.execute("SELECT line_no, count(*) FROM bill_run_event_index WHERE invoice_id = %s"
+                             " GROUP BY line_no ORDER BY line_no", (invoice_id,)).fetchall())
+
+
+def line_events(conn: psycopg.Connection, invoice_id: int, line_no: int, offset: int,
+                limit: int) -> list[dict]:
+    """A page of the events behind an invoice line, in raw order (as the trace export lists them),
+    each with the validation hash it was settled with and its revenue on the line's metric."""
+    return as_dicts(conn.execute(
+        "SELECT i.raw_topic_id, i.raw_partition, i.raw_offset, l.source, l.event_id, l.event_time,"
+        " l.ingested_at, i.validation_hash, x.quantity, x.total_after, x.revenue, l.adjusts_period"
+        " FROM bill_run_event_index i"
+        " JOIN invoice_lines il ON (il.invoice_id, il.line_no) = (i.invoice_id, i.line_no)"
+        " JOIN ledger l ON (l.raw_topic_id, l.raw_partition, l.raw_offset)"
+        " = (i.raw_topic_id, i.raw_partition, i.raw_offset)"
+        " JOIN ledger_lines x ON (x.raw_topic_id, x.raw_partition, x.raw_offset, x.metric)"
+        " = (i.raw_topic_id, i.raw_partition, i.raw_offset, il.metric)"
+        " WHERE i.invoice_id = %s AND i.line_no = %s ORDER BY i.raw_topic_id, i.raw_partition, i.raw_offset"
+        " OFFSET %s LIMIT %s", (invoice_id, line_no, offset, limit)))
 
 
 def list_invoices(conn: psycopg.Connection, tenant: str | None, period: str | None,

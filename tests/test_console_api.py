@@ -38,6 +38,14 @@ def _key(settings, tenant, scope="tenant", customer=None) -> str:
         return create_key(conn, tenant, scope, customer)[1]
 
 
+def console_keys(settings) -> dict[str, str]:
+    """A key of each scope: tenants acme and globex, an operator, acme's customer cust-2."""
+    with connect(settings.database_url) as conn:
+        return {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
+                "operator": create_key(conn, None, "operator")[1],
+                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -18,13 +18,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from billing_fixtures import PERIOD, apply
 from click.testing import CliRunner
 from integration import env_of, meter_demo, send
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from test_api_server import serving
+from test_billing_run import TERMS, month_of_usage
+from test_console_api import console_keys
 
-from api.keys import create_key
 from cli.main import main
+from flows.billing import bill_run
 from flows.metering import run
 from operators.money import display
 from operators.projection import Pace
@@ -38,7 +41,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DESKTOP, PHONE = {"width": 1280, "height": 800}, {"width": 390, "height": 844}
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
-PAGES = ["/", "/margins", "/events", "/health", "/alerts", "/guide"]
+PAGES = ["/", "/margins", "/events", "/health", "/alerts", "/invoices", "/guide"]
 ACME_ONLY = ("cust-1", "cust-2", "cust-3", "Umbrella", "Initech", "USD", "acme")
 
 
@@ -102,10 +105,7 @@ def served(settings):
     """The demo stream metered, keys of each scope, the API served on a real socket."""
     ensure_topics(settings)
     meter_demo(settings, 400)
-    with connect(settings.database_url) as conn:
-        keys = {"acme": create_key(conn, "acme")[1], "globex": create_key(conn, "globex")[1],
-                "operator": create_key(conn, None, "operator")[1],
-                "cust-2": create_key(conn, "acme", "customer", "cust-2")[1]}
+    keys = console_keys(settings)
     with serving(settings) as base:
         yield settings, base, keys
 
@@ -344,3 +344,71 @@ def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
     page.keyboard.press("Enter")
     expect(expand).to_have_attribute("aria-expanded", "true")
     expect(page.locator("tbody.customer").first.locator("tr.detail").first).to_be_visible()
+
+
+@pytest.fixture
+def billed_console(chromium, settings):
+    """acme's PERIOD metered and billed by a real bill run (INV-2026-0001..3), served, a browser."""
+    apply(settings, TERMS)
+    month_of_usage(settings)
+    assert bill_run(settings, "acme", PERIOD).ok
+    keys = console_keys(settings)
+    with serving(settings) as base:
+        c = Console(chromium, base)
+        yield c, settings, keys
+        c.close()
+
+
+def test_an_invoice_opens_from_the_list_and_a_line_expands_into_its_events(billed_console):
+    c, settings, keys = billed_console
+    page = c.sign_in(keys["acme"])
+    page.get_by_role("navigation").get_by_role("link", name="Invoices").click()
+    expect(page).to_have_url(c.base + "/invoices")
+    expect(page.locator("#invoices tbody tr")).to_have_count(3)
+    expect(page.locator('tr[data-invoice="INV-2026-0001"]')).to_contain_text("5.40 USD")
+    c.shot("invoices-acme-1280")
+    page.get_by_role("link", name="INV-2026-0001").click()
+    expect(page).to_have_url(c.base + "/invoices/INV-2026-0001")
+    expect(page.locator("[data-invoice-total]")).to_have_text("5.40 USD")
+    calls = page.locator('tbody.line[data-line="1"]')
+    attribution = calls.locator("tr.attribution")
+    expect(attribution).to_be_hidden()
+    calls.get_by_role("button", name="Show the events behind line 1").click()
+    expect(attribution).to_be_visible()
+    expect(attribution.locator("[data-event-count]")).to_have_text("150")
+    hashes = attribution.locator("[data-validation-hash]")
+    expect(hashes).to_have_count(10)
+    with connect(settings.database_url) as conn:
+        ledger = {h for (h,) in conn.execute("SELECT validation_hash FROM ledger WHERE customer = 'cust-1'"
+                                             " AND period = %s", (PERIOD,))}
+    assert hashes.first.inner_text() in ledger
+    attribution.get_by_role("button", name="Show more events").click()
+    expect(hashes).to_have_count(60)
+    expect(attribution.locator("[data-shown]")).to_have_text("60 of 150 shown")
+    assert set(hashes.all_inner_texts()) <= ledger
+    for size, label in ((DESKTOP, "1280"), (PHONE, "390")):
+        page.set_viewport_size(size)
+        c.shot(f"invoice-acme-{label}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], label
+        assert page.evaluate(_UNLABELLED) == [] and page.evaluate(_CONTRAST) == []
+    page.set_viewport_size(DESKTOP)
+    missing = page.goto(c.base + "/invoices/INV-2026-0999")
+    assert missing.status == 404
+    expect(page.get_by_role("alert")).to_contain_text("no invoice INV-2026-0999")
+    # another tenant's console: acme's invoice does not exist there
+    c.context.clear_cookies()
+    page = c.sign_in(keys["globex"], "/invoices/INV-2026-0001")
+    expect(page.get_by_role("alert")).to_contain_text("no invoice INV-2026-0001 of tenant globex")
+    assert "Globex Labs" not in page.locator("main").inner_text()  # acme's customer of that name
+
+
+def test_a_customer_finds_its_own_invoices_in_the_portal(billed_console):
+    c, _settings, keys = billed_console
+    page = c.sign_in(keys["cust-2"])
+    expect(page).to_have_url(c.base + "/portal")
+    expect(page.locator("#portal-invoices tbody tr")).to_have_count(1)
+    page.get_by_role("link", name="INV-2026-0002").click()
+    expect(page).to_have_url(c.base + "/invoices/INV-2026-0002")
+    expect(page.locator("h1")).to_have_text("Invoice INV-2026-0002")
+    c.shot("invoice-portal-1280")
+    assert page.goto(c.base + "/invoices/INV-2026-0001").status == 404  # cust-1's

@@ -1,9 +1,10 @@
-"""The console's pages: sign-in, the six console pages, an event's provenance, and the customer
-portal. Each page renders the very models its JSON route returns (the routes' functions are
+"""The console's pages: sign-in, the console pages, an event's provenance, an invoice, and the
+customer portal. Each page renders the very models its JSON route returns (the routes' functions are
 called directly), so the page and `/v1/...` cannot disagree. Signed in by session cookie only."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -16,26 +17,31 @@ from api.auth import live_key
 from api.errors import ApiError
 from api.routes.events import counters, get_event, recent
 from api.routes.guide import guide
+from api.routes.invoices import invoice, invoices
 from api.routes.portal import portal
 from api.routes.revenue import margins_route, revenue_summary_route
 from api.routes.usage import alerts, quotas, usage_tiers
 from api.services import Svc
 from api.sessions import COOKIE, LIFETIME, create_session, end_session
 from api.viewer import CSRF_HEADER, Viewer, session_viewer
+from schemas.errors import AforoError
 from sinks.console import tenant_names
+from sinks.invoice_files import exact
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 CHART_JS = "vendor/chart.js-4.5.1/chart.umd.min.js"
 SWAGGER = "vendor/swagger-ui-5.32.0"
 templates = Jinja2Templates(directory=HERE / "templates")
+# an exact amount of the JSON (a string) as invoices print it: every digit, none trailing
+templates.env.filters["exact"] = lambda amount: exact(Decimal(amount))
 # Scripts, styles and data only from the console itself: it works offline and nothing injected runs.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 NAV = [("home", "/", "Revenue"), ("margins", "/margins", "Margins"), ("events", "/events", "Live events"),
        ("health", "/health", "Unit health"), ("alerts", "/alerts", "Alerts"),
-       ("guide", "/guide", "Integration")]
+       ("invoices", "/invoices", "Invoices"), ("guide", "/guide", "Integration")]
 
 
 class _Redirect(Exception):
@@ -55,11 +61,16 @@ async def _signed_in(request: Request, svc) -> Viewer:
     return found
 
 
-async def _page(request: Request, svc, page: str, tenant: str | None, one_tenant: bool = False) -> dict:
-    """The context every console page shares; customer keys are sent to their portal."""
+async def _page(request: Request, svc, page: str, tenant: str | None, one_tenant: bool = False,
+                customers: bool = False) -> dict:
+    """The context every console page shares; customer keys are sent to their portal, except to
+    the pages that serve it too (`customers`), which they see without the console's navigation."""
     viewer = await _signed_in(request, svc)
     if viewer.scope == "customer":
-        raise _Redirect(RedirectResponse("/portal", status_code=303))
+        if not customers:
+            raise _Redirect(RedirectResponse("/portal", status_code=303))
+        return {"viewer": viewer, "tenant": viewer.tenant, "tenants": [], "page": page, "nav": [],
+                "csrf_header": CSRF_HEADER}
     scope = viewer.tenant_scope(tenant)
     tenants = await svc.db(tenant_names, None if viewer.operator else viewer.tenant)
     if scope is None and one_tenant and tenants:
@@ -84,8 +95,8 @@ class PageRoute(APIRoute):
                 response = await handler(request)
             except _Redirect as redirect:
                 return redirect.response
-            except ApiError as exc:
-                response = _render(request, "error.html", {"status": exc.http_status, "message": exc.message,
+            except AforoError as exc:  # an unknown invoice (NotFound) as much as a refused key
+                response = _render(request, "error.html", {"status": exc.http_status, "message": str(exc),
                                                            "nav": []}, exc.http_status)
             if request.url.path != "/docs":
                 response.headers["Content-Security-Policy"] = CSP
@@ -197,6 +208,23 @@ async def guide_page(request: Request, svc: Svc, tenant: str | None = None) -> H
     return _render(request, "guide.html", {**ctx, "guide": g})
 
 
+@router.get("/invoices", response_class=HTMLResponse)
+async def invoices_page(request: Request, svc: Svc, tenant: str | None = None, period: str | None = None,
+                        customer: str | None = None) -> HTMLResponse:
+    ctx = await _page(request, svc, "invoices", tenant, customers=True)
+    found = await invoices(ctx["viewer"], svc, ctx["tenant"], period, customer)
+    return _render(request, "invoices.html", {**ctx, "invoices": found, "period": period or "",
+                                              "customer": customer or ""})
+
+
+@router.get("/invoices/{number}", response_class=HTMLResponse)
+async def invoice_page(request: Request, svc: Svc, number: str, tenant: str | None = None) -> HTMLResponse:
+    """An invoice's lines; each usage line expands into the events behind it."""
+    ctx = await _page(request, svc, "invoices", tenant, one_tenant=True, customers=True)
+    found = await invoice(number, ctx["viewer"], svc, ctx["tenant"])
+    return _render(request, "invoice.html", {**ctx, "inv": found})
+
+
 # --- the customer portal ------------------------------------------------------------------------
 
 @router.get("/portal", response_class=HTMLResponse)
@@ -206,7 +234,9 @@ async def portal_page(request: Request, svc: Svc, tenant: str | None = None,
     if viewer.scope != "customer" and not customer:
         raise ApiError(400, "bad_request", "name the customer whose portal to show (?customer=...)")
     p = await portal(viewer, svc, tenant if viewer.operator else None, customer)
-    return _render(request, "portal.html", {"viewer": viewer, "portal": p, "nav": [], "page": "portal"})
+    billed = await invoices(viewer, svc, p.tenant, None, p.customer)
+    return _render(request, "portal.html", {"viewer": viewer, "portal": p, "invoices": billed, "nav": [],
+                                            "page": "portal"})
 
 
 # --- the OpenAPI docs, offline ------------------------------------------------------------------

@@ -67,6 +67,19 @@ const Aforo = (() => {
     return node;
   }
 
+  // A "+" button that shows and hides the rows its aria-controls names.
+  function expander(button) {
+    button.addEventListener("click", () => {
+      const open = button.getAttribute("aria-expanded") !== "true";
+      button.setAttribute("aria-expanded", String(open));
+      button.textContent = open ? "−" : "+";
+      button.setAttribute("aria-label", button.getAttribute("aria-label").replace(open ? "Show" : "Hide", open ? "Hide" : "Show"));
+      for (const id of button.getAttribute("aria-controls").trim().split(/\s+/)) {
+        document.getElementById(id).hidden = !open;
+      }
+    });
+  }
+
   function badge(status, reason) {
     return el("span", {class: `badge ${status}`}, status + (reason ? ` · ${reason.replaceAll("_", " ")}` : ""));
   }
@@ -76,5 +89,5 @@ const Aforo = (() => {
     s.addEventListener("change", () => s.form.submit()));
   document.querySelectorAll(".js-hide").forEach((b) => { b.hidden = true; });
 
-  return {tenant, getJSON, postJSON, live, soon, el, badge};
+  return {tenant, getJSON, postJSON, live, soon, el, badge, expander};
 })();

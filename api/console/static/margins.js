@@ -5,17 +5,7 @@
 (() => {
   const table = document.getElementById("margins");
   if (!table) return;
-  for (const button of table.querySelectorAll("button.expand")) {
-    button.addEventListener("click", () => {
-      const open = button.getAttribute("aria-expanded") !== "true";
-      button.setAttribute("aria-expanded", String(open));
-      button.textContent = open ? "−" : "+";
-      button.setAttribute("aria-label", button.getAttribute("aria-label").replace(open ? "Show" : "Hide", open ? "Hide" : "Show"));
-      for (const id of button.getAttribute("aria-controls").trim().split(/\s+/)) {
-        document.getElementById(id).hidden = !open;
-      }
-    });
-  }
+  table.querySelectorAll("button.expand").forEach(Aforo.expander);
   const numeric = new Set(["events", "revenue", "cost", "margin", "margin_percent"]);
   let current = null;
   for (const button of table.querySelectorAll("button.sort")) {
