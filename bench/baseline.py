@@ -69,7 +69,7 @@ def run_baseline(settings: config.Settings) -> tuple[int, float]:
                     # fresh state per event: every total comes from its locked row
                     RunningTotals(lambda keys: _locked_totals(conn, keys)).rate_batch(rules.tenants(), batch)
                     route_batch(settings.topics, settings.secret, batch)
-                    commit(conn, writes_of(batch), lambda: None)
+                    commit(conn, [writes_of(batch)], lambda: None)
                 n += 1
         return n, time.perf_counter() - started
 

@@ -71,7 +71,7 @@ def postgres_commits(s: config.Settings, writes: list[Writes]) -> float:
     with connect(s.database_url) as conn:
         started = time.perf_counter()
         for w in writes:
-            commit(conn, w, lambda: None)
+            commit(conn, [w], lambda: None)
         return time.perf_counter() - started
 
 

@@ -34,8 +34,8 @@ class Reconnecting:
     safe to repeat: it either committed or did nothing."""
 
     def __init__(self, url: str, what: str, *, autocommit: bool = False,
-                 stopping: threading.Event | None = None):
-        self._url, self._what, self._autocommit = url, what, autocommit
+                 stopping: threading.Event | None = None, setup: str | None = None):
+        self._url, self._what, self._autocommit, self._setup = url, what, autocommit, setup
         self._stopping = stopping or threading.Event()
         self._conn: psycopg.Connection | None = None
 
@@ -45,6 +45,10 @@ class Reconnecting:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self._url, autocommit=self._autocommit)
+                    if self._setup:  # a session setting for every new connection
+                        self._conn.execute(self._setup)
+                        if not self._autocommit:
+                            self._conn.commit()
                 result = work(self._conn)
             except _TRANSIENT as exc:
                 if self._conn is not None and not self._conn.closed and not self._conn.broken:

@@ -185,7 +185,10 @@ class RawSource(FixedPartitionedSource[Batch, None]):
             # A fetch may wait this long for data (default 500 ms): the ingest-to-ledger latency of
             # a quiet stream. Measured on the embedded broker: 250 ms per event at the default,
             # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per partition per second.
-            fetch_wait_max_ms=25))
+            fetch_wait_max_ms=25,
+            # One consumer per partition, each prefetching up to 64 MB by default (fetches of up to
+            # 50 MB): 8 partitions of a backlog held ~160 MB in librdkafka. 2 MB is ~5 batches.
+            queued_max_messages_kbytes=2048, queued_min_messages=5000, fetch_max_bytes=1 << 20))
         start = OFFSET_BEGINNING if done is None else done + 1
         consumer.assign([TopicPartition(self._topic, partition, start)])
         return _RawPartition(consumer, self._topic, self._topic_id, partition, self._settings.batch_size,

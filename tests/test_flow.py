@@ -7,6 +7,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -17,7 +18,9 @@ from operators.dedup import InMemoryClaims
 from operators.revenue import fresh_totals
 from schemas.record import Batch, Record
 from sinks.entitlements import CatalogCache
-from sinks.kafka import record_key
+from sinks.kafka import ensure_topics, record_key
+from sinks.ledger import LedgerSink
+from sinks.outputs import OutputTopics
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +69,29 @@ def test_every_record_ends_in_its_status_with_its_revenue(settings):
             by_sub.setdefault((r.billing.subscription, line.metric), []).append(line)
     for lines_ in by_sub.values():
         assert sum(x.revenue for x in lines_) == lines_[-1].revenue_after
+
+
+def test_a_ledger_write_that_fails_stops_the_flow_with_its_error(settings):
+    """A failure on the ledger writer's thread reaches the worker as one clear exception; the
+    sink's close, run again while Bytewax unwinds, must not raise it twice (that aborts Python)."""
+    ensure_topics(settings)
+
+    def broken(_writes) -> None:
+        raise ValueError("the disk is on fire")
+
+    lines, _ = demo_stream(NOW, normal=600)
+    catalog = CatalogCache(settings.database_url, settings.redis_url)
+    sink = LedgerSink(settings.database_url, partial(OutputTopics, settings), on_commit=broken)
+    flow = build(TestingSource(batches(lines, partitions=1, size=100)), sink, catalog=catalog,
+                 claims=InMemoryClaims(), totals=PartitionTotals(fresh_totals), topics=settings.topics,
+                 secret=b"s")
+    try:
+        with pytest.raises(Exception) as raised:  # Bytewax wraps it, naming the step
+            run_main(flow)
+    finally:
+        catalog.close()
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any("writing the ledger failed" in e and "the disk is on fire" in e for e in chain), chain
