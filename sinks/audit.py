@@ -49,16 +49,16 @@ def append_to_chains(cur: psycopg.Cursor, action: str,
     entries = []
     for chain in sorted(by_chain):
         members = by_chain[chain]
-        heads = lock_heads(cur, chain, {items[i][0] for i in members})
+        heads = lock_heads(cur, {(chain, items[i][0]) for i in members})
         for i in members:
             tenant, (topic_id, partition, offset), h = items[i]
-            seq, previous = heads[tenant]
+            seq, previous = heads[chain, tenant]
             link = chain_hash(previous, h)
-            heads[tenant] = (seq + 1, link)
+            heads[chain, tenant] = (seq + 1, link)
             placed[i] = (chain, seq + 1)
             entries.append(f"{text(tenant)}\t{text(chain)}\t{seq + 1}\t{text(action)}\t{text(topic_id)}\t"
                            f"{partition}\t{offset}\t{binary(h)}\t{binary(link)}\n")
-        store_heads(cur, chain, heads)
+        store_heads(cur, heads)
     copy_text(cur, "audit_chain", ("tenant", "chain", "seq", "action", "raw_topic_id", "raw_partition",
                                    "raw_offset", "row_hash", "chain_hash"), "".join(entries).encode())
     return placed

@@ -192,18 +192,28 @@ def totals_texts(records: Iterable[Record]) -> tuple[bytes, bytes]:
 
 # --- the transaction ---------------------------------------------------------------------------
 
-# The stage is emptied as it is read: the next batch of the same transaction stages its own.
+# The stage is emptied as it is read (a temporary table lives as long as the connection). Of
+# several batches' totals of one key, the last one's are the newest; groups merge in batch order.
 _UPSERT_TOTALS = """
-WITH staged AS (DELETE FROM revenue_stage RETURNING *)
+WITH staged AS (DELETE FROM revenue_stage RETURNING *),
+newest AS (
+    SELECT DISTINCT ON (tenant, subscription, metric, period) * FROM staged
+    ORDER BY tenant, subscription, metric, period, seq DESC),
+merged AS (
+    SELECT s.tenant, s.subscription, s.metric, s.period,
+        jsonb_object_agg(g.key, g.value ORDER BY s.seq) AS groups
+    FROM staged s CROSS JOIN LATERAL jsonb_each(s.groups) AS g
+    GROUP BY s.tenant, s.subscription, s.metric, s.period)
 INSERT INTO revenue (tenant, customer, subscription, metric, period, currency, events, quantity,
     revenue, cost, groups)
-SELECT tenant, customer, subscription, metric, period, currency, events, quantity, revenue, cost, groups
-FROM staged
+SELECT n.tenant, n.customer, n.subscription, n.metric, n.period, n.currency, n.events, n.quantity,
+    n.revenue, n.cost, coalesce(m.groups, '{}'::jsonb)
+FROM newest n LEFT JOIN merged m USING (tenant, subscription, metric, period)
 ON CONFLICT (tenant, subscription, metric, period) DO UPDATE SET
     events = excluded.events, quantity = excluded.quantity, revenue = excluded.revenue,
     cost = excluded.cost, groups = revenue.groups || excluded.groups, updated_at = now()
 """
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS revenue_stage (LIKE revenue INCLUDING DEFAULTS)"
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS revenue_stage (seq int, LIKE revenue INCLUDING DEFAULTS)"
           " ON COMMIT DELETE ROWS")
 
 
@@ -213,76 +223,106 @@ def copy_text(cur: psycopg.Cursor, table: str, columns: Sequence[str], data: byt
             copy.write(data)
 
 
-def lock_heads(cur: psycopg.Cursor, chain: str, tenants: Collection[str]) -> dict[str, tuple[int, bytes]]:
-    """The heads of these tenants' chains, locked until the transaction ends (in tenant order, so
-    that two writers of one chain never deadlock)."""
-    names = sorted(tenants)
-    cur.execute("INSERT INTO audit_heads (tenant, chain, seq, chain_hash) SELECT t, %s, 0, %s"
-                " FROM unnest(%s::text[]) AS t ON CONFLICT DO NOTHING", (chain, GENESIS, names))
-    return {t: (seq, bytes(h)) for t, seq, h in cur.execute(
-        "SELECT tenant, seq, chain_hash FROM audit_heads WHERE chain = %s AND tenant = ANY(%s)"
-        " ORDER BY tenant FOR UPDATE", (chain, names))}
+Heads = dict[tuple[str, str], tuple[int, bytes]]  # (chain, tenant) -> (seq, chain hash)
 
 
-def store_heads(cur: psycopg.Cursor, chain: str, heads: dict[str, tuple[int, bytes]]) -> None:
-    cur.executemany("UPDATE audit_heads SET seq = %s, chain_hash = %s WHERE tenant = %s AND chain = %s",
-                    [(seq, h, t, chain) for t, (seq, h) in heads.items()])
+def lock_heads(cur: psycopg.Cursor, pairs: Collection[tuple[str, str]]) -> Heads:
+    """The heads of these (chain, tenant) chains, locked until the transaction ends (in (chain,
+    tenant) order, so that two writers of one chain never deadlock)."""
+    chains, tenants = zip(*sorted(pairs), strict=True) if pairs else ((), ())
+    cur.execute("INSERT INTO audit_heads (tenant, chain, seq, chain_hash) SELECT t, c, 0, %s"
+                " FROM unnest(%s::text[], %s::text[]) AS x(c, t) ON CONFLICT DO NOTHING",
+                (GENESIS, list(chains), list(tenants)))
+    return {(c, t): (seq, bytes(h)) for c, t, seq, h in cur.execute(
+        "SELECT h.chain, h.tenant, h.seq, h.chain_hash FROM audit_heads h"
+        " JOIN unnest(%s::text[], %s::text[]) AS x(c, t) ON h.chain = x.c AND h.tenant = x.t"
+        " ORDER BY h.chain, h.tenant FOR UPDATE OF h", (list(chains), list(tenants)))}
 
 
-def seal(w: Writes, heads: dict[str, tuple[int, bytes]], chain: str) -> tuple[bytes, bytes]:
+def store_heads(cur: psycopg.Cursor, heads: Heads) -> None:
+    keys = list(heads)
+    cur.execute("UPDATE audit_heads h SET seq = x.s, chain_hash = x.hash"
+                " FROM unnest(%s::text[], %s::text[], %s::int8[], %s::bytea[]) AS x(c, t, s, hash)"
+                " WHERE h.chain = x.c AND h.tenant = x.t",
+                ([c for c, _ in keys], [t for _, t in keys], [heads[k][0] for k in keys],
+                 [heads[k][1] for k in keys]))
+
+
+def seal(w: Writes, heads: Heads, chain: str) -> tuple[str, str]:
     """Chain every row of the batch to its tenant's head: (ledger COPY text, audit_chain COPY
     text). `heads` moves on to the new heads."""
     ledger, entries = [], []
     chain_field = text(chain)
     for row, tenant, offset, h in zip(w.rows, w.tenants, w.offsets, w.leaves, strict=True):
-        seq, previous = heads[tenant]
+        seq, previous = heads[chain, tenant]
         link = chain_hash(previous, h)
-        heads[tenant] = (seq + 1, link)
+        heads[chain, tenant] = (seq + 1, link)
         ledger.append(f"{row}\t{chain_field}\t{seq + 1}\n")
         entries.append(f"{text(tenant)}\t{chain_field}\t{seq + 1}\tinsert\t{text(w.topic_id)}\t"
                        f"{w.partition}\t{offset}\t{binary(h)}\t{binary(link)}\n")
-    return "".join(ledger).encode(), "".join(entries).encode()
+    return "".join(ledger), "".join(entries)
 
 
 def high_water(conn: psycopg.Connection, topic_id: str, partition: int) -> int | None:
     """The last raw offset of a partition that is in the ledger."""
-    return conn.execute("SELECT max(raw_offset) FROM ledger WHERE raw_topic_id = %s AND raw_partition = %s",
-                        (topic_id, partition)).fetchone()[0]
+    return high_waters(conn, [(topic_id, partition)])[topic_id, partition]
+
+
+def high_waters(conn: psycopg.Connection,
+                parts: Collection[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+    """high_water of several partitions in one statement."""
+    return {(t, p): done for t, p, done in conn.execute(
+        "SELECT t, p, (SELECT max(raw_offset) FROM ledger WHERE raw_topic_id = t AND raw_partition = p)"
+        " FROM unnest(%s::text[], %s::int4[]) AS x(t, p)", ([t for t, _ in parts], [p for _, p in parts]))}
 
 
 def commit(conn: psycopg.Connection, ws: Sequence[Writes], before_commit: Callable[[], None]) -> list[bool]:
-    """Write batches in one transaction; for each, False when it was already written (a retry
-    after a commit whose outcome was unknown). `before_commit` waits for their output messages."""
+    """Write batches in one transaction, one COPY per table for all of them; for each, False when
+    it was already written (a retry after a commit whose outcome was unknown). `before_commit`
+    waits for their output messages. Every statement is a round trip the writer thread waits
+    for (and then waits for the GIL): a live stream's small batches made them the writer's cost."""
     with conn.transaction(), conn.cursor() as cur:
-        written = [_write(conn, cur, one) for one in ws]
+        done = high_waters(conn, {(w.topic_id, w.partition) for w in ws})
+        written = []
+        for w in ws:
+            last = done[w.topic_id, w.partition]
+            fresh = last is None or last < w.first_offset
+            if not fresh and last < w.last_offset:
+                raise RuntimeError(f"the ledger holds part of the batch at {w.topic_id}/{w.partition}/"
+                                   f"{w.first_offset}-{w.last_offset} (up to {last}):"
+                                   " written by another flow?")
+            if fresh:
+                done[w.topic_id, w.partition] = w.last_offset
+            written.append(fresh)
+        new = [w for w, fresh in zip(ws, written, strict=True) if fresh]
+        if new:
+            _write(cur, new)
         before_commit()
     return written
 
 
-def _write(conn: psycopg.Connection, cur: psycopg.Cursor, w: Writes) -> bool:
-    done = high_water(conn, w.topic_id, w.partition)
-    if done is not None and done >= w.first_offset:
-        if done < w.last_offset:
-            raise RuntimeError(f"the ledger holds part of the batch at {w.topic_id}/{w.partition}/"
-                               f"{w.first_offset}-{w.last_offset} (up to {done}): written by another flow?")
-        return False
-    chain = chain_name(w.topic_id, w.partition)
-    heads = lock_heads(cur, chain, set(w.tenants))
-    ledger, entries = seal(w, heads, chain)
-    copy_text(cur, "ledger", LEDGER_NAMES, ledger)
-    copy_text(cur, "ledger_lines", LINE_NAMES, w.lines)
+def _write(cur: psycopg.Cursor, ws: list[Writes]) -> None:
+    chains = [chain_name(w.topic_id, w.partition) for w in ws]
+    heads = lock_heads(cur, {(c, t) for c, w in zip(chains, ws, strict=True) for t in w.tenants})
+    sealed = [seal(w, heads, c) for c, w in zip(chains, ws, strict=True)]
+    copy_text(cur, "ledger", LEDGER_NAMES, "".join(ledger for ledger, _ in sealed).encode())
+    copy_text(cur, "ledger_lines", LINE_NAMES, b"".join(w.lines for w in ws))
     copy_text(cur, "audit_chain", ("tenant", "chain", "seq", "action", "raw_topic_id", "raw_partition",
-                                   "raw_offset", "row_hash", "chain_hash"), entries)
-    store_heads(cur, chain, heads)
-    if w.totals:
+                                   "raw_offset", "row_hash", "chain_hash"),
+              "".join(entries for _, entries in sealed).encode())
+    store_heads(cur, heads)
+    # Each batch's totals are the newest after it: staged with the batch's place in the group,
+    # the upsert keeps the last of each key and merges their groups in order.
+    totals = b"".join(b"".join(b"%d\t%s" % (i, row) for row in w.totals.splitlines(keepends=True))
+                      for i, w in enumerate(ws) if w.totals)
+    if totals:
         cur.execute(_STAGE)
-        copy_text(cur, "revenue_stage", ("tenant", "customer", "subscription", "metric", "period",
+        copy_text(cur, "revenue_stage", ("seq", "tenant", "customer", "subscription", "metric", "period",
                                          "currency", "events", "quantity", "revenue", "cost", "groups"),
-                  w.totals)
+                  totals)
         cur.execute(_UPSERT_TOTALS)
     copy_text(cur, "revenue_distinct", ("tenant", "subscription", "metric", "period", "grp", "value"),
-              w.distinct)
-    return True
+              b"".join(w.distinct for w in ws))
 
 
 def _attempt(conn: psycopg.Connection, ws: list[Writes], flushes: list[Callable[[], None]]) -> list[bool]:
