@@ -23,7 +23,7 @@ from confluent_kafka import Producer
 import config
 from bench.events import Stream
 from bench.workspace import Workspace, environment, excerpt, log, produce
-from sinks.kafka import ensure_topics, producer_config, record_key
+from sinks.kafka import ensure_topics, kafka_config, record_key
 from sinks.kafka import produce as produce_one
 from sinks.postgres import connect
 
@@ -77,7 +77,7 @@ def _wait_for_rows(s: config.Settings, proc: subprocess.Popen, n: int, timeout: 
 
 def paced_send(s: config.Settings, lines: list[bytes], rate: float) -> float:
     """Offer lines at `rate` per second, in ticks; returns the seconds it took to offer them."""
-    producer = Producer(producer_config(s))
+    producer = Producer(kafka_config(s, "producer"))
     errors: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:

@@ -26,7 +26,7 @@ from operators.anomaly import Alert, utc
 from operators.projection import LEVELS
 from operators.quota_pacing import Quota
 from sinks.catalog import catalog_state
-from sinks.kafka import TopicSpec, create_topics, kafka_config, produce, producer_config
+from sinks.kafka import TopicSpec, create_topics, kafka_config, produce
 from sinks.postgres import connect
 
 ALERT_HEADER = "aforo-alert"
@@ -104,7 +104,7 @@ RETURNING kind, tenant, customer, subscription, metric, window_id, threshold
 class _AlertPartition(StatelessSinkPartition[Alert]):
     def __init__(self, settings: Settings):
         self._conn = connect(settings.database_url)
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer(kafka_config(settings, "producer"))
         self._topic = alerts_topic(settings)
         self._errors: list[str] = []
 

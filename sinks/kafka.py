@@ -47,10 +47,6 @@ def kafka_config(settings: Settings, role: str, **overrides: object) -> dict:
     return config
 
 
-def producer_config(settings: Settings) -> dict:
-    return kafka_config(settings, "producer")
-
-
 BROKER_PROBE_TIMEOUT_S = 3.0
 
 

@@ -13,7 +13,7 @@ from config import Settings, clock
 from operators.enrich import active_subscription
 from operators.timestamp_gate import to_us
 from sinks.catalog import load_entitlements
-from sinks.kafka import REINJECT_HEADER, TIER_HEADER, produce, producer_config
+from sinks.kafka import REINJECT_HEADER, TIER_HEADER, kafka_config, produce
 
 HELD = ("late", "unresolved")
 _UNDECIDED = """
@@ -103,7 +103,7 @@ def reinject(settings: Settings, rows: list[tuple]) -> int:
     keeps it). Repeating this is harmless: the pipeline lets one re-injection take over the
     original's idempotency claim; any other is a duplicate."""
     from confluent_kafka import Producer
-    producer = Producer(producer_config(settings))
+    producer = Producer(kafka_config(settings, "producer"))
     errors: list[str] = []
 
     def delivered(err, _msg) -> None:
