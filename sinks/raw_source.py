@@ -61,24 +61,6 @@ class _Incarnation:
                 "its offsets start again, so the flow moves to the new incarnation")
 
 
-_worker = threading.local()
-
-
-class _IdleRounds:
-    def __init__(self) -> None:
-        self.partitions = 0  # the partitions this worker (thread) reads
-        self.empty = 0  # polls in a row that found nothing
-
-
-def _idle_rounds() -> _IdleRounds:
-    """This worker thread's count of empty polls (Bytewax builds and polls a worker's partitions
-    on its own thread)."""
-    rounds = getattr(_worker, "rounds", None)
-    if rounds is None:
-        rounds = _worker.rounds = _IdleRounds()
-    return rounds
-
-
 def _header(headers: list[tuple[str, bytes]], name: str) -> str | None:
     for k, v in headers:
         if k == name:
@@ -100,30 +82,80 @@ def record_of(m: Message, raw_topic_id: str) -> Record:
     return rec
 
 
+class _WorkerReader:
+    """One consumer for every raw partition a worker reads, so one fetch request covers them all.
+    A consumer per partition made one fetch per partition: at a live 5,000 events/s over 8
+    partitions those fetches cost the embedded broker more CPU than the flow spent deciding the
+    events. Each partition takes its own messages from here; a poll for one partition buffers
+    what it brings for the others until their turn (Bytewax polls a worker's partitions in turn
+    on the worker's thread, so there is no lock)."""
+
+    def __init__(self, settings: Settings, batch_size: int):
+        self._consumer = Consumer(kafka_config(
+            settings, "consumer", group_id="aforo-metering", enable_partition_eof=True,
+            # An offset beyond the log means the topic is not what the ledger says it is: an error,
+            # never a silent jump to the end.
+            auto_offset_reset="error",
+            # A fetch may wait this long for data (default 500 ms): the ingest-to-ledger latency of
+            # a quiet stream. Measured on the embedded broker: 250 ms per event at the default,
+            # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per second.
+            fetch_wait_max_ms=25,
+            # librdkafka prefetches up to 64 MB per partition by default (fetches of up to 50 MB):
+            # 8 partitions of a backlog held ~160 MB. 2 MB per partition is ~5 batches.
+            queued_max_messages_kbytes=2048, queued_min_messages=5000, fetch_max_bytes=1 << 20))
+        self._batch_size = batch_size
+        self._buffers: dict[int, list[Message]] = {}
+        self._empty = 0  # polls in a row that found nothing
+
+    def add(self, topic: str, partition: int, start: int) -> None:
+        self._buffers[partition] = []
+        self._consumer.incremental_assign([TopicPartition(topic, partition, start)])
+
+    def remove(self, topic: str, partition: int) -> bool:
+        """Stop reading a partition (what it buffered is dropped: it was never decided, and the
+        ledger says where the next run starts); True when it was the last one."""
+        del self._buffers[partition]
+        self._consumer.incremental_unassign([TopicPartition(topic, partition)])
+        if self._buffers:
+            return False
+        self._consumer.close()
+        return True
+
+    def take(self, partition: int) -> list[Message]:
+        """The partition's messages, polling the consumer if none are buffered. Messages that name
+        no partition (consumer-wide errors) go to the partition that polled."""
+        if not self._buffers[partition]:
+            # When a whole round of polls found nothing, this one waits a little for data:
+            # busy-polling an idle topic would spin a core. (Not next_awake: Bytewax compares it
+            # with the system clock, which a pinned clock in tests puts years away.)
+            wait = self._empty >= len(self._buffers)
+            if wait:
+                self._empty = 0
+            # up to a batch for every partition, so a backlog still comes in batches of batch_size
+            wanted = self._batch_size * len(self._buffers)
+            messages = self._consumer.consume(wanted, _IDLE_WAIT_S if wait else 0.0)
+            self._empty = 0 if messages else self._empty + 1
+            for m in messages:
+                self._buffers.get(m.partition(), self._buffers[partition]).append(m)
+        taken, self._buffers[partition] = self._buffers[partition], []
+        return taken
+
+
 class _RawPartition(StatefulSourcePartition[Batch, None]):
-    def __init__(self, consumer: Consumer, topic: str, raw_topic_id: str, partition: int, batch_size: int,
-                 tail: bool, stopping: threading.Event, incarnation: _Incarnation):
-        self._consumer = consumer
+    def __init__(self, reader: _WorkerReader, release: Callable[[], None], topic: str, raw_topic_id: str,
+                 partition: int, tail: bool, stopping: threading.Event, incarnation: _Incarnation):
+        self._reader, self._release = reader, release
         self._topic, self._topic_id, self._partition = topic, raw_topic_id, partition
-        self._batch_size, self._tail = batch_size, tail
+        self._tail = tail
         self._stopping, self._incarnation = stopping, incarnation
         self._eof = False
         self._away = False  # the topic or partition is unavailable (deleted, broker restarting)
-        _idle_rounds().partitions += 1
 
     def next_batch(self) -> list[Batch]:
         if self._eof or self._stopping.is_set():
             raise StopIteration
-        # When every partition this worker reads came back empty in a row, the poll waits a
-        # little for data: busy-polling idle partitions would spin a core. (Not next_awake:
-        # Bytewax compares it with the system clock, which a pinned clock in tests puts years away.)
-        idle = _idle_rounds()
-        wait = idle.empty >= idle.partitions  # once per idle round, not on every partition
-        if wait:
-            idle.empty = 0
-        messages = self._consumer.consume(self._batch_size, _IDLE_WAIT_S if wait else 0.0)
         records = []
-        for m in messages:
+        for m in self._reader.take(self._partition):
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -140,15 +172,13 @@ class _RawPartition(StatefulSourcePartition[Batch, None]):
             self._away = False
             records.append(record_of(m, self._topic_id))
         self._incarnation.check()
-        idle.empty = 0 if records else idle.empty + 1
         return [Batch(self._topic, self._topic_id, self._partition, records)] if records else []
 
     def snapshot(self) -> None:
         return None  # the ledger is the progress (see the module docstring)
 
     def close(self) -> None:
-        _idle_rounds().partitions -= 1
-        self._consumer.close()
+        self._release()
 
 
 class RawSource(FixedPartitionedSource[Batch, None]):
@@ -163,6 +193,8 @@ class RawSource(FixedPartitionedSource[Batch, None]):
         self._tail = tail
         self._stopping = stopping
         self._incarnation = _Incarnation(settings, self._topic, raw_topic_id)
+        self._lock = threading.Lock()
+        self._readers: dict[int, _WorkerReader] = {}
 
     def list_parts(self) -> list[str]:
         consumer = Consumer(kafka_config(self._settings, "consumer", group_id="aforo-metering-meta"))
@@ -177,19 +209,17 @@ class RawSource(FixedPartitionedSource[Batch, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RawPartition:
         partition = int(for_part)
         done = self._start_at(self._topic_id, partition)
-        consumer = Consumer(kafka_config(
-            self._settings, "consumer", group_id="aforo-metering", enable_partition_eof=True,
-            # An offset beyond the log means the topic is not what the ledger says it is: an error,
-            # never a silent jump to the end.
-            auto_offset_reset="error",
-            # A fetch may wait this long for data (default 500 ms): the ingest-to-ledger latency of
-            # a quiet stream. Measured on the embedded broker: 250 ms per event at the default,
-            # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per partition per second.
-            fetch_wait_max_ms=25,
-            # One consumer per partition, each prefetching up to 64 MB by default (fetches of up to
-            # 50 MB): 8 partitions of a backlog held ~160 MB in librdkafka. 2 MB is ~5 batches.
-            queued_max_messages_kbytes=2048, queued_min_messages=5000, fetch_max_bytes=1 << 20))
-        start = OFFSET_BEGINNING if done is None else done + 1
-        consumer.assign([TopicPartition(self._topic, partition, start)])
-        return _RawPartition(consumer, self._topic, self._topic_id, partition, self._settings.batch_size,
-                             self._tail, self._stopping, self._incarnation)
+        worker = threading.get_ident()  # Bytewax builds and polls a worker's partitions on its thread
+        with self._lock:
+            reader = self._readers.get(worker)
+            if reader is None:
+                reader = self._readers[worker] = _WorkerReader(self._settings, self._settings.batch_size)
+        reader.add(self._topic, partition, OFFSET_BEGINNING if done is None else done + 1)
+
+        def release() -> None:
+            if reader.remove(self._topic, partition):
+                with self._lock:
+                    del self._readers[worker]
+
+        return _RawPartition(reader, release, self._topic, self._topic_id, partition, self._tail,
+                             self._stopping, self._incarnation)
