@@ -283,6 +283,8 @@ class _Kafka(_Service):
             "--listener-url", listener,
             "--advertised-listener-url", listener,
             "--storage-engine", "memory://tansu/",
+            # without it, tansu updates a terminal progress bar on every request
+            "--silent",
         ], ready=lambda: self._ready(settings))
 
     def _ready(self, settings: Settings) -> bool:
