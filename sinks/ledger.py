@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -215,6 +216,16 @@ ON CONFLICT (tenant, subscription, metric, period) DO UPDATE SET
 """
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS revenue_stage (seq int, LIKE revenue INCLUDING DEFAULTS)"
           " ON COMMIT DELETE ROWS")
+_staged: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()  # connections that have it
+
+
+def _stage(conn: psycopg.Connection) -> None:
+    """The stage, created once per connection in a transaction of its own (not a round trip in
+    every ledger transaction, nor undone by one that rolls back)."""
+    if conn not in _staged:
+        with conn.transaction():
+            conn.execute(_STAGE)
+        _staged.add(conn)
 
 
 def copy_text(cur: psycopg.Cursor, table: str, columns: Sequence[str], data: bytes) -> None:
@@ -228,15 +239,15 @@ Heads = dict[tuple[str, str], tuple[int, bytes]]  # (chain, tenant) -> (seq, cha
 
 def lock_heads(cur: psycopg.Cursor, pairs: Collection[tuple[str, str]]) -> Heads:
     """The heads of these (chain, tenant) chains, locked until the transaction ends (in (chain,
-    tenant) order, so that two writers of one chain never deadlock)."""
+    tenant) order, so that two writers of one chain never deadlock). One statement: a head that
+    does not exist yet starts at genesis, and the no-op update of one that does locks it and
+    returns it as last committed, as SELECT ... FOR UPDATE would."""
     chains, tenants = zip(*sorted(pairs), strict=True) if pairs else ((), ())
-    cur.execute("INSERT INTO audit_heads (tenant, chain, seq, chain_hash) SELECT t, c, 0, %s"
-                " FROM unnest(%s::text[], %s::text[]) AS x(c, t) ON CONFLICT DO NOTHING",
-                (GENESIS, list(chains), list(tenants)))
     return {(c, t): (seq, bytes(h)) for c, t, seq, h in cur.execute(
-        "SELECT h.chain, h.tenant, h.seq, h.chain_hash FROM audit_heads h"
-        " JOIN unnest(%s::text[], %s::text[]) AS x(c, t) ON h.chain = x.c AND h.tenant = x.t"
-        " ORDER BY h.chain, h.tenant FOR UPDATE OF h", (list(chains), list(tenants)))}
+        "INSERT INTO audit_heads AS h (tenant, chain, seq, chain_hash)"
+        " SELECT t, c, 0, %s FROM unnest(%s::text[], %s::text[]) AS x(c, t) ORDER BY c, t"
+        " ON CONFLICT (tenant, chain) DO UPDATE SET seq = h.seq"
+        " RETURNING h.chain, h.tenant, h.seq, h.chain_hash", (GENESIS, list(chains), list(tenants)))}
 
 
 def store_heads(cur: psycopg.Cursor, heads: Heads) -> None:
@@ -281,6 +292,7 @@ def commit(conn: psycopg.Connection, ws: Sequence[Writes], before_commit: Callab
     it was already written (a retry after a commit whose outcome was unknown). `before_commit`
     waits for their output messages. Every statement is a round trip the writer thread waits
     for (and then waits for the GIL): a live stream's small batches made them the writer's cost."""
+    _stage(conn)
     with conn.transaction(), conn.cursor() as cur:
         done = high_waters(conn, {(w.topic_id, w.partition) for w in ws})
         written = []
@@ -316,7 +328,6 @@ def _write(cur: psycopg.Cursor, ws: list[Writes]) -> None:
     totals = b"".join(b"".join(b"%d\t%s" % (i, row) for row in w.totals.splitlines(keepends=True))
                       for i, w in enumerate(ws) if w.totals)
     if totals:
-        cur.execute(_STAGE)
         copy_text(cur, "revenue_stage", ("seq", "tenant", "customer", "subscription", "metric", "period",
                                          "currency", "events", "quantity", "revenue", "cost", "groups"),
                   totals)
