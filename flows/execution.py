@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from config import Settings
 
 RECOVERY_PARTITIONS = 4
 GC_THRESHOLDS = (100_000, 50, 100)
+SWITCH_INTERVAL_S = 0.001
 CLUSTER_STOP_S = 15.0
 
 
@@ -71,6 +73,10 @@ def execute(flow: Dataflow, settings: Settings, recovery_name: str | None, worke
     gc.collect()  # what an earlier run in this process left, before start-up is frozen
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    # The ledger writer thread waits for the GIL after every Postgres round trip while the worker
+    # thread runs Python. At the default 5 ms switch interval those waits were a third of its
+    # transaction time at a live 5,000 events/s (p99 660 ms; 480 ms at 1 ms).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     recovery = RecoveryConfig(recovery_dir(settings, recovery_name)) if recovery_name else None
     where = ({} if cluster is None
              else {"addresses": list(cluster.addresses), "process_id": cluster.process_id})
