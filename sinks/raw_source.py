@@ -101,8 +101,10 @@ class _WorkerReader:
             # 26-40 ms at 10 ms; 25 ms keeps an idle flow's fetches at 40 per second.
             fetch_wait_max_ms=25,
             # librdkafka prefetches up to 64 MB per partition by default (fetches of up to 50 MB):
-            # 8 partitions of a backlog held ~160 MB. 2 MB per partition is ~5 batches.
-            queued_max_messages_kbytes=2048, queued_min_messages=5000, fetch_max_bytes=1 << 20))
+            # 8 partitions of a backlog held ~160 MB. 2 MB per partition is ~5 batches. A fetch
+            # serves all the worker's partitions (each at most 1 MB): at 1 MB in all, 2 processes
+            # read a backlog at 7,161 events/s; at 8 MB, 8,809.
+            queued_max_messages_kbytes=2048, queued_min_messages=5000, fetch_max_bytes=8 << 20))
         self._batch_size = batch_size
         self._buffers: dict[int, list[Message]] = {}
         self._empty = 0  # polls in a row that found nothing
