@@ -23,7 +23,7 @@ from bench import report
 from bench.baseline import measure_baseline
 from bench.ceilings import measure_ceilings
 from bench.events import generate
-from bench.latency import WARMUP_EVENTS, measure_latency
+from bench.latency import COARSE_TICK_S, WARMUP_EVENTS, measure_latency
 from bench.stages import measure_stages
 from bench.throughput import measure_throughput
 from bench.workspace import REPO, Workspace, excerpt, log, open_workspace
@@ -57,8 +57,11 @@ def _measures(ws: Workspace, sizes: Sizes) -> dict[str, Measure]:
     def latency() -> dict[str, Any]:
         offered = int(sizes.latency_rate * sizes.latency_seconds)
         log(f"generating {offered:,} more events for the latency run")
-        return measure_latency(ws, generate(WARMUP_EVENTS + offered, seed=2), sizes.latency_rate,
-                               sizes.latency_seconds)
+        events = generate(WARMUP_EVENTS + offered, seed=2)
+        figures = measure_latency(ws, events, sizes.latency_rate, sizes.latency_seconds)
+        figures["coarse_ticks"] = measure_latency(ws, events, sizes.latency_rate, sizes.latency_seconds,
+                                                  COARSE_TICK_S)
+        return figures
 
     def scaling() -> dict[str, Any]:
         return {"workers_2": measure_throughput(ws, stream, workers=2),

@@ -49,9 +49,11 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _get(results: dict[str, Any], section: str, key: str) -> Any:
+def _get(results: dict[str, Any], section: str, *keys: str) -> Any:
     part = results.get(section)
-    return None if part is None else part[key]
+    for key in keys:
+        part = None if part is None else part.get(key)
+    return part
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -87,6 +89,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "latency_p50_ms": _get(results, "latency", "p50_ms"),
         "latency_p95_ms": _get(results, "latency", "p95_ms"),
         "latency_p99_ms": _get(results, "latency", "p99_ms"),
+        "latency_coarse_ticks_p50_ms": _get(results, "latency", "coarse_ticks", "p50_ms"),
+        "latency_coarse_ticks_p95_ms": _get(results, "latency", "coarse_ticks", "p95_ms"),
+        "latency_coarse_ticks_p99_ms": _get(results, "latency", "coarse_ticks", "p99_ms"),
         "stage_us_per_event": _get(results, "stages", "us_per_event"),
         "worker_peak_rss_mb": _get(results, "throughput", "peak_rss_mb"),
         "memory_run_events": _get(results, "memory", "events"),
@@ -141,10 +146,15 @@ def _undrained(section: dict[str, Any] | None) -> str:
             "ledger in time, so these understate")
 
 
-def _latency(f: dict[str, Any]) -> str:
-    if f["latency_p99_ms"] is None:
+def _latency(f: dict[str, Any], prefix: str = "latency") -> str:
+    if f[f"{prefix}_p99_ms"] is None:
         return "-"
-    return f"{f['latency_p50_ms']:,.0f} / {f['latency_p95_ms']:,.0f} / {f['latency_p99_ms']:,.0f} ms"
+    return f"{f[f'{prefix}_p50_ms']:,.0f} / {f[f'{prefix}_p95_ms']:,.0f} / {f[f'{prefix}_p99_ms']:,.0f} ms"
+
+
+def _every(section: dict[str, Any] | None) -> str:
+    tick = None if section is None else section.get("tick_ms")
+    return "" if tick is None else f", offered every {tick:.0f} ms"
 
 
 def _cpu(section: dict[str, Any] | None) -> str:
@@ -177,8 +187,10 @@ def table(results: dict[str, Any]) -> str:
         ("  ledger rows / events", "", _conserved(results.get("baseline"))),
         ("speed-up over the baseline", _n(f["speedup_over_baseline"], "x", 1),
          _target(results, "speedup_over_baseline")),
-        (f"latency p50 / p95 / p99 at {sizes['latency_rate']:,.0f} events/s",
+        (f"latency p50 / p95 / p99 at {sizes['latency_rate']:,.0f} events/s{_every(results.get('latency'))}",
          _latency(f), _target(results, "latency_p99_ms") + _undrained(results.get("latency"))),
+        (f"  the same{_every(_get(results, 'latency', 'coarse_ticks'))}", _latency(f, "latency_coarse_ticks"),
+         _undrained(_get(results, "latency", "coarse_ticks"))),
         ("worker peak RSS (VmHWM), throughput run", _n(f["worker_peak_rss_mb"], " MB"), ""),
         (f"worker peak RSS (VmHWM), {sizes['memory_events']:,} events",
          _n(f["memory_run_peak_rss_mb"], " MB"),
