@@ -72,8 +72,8 @@ def _measures(ws: Workspace, sizes: Sizes) -> dict[str, Measure]:
         return measure_throughput(ws, generate(sizes.memory_events, seed=3))
 
     # Latency first, on a fresh broker: tansu never forgets an idempotent producer and rewrites
-    # its metadata, producers included, on every produce batch, so after the other measurements'
-    # producers its cost per small live batch had grown ~3x (0.27 to 0.8 cores at 5,000/s).
+    # its metadata, producers included, on every produce batch, so a live measurement should not
+    # pay for the producers of the measurements before it.
     return {
         "latency": latency,
         "throughput": lambda: measure_throughput(ws, stream),
