@@ -182,7 +182,8 @@ def run_flow(settings: config.Settings, once: bool, workers: int, cluster=None) 
 @main.command("run")
 @click.option("--once", is_flag=True, help="Process what is in the raw topic, then exit.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Bytewax workers (threads) per process.")
+              help="Bytewax workers (threads) per process. They share one Python interpreter"
+                   " lock: for more throughput, run more processes instead.")
 @click.option("--processes", type=click.IntRange(min=1),
               help="Run a cluster of this many processes on this machine.")
 @click.option("--process-id", type=click.IntRange(min=0), help="This process's index in --addresses.")
