@@ -62,8 +62,11 @@ class OutputTopics:
         # call per event, and flush() already says when everything is acknowledged. flush(),
         # before each ledger commit, sends at once whatever lingers, so a long linger only spares
         # the broker small requests (5 ms made ~200 a second of a live stream).
-        self._producer = Producer(kafka_config(settings, "producer", delivery_report_only_error=True,
-                                               linger_ms=100))
+        config = kafka_config(settings, "producer", delivery_report_only_error=True, linger_ms=100)
+        # One delivery callback for the producer, not one per message: passed to each produce()
+        # it cost 1.6 µs a message (of 4.7), for a callback that only ever hears of failures.
+        config["on_delivery"] = self._failed
+        self._producer = Producer(config)
         self._errors: list[str] = []
 
     def _failed(self, err, _msg) -> None:
@@ -72,10 +75,14 @@ class OutputTopics:
 
     def produce_batch(self, batch: Batch) -> None:
         prefix = f"{batch.topic}/{batch.partition}/"
+        send = self._producer.produce
         for rec in batch.records:
-            produce(self._producer, rec.route, routed_message(rec), key=rec.key,
-                    headers=[(RAW_HEADER, f"{prefix}{rec.offset}".encode())],
-                    timestamp=rec.ingested_ms, on_delivery=self._failed)
+            body, headers = routed_message(rec), [(RAW_HEADER, f"{prefix}{rec.offset}".encode())]
+            try:  # called directly: a helper's frame per message cost 0.7 µs of the 4.7
+                send(rec.route, body, rec.key, headers=headers, timestamp=rec.ingested_ms)
+            except BufferError:  # the local queue is full: the helper waits for room
+                produce(self._producer, rec.route, body, key=rec.key, headers=headers,
+                        timestamp=rec.ingested_ms)
         self._producer.poll(0)
 
     def flush(self) -> None:

@@ -4,6 +4,7 @@ the demo catalog from the test's database."""
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import Counter
 from datetime import UTC, datetime
@@ -95,3 +96,22 @@ def test_a_ledger_write_that_fails_stops_the_flow_with_its_error(settings):
         chain.append(str(error))
         error = error.__cause__
     assert any("writing the ledger failed" in e and "the disk is on fire" in e for e in chain), chain
+
+
+def test_an_output_message_the_broker_never_takes_fails_its_ledger_commit(settings):
+    """The output producer hears of failed deliveries through its one delivery callback, and the
+    flush before each ledger commit raises them: the batch is not committed, so it is decided and
+    routed again (at least once on the output topics), never silently missing from them."""
+    from stack.embedded import free_port
+
+    nowhere = dataclasses.replace(settings, kafka_bootstrap_env=f"127.0.0.1:{free_port()}",
+                                  kafka_properties=(("producer.message.timeout.ms", "500"),))
+    outputs = OutputTopics(nowhere)
+    record = Record("raw", "tid", 0, 7, NOW_MS, b"not json", status="rejected", reason="parse",
+                    route=settings.topics.rejected, validation_hash="00")
+    try:
+        outputs.produce_batch(Batch("raw", "tid", 0, [record]))
+        with pytest.raises(RuntimeError, match=r"routing to Kafka failed.*timed out"):
+            outputs.flush()
+    finally:
+        outputs.close()
