@@ -580,9 +580,14 @@ def period() -> None:
 def period_close(tenant, period_) -> None:
     """Freeze a period: its totals and ledger digest are recorded; later changes become adjustments
     in the next open period."""
+    from operators.revenue import period_bounds
     from sinks.periods import PeriodError, close_period
     from sinks.postgres import connect
     s = _settings()
+    # Closing cannot be undone: a period that has not begun (a mistyped year) would send every
+    # one of its events to a later period as an adjustment.
+    if period_bounds(period_)[0] > (today := clock.now()):
+        _fail(f"{tenant} {period_} has not started yet (today is {today:%Y-%m-%d}): nothing to close")
     try:
         with connect(s.database_url) as conn:
             d, totals = close_period(conn, tenant, period_, s.actor)
@@ -629,8 +634,11 @@ def audit() -> None:
 def audit_export(tenant, customer, period, fmt, output: Path) -> None:
     """Every ledger row behind the selection with its provenance and audit entry, plus a manifest
     (OUTPUT.manifest.json): row count, totals per metric, the file's SHA-256, the chains' heads."""
+    from operators.revenue import period_bounds
     from sinks.audit import export_file
     from sinks.postgres import connect
+    if period is not None:
+        period_bounds(period)  # a misspelt period would export nothing and look complete
     with connect(_settings().database_url) as conn:
         rows, manifest_path = export_file(conn, output, fmt, tenant, customer=customer, period=period)
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")

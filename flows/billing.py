@@ -38,6 +38,7 @@ from operators.revenue import period_bounds
 from schemas.billing_run import Draft, Invoice
 from schemas.errors import AforoError, Conflict, NotFound
 from sinks import billing as db
+from sinks.catalog import require_tenant
 from sinks.invoice_delivery import deliver_pending
 from sinks.periods import close_period, is_closed
 from sinks.postgres import connect
@@ -117,8 +118,7 @@ def bill_run(settings: Settings, tenant: str, period: str, *, customer: str | No
     closes and sends nothing."""
     period_bounds(period)  # ValueError for anything but YYYY-MM
     with connect(settings.database_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant,)).fetchone() is None:
-            raise NotFound(f"no tenant {tenant!r}")
+        require_tenant(conn, tenant)
         with db.period_lock(conn, tenant, period):
             return _bill_period(settings, conn, tenant, period, customer, allow_held, dry_run, deliver)
 

@@ -25,6 +25,7 @@ import orjson
 
 from operators.pricing import Charge, GroupKey, Unpriceable, group_key, marginal
 from schemas.billing import MetricUse, RevenueLine, TenantInfo
+from schemas.errors import AforoError
 from schemas.record import Batch, Reason, Record, Status
 
 _ZERO = Decimal(0)
@@ -184,9 +185,19 @@ def fresh_totals(keys: Iterable[TotalsKey]) -> dict[TotalsKey, PeriodTotals]:
     return {k: PeriodTotals() for k in keys}
 
 
+class BadPeriod(AforoError, ValueError):
+    """A period that is not spelled YYYY-MM."""
+
+
 def period_bounds(period: str) -> tuple[datetime, datetime]:
-    """[start, end) of a YYYY-MM billing period in UTC."""
-    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    """[start, end) of a YYYY-MM billing period in UTC. Only that spelling: periods are stored and
+    compared as text, so "2026-1" would bill, close or invoice a second January beside "2026-01"."""
+    try:
+        start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        start = None
+    if start is None or f"{start.year:04d}-{start.month:02d}" != period:
+        raise BadPeriod(f"{period!r} is not a period: use YYYY-MM (e.g. 2026-03)")
     if start.month == 12:
         return start, start.replace(year=start.year + 1, month=1)
     end = start.replace(month=start.month + 1)

@@ -15,11 +15,19 @@ from operators.pricing import parse_charge
 from operators.timestamp_gate import to_us
 from schemas.billing import CostRate, Entitlement, MetricDef, SubscriptionRef, TenantInfo
 from schemas.catalog import Catalog
+from schemas.errors import NotFound
 from sinks.postgres import as_dicts
 
 
 class CatalogError(ValueError):
     """The catalog cannot be applied; the message says why and what to do instead."""
+
+
+def require_tenant(conn: psycopg.Connection, tenant: str) -> None:
+    """NotFound unless the catalog declares the tenant: a mistyped name must not close, bill or
+    replay an empty period and report success."""
+    if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant,)).fetchone() is None:
+        raise NotFound(f"no tenant {tenant!r}")
 
 
 def read_catalog_file(path: Path) -> Catalog:

@@ -8,6 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from operators.revenue import period_bounds
+from sinks.catalog import require_tenant
 from sinks.replay import Ledger, Scope, digest, figures
 
 
@@ -31,6 +32,7 @@ def close_period(conn: psycopg.Connection, tenant: str, period: str, actor: str)
     flows bill its late events as adjustments of the next open period."""
     scope = scope_of(tenant, period)
     with conn.transaction():
+        require_tenant(conn, tenant)
         if conn.execute("SELECT 1 FROM closed_periods WHERE tenant = %s AND period = %s",
                         (tenant, period)).fetchone():
             raise PeriodError(f"{tenant} {period} is already closed")

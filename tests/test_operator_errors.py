@@ -8,17 +8,22 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import time_machine
+from billing_fixtures import END, clock_past, send_at
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from integration import env_of
 
 from api.app import create_app
 from api.errors import ApiError
 from cli.main import main
 from config import NotConfigured, Settings
+from flows.metering import run
 from schemas.errors import Conflict, NotFound
 from stack.embedded import free_port
 
@@ -128,3 +133,50 @@ def test_up_as_root_says_what_it_would_change_and_asks_first(tmp_path):
         assert "postgres  running" in allowed.output
     finally:
         CliRunner().invoke(main, ["down"], env=env)
+
+
+def one_error_line(result) -> str:
+    """The last line of a refused command, checked to be an error and not a traceback."""
+    assert result.exit_code in (1, 2), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # handled, not raised
+    return result.output.strip().splitlines()[-1]
+
+
+def billing_state(settings) -> dict[str, int]:
+    with psycopg.connect(settings.database_url) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("bill_runs", "invoices", "closed_periods")}
+
+
+@pytest.mark.integration
+def test_a_misspelt_period_bills_closes_and_exports_nothing(settings, tmp_path):
+    # "2026-3" used to be taken as March beside "2026-03": closed, invoiced (the demo catalog's
+    # minimums), a second time over for the same month
+    send_at(settings, [clock_past(END)])  # the pipeline's clock is past March and its lateness
+    run(settings, once=True)
+    out = tmp_path / "march.ndjson"
+    for args in (["bill", "run", "--tenant", "acme", "--period", "2026-3"],
+                 ["period", "close", "--tenant", "acme", "--period", "2026-3"],
+                 ["period", "close", "--tenant", "acme", "--period", "2026-13"],
+                 ["audit", "export", "--tenant", "acme", "--period", "2026-3", "-o", str(out)]):
+        line = one_error_line(CliRunner().invoke(main, args, env=env_of(settings)))
+        assert line.startswith("Error: ") and f"'{args[args.index('--period') + 1]}'" in line, line
+        assert "YYYY-MM" in line, line
+    assert billing_state(settings) == {"bill_runs": 0, "invoices": 0, "closed_periods": 0}
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_closing_a_period_that_has_not_begun_or_of_an_unknown_tenant_is_refused(settings):
+    def close(tenant: str, period: str):
+        return CliRunner().invoke(main, ["period", "close", "--tenant", tenant, "--period", period],
+                                  env=env_of(settings))
+
+    with time_machine.travel(datetime(2026, 4, 30, 23, 59, tzinfo=UTC), tick=False):
+        assert one_error_line(close("acme", "2026-05")) == (
+            "Error: acme 2026-05 has not started yet (today is 2026-04-30): nothing to close")
+        assert one_error_line(close("acme-typo", "2026-03")) == "Error: no tenant 'acme-typo'"
+        assert billing_state(settings)["closed_periods"] == 0
+        assert close("acme", "2026-04").exit_code == 0  # begun, even if not over: the operator's call
+    with psycopg.connect(settings.database_url) as conn:
+        assert conn.execute("SELECT tenant, period FROM closed_periods").fetchall() == [("acme", "2026-04")]
