@@ -10,6 +10,7 @@ import click
 import orjson
 
 import config
+from cli.errors import writing
 
 
 def _settings() -> config.Settings:
@@ -209,7 +210,8 @@ def invoice_export(number, fmt, output, tenant) -> None:
     with _connect() as conn:
         _, inv, _ = _load(conn, number, tenant)
     output = output or Path(f"{inv.number}.{fmt}")
-    write_atomically(output, RENDER[fmt](inv))
+    with writing(output):
+        write_atomically(output, RENDER[fmt](inv))
     click.echo(f"{inv.number} -> {output}")
 
 
@@ -236,7 +238,8 @@ def invoice_trace(number, line_no, output, tenant) -> None:
     from sinks.billing import export_trace
     with _connect() as conn:
         invoice_id, inv, _ = _load(conn, number, tenant)
-        rows, manifest = export_trace(conn, invoice_id, inv, line_no, output)
+        with writing(output):
+            rows, manifest = export_trace(conn, invoice_id, inv, line_no, output)
     click.echo(f"{rows} rows -> {output}; manifest {manifest}")
 
 

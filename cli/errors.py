@@ -7,6 +7,10 @@ here first. Anything else is a bug, and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
 import psycopg
 
@@ -31,6 +35,18 @@ def operator_error(exc: BaseException) -> AforoError | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Unavailable(f"cannot reach Postgres: {first}")
     return None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around writing a file the operator named: a directory that does not exist or may not be
+    written is theirs to fix, so it is one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:  # not about a file: a bug, with its traceback
+            raise
+        raise AforoError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 class Failure(click.ClickException):

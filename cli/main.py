@@ -20,7 +20,7 @@ from cli.alerts_commands import alerts, monitor
 from cli.api_commands import keys, serve, upload, webhooks
 from cli.backfill_commands import backfill
 from cli.bill_commands import bill, credit, invoice
-from cli.errors import AforoGroup
+from cli.errors import AforoGroup, writing
 from cli.ops_commands import doctor
 from config import clock
 from observe.logs import configure as configure_logging
@@ -639,7 +639,7 @@ def audit_export(tenant, customer, period, fmt, output: Path) -> None:
     from sinks.postgres import connect
     if period is not None:
         period_bounds(period)  # a misspelt period would export nothing and look complete
-    with connect(_settings().database_url) as conn:
+    with connect(_settings().database_url) as conn, writing(output):
         rows, manifest_path = export_file(conn, output, fmt, tenant, customer=customer, period=period)
     click.echo(f"{rows} rows -> {output}; manifest {manifest_path}")
 

@@ -239,10 +239,15 @@ def verify_file(path: Path) -> tuple[int, str | None]:
     """Check an NDJSON export offline against its manifest (if beside it), its rows against their
     hashes and its entries against their links: (rows checked, the first problem or None)."""
     manifest_path = path.with_name(path.name + ".manifest.json")
-    if manifest_path.exists() and _file_sha256(path) != orjson.loads(manifest_path.read_bytes())["sha256"]:
-        return 0, f"{path}: its SHA-256 differs from the manifest's: the file was changed"
-    with path.open("rb") as f:
-        return verify_exported(map(orjson.loads, filter(bytes.strip, f)))
+    try:
+        if manifest_path.exists() and _file_sha256(path) != orjson.loads(manifest_path.read_bytes())[
+                "sha256"]:
+            return 0, f"{path}: its SHA-256 differs from the manifest's: the file was changed"
+        with path.open("rb") as f:
+            return verify_exported(map(orjson.loads, filter(bytes.strip, f)))
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the rows an export writes
+        why = f"a row has no {exc}" if isinstance(exc, KeyError) else str(exc)
+        return 0, f"{path} is not an audit export (or its manifest is not one): {why}"
 
 
 def chain_heads(conn: psycopg.Connection, tenant: str) -> dict[str, tuple[int, str]]:

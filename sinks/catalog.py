@@ -33,7 +33,12 @@ def require_tenant(conn: psycopg.Connection, tenant: str) -> None:
 def read_catalog_file(path: Path) -> Catalog:
     text = path.read_bytes()
     # YAML or JSON floats would be inexact: amounts must be quoted, which the model enforces.
-    data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else orjson.loads(text)
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else orjson.loads(text)
+    except yaml.YAMLError as exc:  # its text spans several lines, with a copy of the input
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CatalogError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
     return Catalog.model_validate(data)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import time_machine
-from billing_fixtures import END, clock_past, send_at
+from billing_fixtures import END, PERIOD, clock_past, send_at
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from integration import env_of
@@ -180,3 +180,40 @@ def test_closing_a_period_that_has_not_begun_or_of_an_unknown_tenant_is_refused(
         assert close("acme", "2026-04").exit_code == 0  # begun, even if not over: the operator's call
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT tenant, period FROM closed_periods").fetchall() == [("acme", "2026-04")]
+
+
+@pytest.mark.integration
+def test_an_output_path_that_cannot_be_written_is_one_line_and_writes_nothing(settings, tmp_path):
+    send_at(settings, [clock_past(END)])
+    run(settings, once=True)
+    assert CliRunner().invoke(main, ["bill", "run", "--tenant", "acme", "--period", PERIOD, "--quiet"],
+                              env=env_of(settings)).exit_code == 0
+    with psycopg.connect(settings.database_url) as conn:
+        number = conn.execute("SELECT min(number) FROM invoices WHERE tenant = 'acme'").fetchone()[0]
+    missing = tmp_path / "no-such-dir" / "out"
+    for args in (["invoice", "export", number, "--tenant", "acme", "--format", "pdf", "-o", f"{missing}.pdf"],
+                 ["invoice", "trace", number, "--tenant", "acme", "-o", f"{missing}.ndjson"],
+                 ["audit", "export", "--tenant", "acme", "-o", f"{missing}.ndjson"]):
+        line = one_error_line(CliRunner().invoke(main, args, env=env_of(settings)))
+        assert line == f"Error: cannot write {args[-1]}: No such file or directory", line
+    assert not missing.parent.exists()
+
+
+def test_a_file_that_is_not_an_audit_export_is_broken_not_a_traceback(tmp_path):
+    for name, content, why in (("log.txt", b"bill run 1: acme 2026-03\n", "unexpected character"),
+                               ("other.ndjson", b'{"id": "evt-1"}\n', "a row has no 'raw_partition'")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        result = CliRunner().invoke(main, ["audit", "verify", str(path)],
+                                    env={**NO_STACK, "AFORO_HOME": str(tmp_path)})
+        line = one_error_line(result)
+        assert line.startswith(f"BROKEN: {path} is not an audit export") and why in line, line
+
+
+def test_a_catalog_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text("tenants:\n  - {id: acme, currency: USD\n")
+    result = CliRunner().invoke(main, ["catalog", "apply", str(path)],
+                                env={**NO_STACK, "AFORO_HOME": str(tmp_path)})
+    assert one_error_line(result) == (f"Error: {path}: not valid YAML: expected ',' or '}}', but got "
+                                      "'<stream end>' at line 3, column 1")
