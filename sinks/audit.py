@@ -73,12 +73,14 @@ _LINE_SELECT = ("SELECT x.raw_topic_id, x.raw_partition, x.raw_offset, "
 
 def ledger_rows(conn: psycopg.Connection, where: str, params: tuple) -> Iterator[tuple[dict, list[dict]]]:
     """(row, its lines) as the audit hashes them, for the ledger rows matching `where` (alias l),
-    in chain order."""
+    in chain order; rows not yet in a chain (re-inserted by a replay) in raw order, so every
+    database appends them alike."""
     lines: dict[Coords, list[dict]] = {}
     for row in conn.execute(f"{_LINE_SELECT} WHERE {where}", params):
         lines.setdefault(row[:3], []).append(dict(zip(AUDIT_LINE_COLUMNS, row[3:], strict=True)))
     for row in conn.execute(f"{_ROW_SELECT} WHERE {where}"
-                            " ORDER BY coalesce(l.audit_chain, ''), l.audit_seq NULLS FIRST", params):
+                            " ORDER BY coalesce(l.audit_chain, ''), l.audit_seq NULLS FIRST,"
+                            " l.raw_topic_id, l.raw_partition, l.raw_offset", params):
         values = dict(zip((*AUDIT_COLUMNS, "audit_chain", "audit_seq"), row, strict=True))
         coords = (values["raw_topic_id"], values["raw_partition"], values["raw_offset"])
         yield values, lines.get(coords, [])

@@ -145,6 +145,29 @@ def test_removing_a_chain_entry_breaks_the_chain(metered):
     assert broken.exit_code == 1 and f"entry 5 of chain {chain}: missing" in broken.output
 
 
+def test_rows_resealed_together_join_their_chain_in_raw_order(metered):
+    """A replay re-inserts rows without a chain place; they are sealed in raw order whatever
+    order Postgres reads them in (here: updated last row first, and read by a scan of the table,
+    which meets it first)."""
+    from sinks.audit import reseal
+    with connect(metered.database_url) as conn:
+        partition, = conn.execute("SELECT raw_partition FROM ledger WHERE tenantid = 'acme'"
+                                  " GROUP BY raw_partition HAVING count(*) >= 3 ORDER BY raw_partition LIMIT 1"
+                                  ).fetchone()
+        offsets = [o for o, in conn.execute("SELECT raw_offset FROM ledger WHERE tenantid = 'acme' AND"
+                                            " raw_partition = %s ORDER BY raw_offset LIMIT 3", (partition,))]
+        for offset in reversed(offsets):
+            conn.execute("UPDATE ledger SET audit_chain = NULL, audit_seq = NULL"
+                         " WHERE raw_partition = %s AND raw_offset = %s", (partition, offset))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+            assert reseal(cur, "replay", "l.raw_partition = %s AND l.raw_offset = ANY(%s)",
+                          (partition, offsets)) == 3
+        appended = [o for o, in conn.execute("SELECT raw_offset FROM audit_chain WHERE action = 'replay'"
+                                             " ORDER BY chain, seq")]
+    assert appended == offsets
+
+
 def test_export_with_manifest_verifies_and_a_doctored_export_does_not(metered, tmp_path):
     runner, env = CliRunner(), env_of(metered)
     out = tmp_path / "acme.ndjson"
