@@ -529,16 +529,26 @@ def _ids(settings: config.Settings, ids: tuple[int, ...], all_: bool, tenant, re
         return [h.id for h in undecided(conn, tenant, reason)]
 
 
+def _refuse_unknown(conn, ids: list[int]) -> None:
+    """A mistyped id decides nothing at all, rather than the rest and a line that is easy to miss.
+    (Ids already decided are fine: deciding again is a no-op, so a retry succeeds.)"""
+    from sinks.reconcile import not_held
+    if unknown := not_held(conn, ids):
+        _fail(f"no held event with id {', '.join(map(str, unknown))} (see `aforo reconcile list`):"
+              " nothing decided")
+
+
 def _approve(settings: config.Settings, ids: list[int], actor: str, note: str | None) -> None:
     from sinks.postgres import connect
     from sinks.reconcile import awaiting_reinjection, decide, reinject
     with connect(settings.database_url) as conn:
+        _refuse_unknown(conn, ids)
         approved, skipped = decide(conn, ids, "approve", actor, note)
         # also retries any approval whose re-injection did not reach the pipeline before
         pending = awaiting_reinjection(conn, ids)
     reinject(settings, pending)
     click.echo(f"approved {len(approved)}, re-injected {len(pending)}"
-               + (f"; not held or already decided: {', '.join(map(str, skipped))}" if skipped else ""))
+               + (f"; already decided: {', '.join(map(str, skipped))}" if skipped else ""))
 
 
 @reconcile.command("approve")
@@ -564,9 +574,10 @@ def reconcile_reject(ids, note) -> None:
     from sinks.reconcile import decide
     s = _settings()
     with connect(s.database_url) as conn:
+        _refuse_unknown(conn, list(ids))
         rejected, skipped = decide(conn, list(ids), "reject", s.actor, note)
     click.echo(f"rejected {len(rejected)}"
-               + (f"; not held or already decided: {', '.join(map(str, skipped))}" if skipped else ""))
+               + (f"; already decided: {', '.join(map(str, skipped))}" if skipped else ""))
 
 
 @main.group()

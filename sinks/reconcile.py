@@ -76,6 +76,13 @@ def decide(conn: psycopg.Connection, ids: list[int], action: str, actor: str,
     return rows, [i for i in ids if i not in decided]
 
 
+def not_held(conn: psycopg.Connection, ids: list[int]) -> list[int]:
+    """The ids among `ids` that name no held ledger row, decided or not (a mistyped id)."""
+    found = {i for i, in conn.execute("SELECT id FROM ledger WHERE status IN ('late', 'unresolved')"
+                                      " AND id = ANY(%s)", (ids,))}
+    return [i for i in ids if i not in found]
+
+
 # The order re-injected events reach the pipeline in: each customer's events by event time (raw
 # coordinates break ties), as they happened, which is also the order a backfill produces. Rating
 # (tiers, `latest`) and the monitors read a customer's events in the order they arrive; without a

@@ -49,6 +49,11 @@ def test_approved_late_event_is_rated_once_however_often_approved(settings):
     run(settings, once=True)
     assert "approved 0, re-injected 0" in cli(settings, "reconcile", "approve", str(late["id"]))
     assert held(settings) == []
+    for verb in (["approve"], ["reject", "--note", "typo"]):  # a mistyped id: nothing decided, exit 1
+        mistyped = CliRunner().invoke(main, ["reconcile", *verb, str(late["id"]), "999999"],
+                                      env=env_of(settings))
+        assert mistyped.exit_code == 1
+        assert "no held event with id 999999" in mistyped.output and "nothing decided" in mistyped.output
     with connect(settings.database_url) as conn:
         rows = conn.execute("SELECT event_id, status, reason, reinject_of, tier FROM ledger"
                             " ORDER BY ingested_at").fetchall()
