@@ -203,6 +203,8 @@ def _bill_customer(conn: psycopg.Connection, ctx: _Context, run_id: int | None, 
 def void_invoice(settings: Settings, number: str, reason: str, tenant: str | None = None) -> Invoice:
     """Issue the credit note that voids a settled invoice: its lines negated, a number of its own,
     delivered where the invoice went."""
+    if not reason.strip():  # printed on the note, which can never be changed or issued again
+        raise AforoError("a credit note needs a reason (--reason): it is printed on the note")
     with connect(settings.database_url, autocommit=True) as conn:
         invoice_id = db.find_invoice(conn, number, tenant)
         original, _ = db.load_invoice(conn, invoice_id)

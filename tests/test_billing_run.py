@@ -309,6 +309,7 @@ def test_voiding_issues_a_credit_note_gives_credits_back_and_lets_the_period_be_
     assert (calls.credits_used, calls.billable, calls.amount) == (30, 120, D("0.040"))
     assert "remaining 0" in cli(settings, "credit", "list", "--tenant", "acme", "--customer", "cust-1")
 
+    assert "needs a reason" in cli(settings, "invoice", "void", inv.number, "--reason", "  ", code=1)
     voided = cli(settings, "invoice", "void", inv.number, "--reason", "credits applied twice")
     assert f"CN-2026-0001 voids {inv.number}" in voided
     cli(settings, "invoice", "void", inv.number, "--reason", "again", code=1)
