@@ -459,7 +459,7 @@ def replay(tenant, period, source, apply_) -> None:
             records = archived_records(conn, scope)
         else:
             records = list(topic_records(s, partial(in_scope, tenant, to_us(start), to_us(end))))
-        shadow = rederive(records, catalog, catalog.key_paths(), s.topics, s.secret)
+        shadow = rederive(records, catalog, catalog.key_paths(), s.topics, s.secret, tenant, period)
         replay_id = write_shadow(conn, scope, period, source, shadow)
         live, replayed = Ledger.live(scope), Ledger.shadow(replay_id)
         live_digest, shadow_digest = digest(conn, live), digest(conn, replayed)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from itertools import groupby, islice
 
 from config import Topics
 from operators.dedup import InMemoryClaims, decide
-from operators.enrich import Catalog, enrich_batch
+from operators.enrich import Catalog, Subject, enrich_batch
 from operators.gates import admit
 from operators.parse import parse
 from operators.revenue import RunningTotals, fresh_totals
 from operators.route import route_batch
 from operators.schema_gate import event_time
+from schemas.billing import Entitlement, TenantInfo
 from schemas.record import Batch, Record
 
 BATCH = 2000
@@ -33,17 +35,39 @@ def arrival_order(records: Iterable[Record]) -> Iterator[Record]:
     return heapq.merge(*runs, key=lambda r: (r.ingested_ms, r.topic_id, r.partition))
 
 
+@dataclass(frozen=True)
+class _Reopened:
+    """The catalog as the period's rows were rated: with the period open. Closing it later changed
+    only where events rated after the close go (adjustments of the next open period); its own
+    events, and the adjustments billed in it, were rated while it was open."""
+
+    catalog: Catalog
+    tenant: str
+    period: str
+
+    def tenants(self) -> dict[str, TenantInfo]:
+        tenants = self.catalog.tenants()
+        info = tenants.get(self.tenant)
+        if info is None or self.period not in info.closed_periods:
+            return tenants
+        return {**tenants, self.tenant: replace(info, closed_periods=info.closed_periods - {self.period})}
+
+    def entitlements(self, wanted: Iterable[tuple[str, str]]) -> dict[Subject, Entitlement | None]:
+        return self.catalog.entitlements(wanted)
+
+
 def rederive(records: Iterable[Record], catalog: Catalog, key_paths: dict[str, str | None],
-             topics: Topics, secret: bytes) -> list[Record]:
-    """Run the period's raw records through every stage with fresh claims and running totals."""
+             topics: Topics, secret: bytes, tenant: str, period: str) -> list[Record]:
+    """Run the tenant period's raw records through every stage with fresh claims and running
+    totals, the period open as when they were rated."""
+    catalog = _Reopened(catalog, tenant, period)
     claims = InMemoryClaims()  # only this period's own claims
     totals = RunningTotals(fresh_totals, max_keys=1 << 62)
-    tenants = catalog.tenants()
     out: list[Record] = []
     ordered = arrival_order(records)
     while chunk := list(islice(ordered, BATCH)):
         batch = Batch("", "", -1, chunk)
-        route_batch(topics, secret, totals.rate_batch(tenants, enrich_batch(catalog, decide(
+        route_batch(topics, secret, totals.rate_batch(catalog.tenants(), enrich_batch(catalog, decide(
             claims, admit(key_paths, batch)))))
         out.extend(chunk)
     return out

@@ -25,17 +25,23 @@ from sinks.raw_source import record_of
 @dataclass(frozen=True)
 class Scope:
     """A tenant's billing period: the ledger rows whose event time falls in [start, end), except
-    adjustments of a closed period (billed, and so counted, in a later one)."""
+    adjustments of a closed period (billed, and so counted, in a later one), plus the adjustments
+    billed in this one: exactly the rows its invoices and running totals count."""
 
     tenant: str
     start: datetime
     end: datetime
 
+    @property
+    def period(self) -> str:
+        return self.start.strftime("%Y-%m")
+
     def where(self, alias: str = "") -> tuple[str, tuple]:
         # Adjustments belong to the period they are billed in, not to the closed one of their time.
         a = f"{alias}." if alias else ""
-        return (f"{a}tenantid = %s AND {a}event_time >= %s AND {a}event_time < %s"
-                f" AND {a}adjusts_period IS NULL", (self.tenant, self.start, self.end))
+        return (f"{a}tenantid = %s AND (({a}event_time >= %s AND {a}event_time < %s"
+                f" AND {a}adjusts_period IS NULL) OR ({a}adjusts_period IS NOT NULL AND {a}period = %s))",
+                (self.tenant, self.start, self.end, self.period))
 
 
 def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
