@@ -141,8 +141,9 @@ SELECT l.subscription, l.plan, l.plan_version, l.currency, x.metric, x.grp, x.qu
 FROM ledger l JOIN ledger_lines x USING (raw_topic_id, raw_partition, raw_offset)
 WHERE l.tenantid = %s AND l.period = %s AND l.customer = %s AND l.status = 'accepted'
 """
-# The order the flow rated them in, as the revenue totals are rebuilt (sinks/replay.py).
-_RATING_ORDER = " ORDER BY l.ingested_at, l.raw_partition, l.raw_offset, x.metric"
+# The order the flow rated them in, as the revenue totals are rebuilt: the ledger's insertion order
+# (migration 0053 says why it is not ingestion time).
+_RATING_ORDER = " ORDER BY l.id, x.metric"
 
 
 def copy_rows(cur: psycopg.Cursor, table: str, columns: tuple[tuple[str, str], ...], rows) -> None:

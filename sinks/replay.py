@@ -91,8 +91,8 @@ def write_shadow(conn: psycopg.Connection, scope: Scope, period: str, source: st
             "INSERT INTO replays (tenant, period, source, rows, digest, live_digest)"
             " VALUES (%s, %s, %s, %s, '', '') RETURNING id",
             (scope.tenant, period, source, len(records))).fetchone()[0]
-        copy_text(cur, "replay_ledger", ("replay_id", *AUDIT_COLUMNS),
-                  "".join(f"{replay_id}\t{row_text(r)}\n" for r in records).encode())
+        copy_text(cur, "replay_ledger", ("replay_id", "rating_seq", *AUDIT_COLUMNS),
+                  "".join(f"{replay_id}\t{i}\t{row_text(r)}\n" for i, r in enumerate(records)).encode())
         copy_text(cur, "replay_lines", ("replay_id", *LINE_NAMES),
                   "".join(f"{replay_id}\t{r.topic_id}\t{r.partition}\t{r.offset}\t{line}\n"
                           for r in records for line in line_texts(r)).encode())
@@ -196,8 +196,10 @@ def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id:
         conn.execute(f"DELETE FROM ledger WHERE {where}", params)
         columns = ", ".join(AUDIT_COLUMNS)
         line_columns = ", ".join(LINE_NAMES)
+        # in the order the replay rated them: the ledger's order is its rating order (billing)
         conn.execute(f"INSERT INTO ledger ({columns}) SELECT {columns} FROM replay_ledger"
-                     " WHERE replay_id = %s", (replay_id,))
+                     " WHERE replay_id = %s ORDER BY rating_seq, raw_topic_id, raw_partition, raw_offset",
+                     (replay_id,))
         conn.execute(f"INSERT INTO ledger_lines ({line_columns}) SELECT {line_columns} FROM replay_lines"
                      " WHERE replay_id = %s", (replay_id,))
         with conn.cursor() as cur:  # the replaced rows join the audit chain as new entries
