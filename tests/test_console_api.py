@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from billing_fixtures import apply
 from click.testing import CliRunner
 from integration import env_of, meter_demo, send
 from test_api_helpers import open_api
@@ -142,6 +143,47 @@ def test_the_portal_reads_one_customer(metered):
             billed = conn.execute("SELECT sum(revenue) FROM revenue WHERE customer = 'cust-2'"
                                   " AND period = %s", (body["period"],)).fetchone()[0]
         assert Decimal(body["bill_to_date"][0]["amount"]) == billed
+
+
+# Valid, if hostile: a price of 10^12 per unit and a quota limit of 10^-24 units.
+HUGE = {"tenants": [{"id": "huge", "name": "Huge", "currency": "USD"}],
+        "metrics": [{"tenant": "huge", "code": "units", "event_type": "bulk.write", "aggregation": "sum",
+                     "value": "$.n"}],
+        "plans": [{"tenant": "huge", "code": "p", "version": 1, "currency": "USD",
+                   "charges": [{"metric": "units", "model": "per_unit", "unit_price": "1000000000000"}]}],
+        "customers": [{"tenant": "huge", "id": "whale"}],
+        "subscriptions": [{"tenant": "huge", "id": "sub-w", "customer": "whale", "plan": "p",
+                           "plan_version": 1, "start": "2026-01-01T00:00:00Z"}],
+        "quotas": [{"tenant": "huge", "subscription": "sub-w", "metric": "units",
+                    "limit": "0.000000000000000000000001"}]}
+
+
+def test_no_figure_is_too_large_to_show(settings):
+    """A 27-digit revenue and a quota used at 10^41 % of its limit: every page and JSON route
+    shows them, every digit, rather than answering 500."""
+    apply(settings, HUGE)
+    ensure_topics(settings)
+    send(settings, [_event("w", tenant="huge", subject="whale", type="bulk.write",
+                           data={"n": 999999999999999})])
+    run(settings, once=True)
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT revenue FROM ledger WHERE tenantid = 'huge'").fetchone()[0] == \
+            Decimal("999999999999999000000000000")
+    shown, percent = "999,999,999,999,999,000,000,000,000.00 USD", "99999999999999900000000000000000000000000"
+    key = _key(settings, "huge")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        quotas = c.get("/v1/quotas", headers=_bearer(key))
+        assert quotas.status_code == 200, quotas.text
+        assert (quotas.json()[0]["used"], quotas.json()[0]["used_percent"]) == ("999999999999999", percent)
+        for path in ("/v1/revenue/summary", "/v1/revenue/margins", "/v1/portal?customer=whale"):
+            r = c.get(path, headers=_bearer(key))
+            assert r.status_code == 200 and shown in r.text, (path, r.text)
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for path in ("/", "/margins", "/portal?customer=whale"):
+            r = c.get(path)
+            assert r.status_code == 200 and shown in r.text, path
+        alerts = c.get("/alerts")
+        assert alerts.status_code == 200 and f"used 999999999999999 ({percent}%)" in alerts.text
 
 
 def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
