@@ -186,6 +186,27 @@ def test_no_figure_is_too_large_to_show(settings):
         assert alerts.status_code == 200 and f"used 999999999999999 ({percent}%)" in alerts.text
 
 
+def test_a_nul_in_a_parameter_is_a_clear_400(settings):
+    """Postgres text cannot hold a NUL: every read and page names the parameter, never a 500."""
+    ensure_topics(settings)
+    key, operator = _key(settings, "acme"), _key(settings, None, "operator")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for path, who, name in (("/v1/invoices?customer=%00", key, "customer"),
+                                ("/v1/events?source=a%00", key, "source"),
+                                ("/v1/revenue/summary?tenant=%00", operator, "tenant"),
+                                ("/v1/portal?customer=%00", key, "customer"),
+                                ("/v1/invoices/INV%00", key, "number"),
+                                ("/v1/events/src%00/id", key, "source"),
+                                ("/v1/events/src/id%00", key, "event_id")):
+            r = c.get(path, headers=_bearer(who))
+            assert (r.status_code, r.json()["message"]) == (400, f"{name} contains a NUL character"), path
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for path in ("/invoices?customer=%00", "/invoices/INV%00", "/events/view?source=%00&id=x",
+                     "/margins?period=%00"):
+            r = c.get(path)
+            assert r.status_code == 400 and "contains a NUL character" in r.text, path
+
+
 def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
     for api in open_api(settings):
         c = api.client
