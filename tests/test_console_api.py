@@ -23,7 +23,7 @@ from integration import env_of, meter_demo, send
 from test_api_helpers import open_api
 from test_api_server import serving
 
-from api.keys import create_key
+from api.keys import create_key, key_id_of, revoke_key
 from cli.api_commands import keys
 from flows.metering import run
 from sinks.kafka import ensure_topics
@@ -305,6 +305,40 @@ def test_the_live_tail_starts_at_the_true_end_and_fans_out_per_tenant(settings):
     assert ids["acme"] == ["c-new-a"]
     assert ids["globex"] == ["c-new-g"]
     assert sorted(ids["operator"]) == ["c-new-a", "c-new-g"]
+
+
+def test_a_revoked_keys_open_stream_ends_before_the_next_event(settings):
+    """An open stream outlives the request that checked its key: once the revocation is seen
+    (the key cache keeps a key 5 s), the next frame is `event: revoked`, not the tenant's next
+    event, and reconnecting is refused."""
+    ensure_topics(settings)
+    key = _key(settings, "acme")
+    lines, ready = [], threading.Event()
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as client:
+        def read() -> None:
+            with client.stream("GET", "/v1/events/stream", headers=_bearer(key)) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    if line == "event: ready":
+                        ready.set()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert ready.wait(60)
+        send(settings, [_event("before")])
+        run(settings, once=True)
+        deadline = time.monotonic() + 60
+        while not any("c-before" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with connect(settings.database_url) as conn:
+            revoke_key(conn, key_id_of(key))
+        time.sleep(5.5)  # the key cache's lifetime
+        send(settings, [_event("after")])
+        run(settings, once=True)
+        reader.join(30)
+        assert not reader.is_alive(), "the stream of a revoked key is still open"
+        assert client.get("/v1/events/stream", headers=_bearer(key)).status_code == 401
+    assert any("c-before" in line for line in lines)
+    assert "event: revoked" in lines and not any("c-after" in line for line in lines)
 
 
 def test_a_shutdown_ends_the_live_streams(settings):
