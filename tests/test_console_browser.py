@@ -299,6 +299,19 @@ _CONTRAST = """() => {
   }
   return low;
 }"""
+# What scrolls sideways: the page itself, or a box inside it (a table's wrapper); [] on a page
+# that reads at its width.
+_SIDEWAYS = """() => {
+  const wide = [];
+  if (document.documentElement.scrollWidth > window.innerWidth)
+    wide.push(`the page: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.offsetParent && ["auto", "scroll"].includes(getComputedStyle(el).overflowX)
+        && el.scrollWidth > el.clientWidth)
+      wide.push(`${el.tagName}.${el.className}: ${el.scrollWidth} > ${el.clientWidth}`);
+  }
+  return wide;
+}"""
 _UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), select, textarea, button")]
   .filter((el) => el.offsetParent && !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
                   && !el.getAttribute("aria-labelledby") && !el.textContent.trim())
@@ -307,7 +320,7 @@ _UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), 
 
 def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
     """An operator's console: every page rendered, looked at (screenshots), usable at 1280x800
-    and at 390 px (nothing wider than the screen but scrollable tables), labelled controls,
+    and at 390 px (nothing wider than the screen, nothing scrolling sideways), labelled controls,
     text contrast of at least 4.5:1, and the skip link first in the keyboard order."""
     c, _settings, keys = console
     page = c.sign_in(keys["operator"])
@@ -322,6 +335,7 @@ def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
                 expect(page.locator(".swagger-ui .info .title")).to_contain_text("Aforo", timeout=30_000)
                 continue
             assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], (path, label)
+            assert page.evaluate(_SIDEWAYS) == [], (path, label)
             assert page.evaluate(_UNLABELLED) == [], path
             assert page.evaluate(_CONTRAST) == [], path
             page.keyboard.press("Tab")
@@ -389,8 +403,14 @@ def test_an_invoice_opens_from_the_list_and_a_line_expands_into_its_events(bille
     for size, label in ((DESKTOP, "1280"), (PHONE, "390")):
         page.set_viewport_size(size)
         c.shot(f"invoice-acme-{label}")
-        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], label
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), label
+        assert page.evaluate(_SIDEWAYS) == [], label  # nothing scrolls sideways: the page reads at its width
         assert page.evaluate(_UNLABELLED) == [] and page.evaluate(_CONTRAST) == []
+    page.set_viewport_size(PHONE)
+    c.go("/invoices")
+    c.shot("invoices-acme-390")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(_SIDEWAYS) == []
     page.set_viewport_size(DESKTOP)
     missing = page.goto(c.base + "/invoices/INV-2026-0999")
     assert missing.status == 404
