@@ -12,13 +12,14 @@ import json
 import re
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import orjson
 import pytest
-from billing_fixtures import PERIOD, apply
+from billing_fixtures import PERIOD, START, apply, send_at
 from click.testing import CliRunner
 from integration import env_of, meter_demo, send
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
@@ -432,3 +433,43 @@ def test_a_customer_finds_its_own_invoices_in_the_portal(billed_console):
     expect(page.locator("h1")).to_have_text("Invoice INV-2026-0002")
     c.shot("invoice-portal-1280")
     assert page.goto(c.base + "/invoices/INV-2026-0001").status == 404  # cust-1's
+
+
+HOSTILE = '"><img src=x onerror=alert(1)><script>alert(2)</script>\u202eevil\u200b' + "W" * 200  # no space
+
+
+def test_hostile_names_ids_and_payloads_are_text_and_keep_the_layout(chromium, settings):
+    """A customer name, an event's id, source and payload carrying markup, right-to-left and
+    zero-width characters and 200 characters without a space: every page shows them as text
+    (nothing injected runs or renders) and nothing scrolls sideways, at phone and desktop width."""
+    apply(settings, TERMS)
+    apply(settings, {"customers": [{"tenant": "acme", "id": "cust-1", "name": HOSTILE}]})
+    at = START + timedelta(days=2)
+    hostile = orjson.dumps({"specversion": "1.0", "id": HOSTILE, "source": f"x/{HOSTILE}", "type": "api.call",
+                            "subject": "cust-1", "tenantid": "acme", "time": at.isoformat(),
+                            "data": {"note": HOSTILE}})
+    send_at(settings, [(hostile, at + timedelta(seconds=1))])
+    month_of_usage(settings)
+    assert bill_run(settings, "acme", PERIOD).ok
+    keys = console_keys(settings)
+    with serving(settings) as base:
+        c = Console(chromium, base)
+        dialogs = []
+        c.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page = c.sign_in(keys["acme"])
+        event = "/events/view?" + urlencode({"source": f"x/{HOSTILE}", "id": HOSTILE})
+        for path in (f"/margins?period={PERIOD}", "/invoices", "/invoices/INV-2026-0001", event,
+                     "/portal?customer=cust-1"):
+            for size in (PHONE, DESKTOP):
+                page.set_viewport_size(size)
+                assert page.goto(c.base + path).status == 200, path
+                if path == "/invoices/INV-2026-0001":
+                    page.get_by_role("button", name="Show the events behind line 1").click()
+                    expect(page.locator("tr.attribution").first).to_contain_text(HOSTILE)
+                if path != "/invoices":  # which names customers by id
+                    expect(page.locator("main")).to_contain_text(HOSTILE)
+                assert page.locator("main img, main script").count() == 0, path
+                assert page.evaluate(_SIDEWAYS) == [], (path, size)
+        c.shot("hostile-portal-1280")
+        c.close()
+    assert dialogs == []
