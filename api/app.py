@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from api import observe
 from api.console import pages
+from api.errors import bad_request
 from api.routes import backfills, events, gateways, guide, invoices, portal, revenue, uploads, usage, webhooks
 from api.routes.gateways import firehose_reply
 from api.services import ApiOptions, Services
@@ -70,6 +71,14 @@ async def _disconnected(request: Request, _exc: ClientDisconnect) -> JSONRespons
                   "the client closed the connection before the body was read")
 
 
+async def _no_nul(request: Request) -> None:
+    """Postgres text cannot hold a NUL: a parameter with one is refused here, not by the query
+    (a 500)."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if "\x00" in str(value):
+            raise bad_request(f"{name} contains a NUL character")
+
+
 def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:
     options = options or ApiOptions()
 
@@ -90,9 +99,11 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
     app.add_exception_handler(psycopg.OperationalError, _unavailable)
     app.add_exception_handler(PoolTimeout, _unavailable)
     app.add_exception_handler(ClientDisconnect, _disconnected)
-    for module in (events, uploads, webhooks, gateways, backfills, revenue, usage, guide, portal, invoices):
+    for module in (uploads, webhooks, gateways, backfills):
         app.include_router(module.router)
-    app.include_router(pages.router)  # the web console and the portal, at /
+    for module in (events, revenue, usage, guide, portal, invoices):  # the reads (and POST /v1/events)
+        app.include_router(module.router, dependencies=[Depends(_no_nul)])
+    app.include_router(pages.router, dependencies=[Depends(_no_nul)])  # the web console and the portal, at /
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     observe.add_to(app, log_access=options.access_log)
     app.openapi = lambda: _without_422(app)

@@ -24,7 +24,7 @@ import contextlib
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -41,6 +41,7 @@ QUEUE = 10_000  # frames a slow client may fall behind before it is told to reco
 POSITIONED = b": tailing\n\nevent: ready\ndata: {}\n\n"
 OVERFLOW = b"event: overflow\ndata: {}\n\n"
 CLOSING = b"event: closing\ndata: {}\n\n"  # the server is shutting down: reconnect later
+REVOKED = b"event: revoked\ndata: {}\n\n"  # the key was revoked: a reconnect is refused (401)
 
 
 def tail_consumer(settings: Settings) -> tuple[Consumer, list[TopicPartition]]:
@@ -201,8 +202,10 @@ class LiveTail:
             consumer.close()
 
 
-async def tail(live: LiveTail, tenant: str | None) -> AsyncIterator[bytes]:
-    """One client's frames, until it goes away (or falls too far behind: `event: overflow`)."""
+async def tail(live: LiveTail, tenant: str | None,
+               key_live: Callable[[], Awaitable[bool]]) -> AsyncIterator[bytes]:
+    """One client's frames, until it goes away (or falls too far behind: `event: overflow`), or
+    its key is revoked: checked before every frame, as a stream outlives the request's check."""
     sub = live.subscribe(tenant)
     try:
         while True:
@@ -210,6 +213,9 @@ async def tail(live: LiveTail, tenant: str | None) -> AsyncIterator[bytes]:
                 frame = await asyncio.wait_for(sub.queue.get(), timeout=HEARTBEAT_S)
             except TimeoutError:
                 frame = b": keepalive\n\n"
+            if not await key_live():
+                yield REVOKED
+                return
             yield frame
             if frame in (OVERFLOW, CLOSING) or frame.startswith(b"event: error"):
                 return

@@ -4,10 +4,14 @@ thousands separators. Display only: the ledger, exports and JSON keep exact amou
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import MAX_PREC, ROUND_HALF_UP, Context, Decimal
 from functools import cache
 
 from babel.numbers import get_currency_precision
+
+# Display only, so no figure is too large to show: the default context's 28 digits refuse the cents
+# of a 27-digit amount, or a ratio to a tiny whole (InvalidOperation: a page answering 500).
+_UNBOUNDED = Context(prec=MAX_PREC)
 
 
 @cache
@@ -17,7 +21,7 @@ def minor_unit(currency: str) -> Decimal:
 
 
 def rounded(amount: Decimal, currency: str) -> Decimal:
-    return amount.quantize(minor_unit(currency), ROUND_HALF_UP)
+    return amount.quantize(minor_unit(currency), ROUND_HALF_UP, _UNBOUNDED)
 
 
 def display(amount: Decimal, currency: str) -> str:
@@ -25,8 +29,9 @@ def display(amount: Decimal, currency: str) -> str:
     return f"{rounded(amount, currency):,f} {currency}"
 
 
-def percent(part: Decimal, whole: Decimal) -> Decimal | None:
-    """part / whole in percent to one decimal (None when whole is 0): margin %, change %."""
+def percent(part: Decimal, whole: Decimal, places: Decimal = Decimal("0.1")) -> Decimal | None:
+    """part / whole in percent, to one decimal unless told (None when whole is 0): margin %,
+    change %, a quota's use of its limit."""
     if not whole:
         return None
-    return (part * 100 / whole).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    return (part * 100 / whole).quantize(places, ROUND_HALF_UP, _UNBOUNDED)

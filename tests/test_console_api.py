@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from billing_fixtures import apply
 from click.testing import CliRunner
 from integration import env_of, meter_demo, send
 from test_api_helpers import open_api
 from test_api_server import serving
 
-from api.keys import create_key
+from api.keys import create_key, key_id_of, revoke_key
 from cli.api_commands import keys
 from flows.metering import run
 from sinks.kafka import ensure_topics
@@ -144,6 +145,68 @@ def test_the_portal_reads_one_customer(metered):
         assert Decimal(body["bill_to_date"][0]["amount"]) == billed
 
 
+# Valid, if hostile: a price of 10^12 per unit and a quota limit of 10^-24 units.
+HUGE = {"tenants": [{"id": "huge", "name": "Huge", "currency": "USD"}],
+        "metrics": [{"tenant": "huge", "code": "units", "event_type": "bulk.write", "aggregation": "sum",
+                     "value": "$.n"}],
+        "plans": [{"tenant": "huge", "code": "p", "version": 1, "currency": "USD",
+                   "charges": [{"metric": "units", "model": "per_unit", "unit_price": "1000000000000"}]}],
+        "customers": [{"tenant": "huge", "id": "whale"}],
+        "subscriptions": [{"tenant": "huge", "id": "sub-w", "customer": "whale", "plan": "p",
+                           "plan_version": 1, "start": "2026-01-01T00:00:00Z"}],
+        "quotas": [{"tenant": "huge", "subscription": "sub-w", "metric": "units",
+                    "limit": "0.000000000000000000000001"}]}
+
+
+def test_no_figure_is_too_large_to_show(settings):
+    """A 27-digit revenue and a quota used at 10^41 % of its limit: every page and JSON route
+    shows them, every digit, rather than answering 500."""
+    apply(settings, HUGE)
+    ensure_topics(settings)
+    send(settings, [_event("w", tenant="huge", subject="whale", type="bulk.write",
+                           data={"n": 999999999999999})])
+    run(settings, once=True)
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT revenue FROM ledger WHERE tenantid = 'huge'").fetchone()[0] == \
+            Decimal("999999999999999000000000000")
+    shown, percent = "999,999,999,999,999,000,000,000,000.00 USD", "99999999999999900000000000000000000000000"
+    key = _key(settings, "huge")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        quotas = c.get("/v1/quotas", headers=_bearer(key))
+        assert quotas.status_code == 200, quotas.text
+        assert (quotas.json()[0]["used"], quotas.json()[0]["used_percent"]) == ("999999999999999", percent)
+        for path in ("/v1/revenue/summary", "/v1/revenue/margins", "/v1/portal?customer=whale"):
+            r = c.get(path, headers=_bearer(key))
+            assert r.status_code == 200 and shown in r.text, (path, r.text)
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for path in ("/", "/margins", "/portal?customer=whale"):
+            r = c.get(path)
+            assert r.status_code == 200 and shown in r.text, path
+        alerts = c.get("/alerts")
+        assert alerts.status_code == 200 and f"used 999999999999999 ({percent}%)" in alerts.text
+
+
+def test_a_nul_in_a_parameter_is_a_clear_400(settings):
+    """Postgres text cannot hold a NUL: every read and page names the parameter, never a 500."""
+    ensure_topics(settings)
+    key, operator = _key(settings, "acme"), _key(settings, None, "operator")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for path, who, name in (("/v1/invoices?customer=%00", key, "customer"),
+                                ("/v1/events?source=a%00", key, "source"),
+                                ("/v1/revenue/summary?tenant=%00", operator, "tenant"),
+                                ("/v1/portal?customer=%00", key, "customer"),
+                                ("/v1/invoices/INV%00", key, "number"),
+                                ("/v1/events/src%00/id", key, "source"),
+                                ("/v1/events/src/id%00", key, "event_id")):
+            r = c.get(path, headers=_bearer(who))
+            assert (r.status_code, r.json()["message"]) == (400, f"{name} contains a NUL character"), path
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for path in ("/invoices?customer=%00", "/invoices/INV%00", "/events/view?source=%00&id=x",
+                     "/margins?period=%00"):
+            r = c.get(path)
+            assert r.status_code == 400 and "contains a NUL character" in r.text, path
+
+
 def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
     for api in open_api(settings):
         c = api.client
@@ -242,6 +305,40 @@ def test_the_live_tail_starts_at_the_true_end_and_fans_out_per_tenant(settings):
     assert ids["acme"] == ["c-new-a"]
     assert ids["globex"] == ["c-new-g"]
     assert sorted(ids["operator"]) == ["c-new-a", "c-new-g"]
+
+
+def test_a_revoked_keys_open_stream_ends_before_the_next_event(settings):
+    """An open stream outlives the request that checked its key: once the revocation is seen
+    (the key cache keeps a key 5 s), the next frame is `event: revoked`, not the tenant's next
+    event, and reconnecting is refused."""
+    ensure_topics(settings)
+    key = _key(settings, "acme")
+    lines, ready = [], threading.Event()
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as client:
+        def read() -> None:
+            with client.stream("GET", "/v1/events/stream", headers=_bearer(key)) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+                    if line == "event: ready":
+                        ready.set()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert ready.wait(60)
+        send(settings, [_event("before")])
+        run(settings, once=True)
+        deadline = time.monotonic() + 60
+        while not any("c-before" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with connect(settings.database_url) as conn:
+            revoke_key(conn, key_id_of(key))
+        time.sleep(5.5)  # the key cache's lifetime
+        send(settings, [_event("after")])
+        run(settings, once=True)
+        reader.join(30)
+        assert not reader.is_alive(), "the stream of a revoked key is still open"
+        assert client.get("/v1/events/stream", headers=_bearer(key)).status_code == 401
+    assert any("c-before" in line for line in lines)
+    assert "event: revoked" in lines and not any("c-after" in line for line in lines)
 
 
 def test_a_shutdown_ends_the_live_streams(settings):

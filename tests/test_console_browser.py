@@ -12,13 +12,14 @@ import json
 import re
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import orjson
 import pytest
-from billing_fixtures import PERIOD, apply
+from billing_fixtures import PERIOD, START, apply, send_at
 from click.testing import CliRunner
 from integration import env_of, meter_demo, send
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
@@ -299,6 +300,19 @@ _CONTRAST = """() => {
   }
   return low;
 }"""
+# What scrolls sideways: the page itself, or a box inside it (a table's wrapper); [] on a page
+# that reads at its width.
+_SIDEWAYS = """() => {
+  const wide = [];
+  if (document.documentElement.scrollWidth > window.innerWidth)
+    wide.push(`the page: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.offsetParent && ["auto", "scroll"].includes(getComputedStyle(el).overflowX)
+        && el.scrollWidth > el.clientWidth)
+      wide.push(`${el.tagName}.${el.className}: ${el.scrollWidth} > ${el.clientWidth}`);
+  }
+  return wide;
+}"""
 _UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), select, textarea, button")]
   .filter((el) => el.offsetParent && !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
                   && !el.getAttribute("aria-labelledby") && !el.textContent.trim())
@@ -307,7 +321,7 @@ _UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), 
 
 def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
     """An operator's console: every page rendered, looked at (screenshots), usable at 1280x800
-    and at 390 px (nothing wider than the screen but scrollable tables), labelled controls,
+    and at 390 px (nothing wider than the screen, nothing scrolling sideways), labelled controls,
     text contrast of at least 4.5:1, and the skip link first in the keyboard order."""
     c, _settings, keys = console
     page = c.sign_in(keys["operator"])
@@ -322,6 +336,7 @@ def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
                 expect(page.locator(".swagger-ui .info .title")).to_contain_text("Aforo", timeout=30_000)
                 continue
             assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], (path, label)
+            assert page.evaluate(_SIDEWAYS) == [], (path, label)
             assert page.evaluate(_UNLABELLED) == [], path
             assert page.evaluate(_CONTRAST) == [], path
             page.keyboard.press("Tab")
@@ -389,8 +404,14 @@ def test_an_invoice_opens_from_the_list_and_a_line_expands_into_its_events(bille
     for size, label in ((DESKTOP, "1280"), (PHONE, "390")):
         page.set_viewport_size(size)
         c.shot(f"invoice-acme-{label}")
-        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], label
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), label
+        assert page.evaluate(_SIDEWAYS) == [], label  # nothing scrolls sideways: the page reads at its width
         assert page.evaluate(_UNLABELLED) == [] and page.evaluate(_CONTRAST) == []
+    page.set_viewport_size(PHONE)
+    c.go("/invoices")
+    c.shot("invoices-acme-390")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(_SIDEWAYS) == []
     page.set_viewport_size(DESKTOP)
     missing = page.goto(c.base + "/invoices/INV-2026-0999")
     assert missing.status == 404
@@ -412,3 +433,43 @@ def test_a_customer_finds_its_own_invoices_in_the_portal(billed_console):
     expect(page.locator("h1")).to_have_text("Invoice INV-2026-0002")
     c.shot("invoice-portal-1280")
     assert page.goto(c.base + "/invoices/INV-2026-0001").status == 404  # cust-1's
+
+
+HOSTILE = '"><img src=x onerror=alert(1)><script>alert(2)</script>\u202eevil\u200b' + "W" * 200  # no space
+
+
+def test_hostile_names_ids_and_payloads_are_text_and_keep_the_layout(chromium, settings):
+    """A customer name, an event's id, source and payload carrying markup, right-to-left and
+    zero-width characters and 200 characters without a space: every page shows them as text
+    (nothing injected runs or renders) and nothing scrolls sideways, at phone and desktop width."""
+    apply(settings, TERMS)
+    apply(settings, {"customers": [{"tenant": "acme", "id": "cust-1", "name": HOSTILE}]})
+    at = START + timedelta(days=2)
+    hostile = orjson.dumps({"specversion": "1.0", "id": HOSTILE, "source": f"x/{HOSTILE}", "type": "api.call",
+                            "subject": "cust-1", "tenantid": "acme", "time": at.isoformat(),
+                            "data": {"note": HOSTILE}})
+    send_at(settings, [(hostile, at + timedelta(seconds=1))])
+    month_of_usage(settings)
+    assert bill_run(settings, "acme", PERIOD).ok
+    keys = console_keys(settings)
+    with serving(settings) as base:
+        c = Console(chromium, base)
+        dialogs = []
+        c.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page = c.sign_in(keys["acme"])
+        event = "/events/view?" + urlencode({"source": f"x/{HOSTILE}", "id": HOSTILE})
+        for path in (f"/margins?period={PERIOD}", "/invoices", "/invoices/INV-2026-0001", event,
+                     "/portal?customer=cust-1"):
+            for size in (PHONE, DESKTOP):
+                page.set_viewport_size(size)
+                assert page.goto(c.base + path).status == 200, path
+                if path == "/invoices/INV-2026-0001":
+                    page.get_by_role("button", name="Show the events behind line 1").click()
+                    expect(page.locator("tr.attribution").first).to_contain_text(HOSTILE)
+                if path != "/invoices":  # which names customers by id
+                    expect(page.locator("main")).to_contain_text(HOSTILE)
+                assert page.locator("main img, main script").count() == 0, path
+                assert page.evaluate(_SIDEWAYS) == [], (path, size)
+        c.shot("hostile-portal-1280")
+        c.close()
+    assert dialogs == []

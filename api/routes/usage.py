@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,6 +13,7 @@ from api.errors import ApiError, documented
 from api.reads import now, period_param
 from api.services import Svc
 from api.viewer import TenantViewer
+from operators.money import percent
 from sinks.alerts import list_alerts
 from sinks.console import quota_status, tier_health
 
@@ -120,7 +122,7 @@ async def alerts(viewer: TenantViewer, svc: Svc, tenant: str | None = None, kind
 
 def quota_out(q: dict) -> QuotaOut:
     def pct(v):
-        return str((v * 100 / q["limit"]).quantize(1)) if q["limit"] else "0"
+        return str(percent(v, q["limit"], Decimal(1)) or 0)
     return QuotaOut(**{k: str(v) for k, v in q.items()}, used_percent=pct(q["used"]),
                     projected_percent=pct(q["projected"]))
 

@@ -84,6 +84,25 @@ const Aforo = (() => {
     return el("span", {class: `badge ${status}`}, status + (reason ? ` · ${reason.replaceAll("_", " ")}` : ""));
   }
 
+  // Each cell of a table.stack is labelled with its column's header, which a phone shows beside the
+  // value (console.css); rows and tables added later (the live stream, more events, a provenance)
+  // are labelled as they come.
+  function labelCells(table) {
+    const heads = [...table.tHead.rows[0].cells].flatMap((th) => Array(th.colSpan).fill(th.textContent.trim()));
+    for (const body of table.tBodies) {
+      for (const row of body.rows) {
+        let column = 0;
+        for (const cell of row.cells) {
+          if (cell.colSpan === 1 && heads[column]) cell.dataset.label = heads[column];
+          column += cell.colSpan;
+        }
+      }
+    }
+  }
+  const labelTables = () => document.querySelectorAll("table.stack").forEach(labelCells);
+  labelTables();
+  new MutationObserver(labelTables).observe(document.body, {childList: true, subtree: true});
+
   // Forms that apply on change; their submit buttons are for when scripts do not run.
   document.querySelectorAll("form[data-autosubmit] select, select[data-autosubmit-field]").forEach((s) =>
     s.addEventListener("change", () => s.form.submit()));
