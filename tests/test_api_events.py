@@ -188,6 +188,22 @@ def test_events_end_to_end_with_tier_and_provenance(api_app):
     assert client.get("/v1/events/sdk/test/e-1", headers=globex).status_code == 404
 
 
+@pytest.mark.integration
+def test_an_id_holding_a_slash_is_found_sent_encoded(api_app):
+    """The MCP proxy's ids are `session/request`: the guide and the SDKs send them as %2F."""
+    client, s = api_app.client, api_app.settings
+    sent = client.post("/v1/events", content=orjson.dumps([_event(source="mcp/proxy", id="sess-9/7"),
+                                                           _event(source="mcp/proxy/sess-9", id="7")]),
+                       headers={**api_app.auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert sent.status_code == 202, sent.text
+    run(s, once=True)
+    for path, source, event_id in (("/v1/events/mcp/proxy/sess-9%2F7", "mcp/proxy", "sess-9/7"),
+                                   ("/v1/events/mcp/proxy/sess-9/7", "mcp/proxy/sess-9", "7")):
+        found = client.get(path, headers=api_app.auth)
+        assert found.status_code == 200, found.text
+        assert (found.json()["source"], found.json()["id"]) == (source, event_id)
+
+
 # Numbers a binary float cannot hold: 2**70, 19 significant digits, beyond a double's range both
 # ways; pretty-printed, with an escape and a non-ASCII character the encoder would rewrite.
 _EXACT = ('{"specversion": "1.0", "id": "exact", "source": "sdk/test", "type": "llm.completion",\n'

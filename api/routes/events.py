@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -230,14 +231,26 @@ async def stream_events(viewer: TenantViewer, svc: Svc, tenant: str | None = Non
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _split_at_the_encoded_id(request: Request, source: str, event_id: str) -> tuple[str, str]:
+    """(source, id) split where the client split them: the router sees the decoded path and so
+    splits at the id's own last '/', but the raw path still has it as %2F."""
+    raw_id = unquote(request.scope.get("raw_path", b"").decode("latin-1").rpartition("/")[2])
+    whole = f"{source}/{event_id}"
+    if raw_id != event_id and whole.endswith("/" + raw_id) and len(whole) > len(raw_id) + 1:
+        return whole[:-len(raw_id) - 1], raw_id
+    return source, event_id
+
+
 @router.get("/v1/events/{source:path}/{event_id}", response_model=EventStatus,
             responses=documented(400, 401, 403, 404, 429, 503),
             summary="Status and provenance of one event of the caller's tenant")
-async def get_event(source: str, event_id: str, viewer: TenantViewer, svc: Svc,
+async def get_event(source: str, event_id: str, request: Request, viewer: TenantViewer, svc: Svc,
                     tenant: str | None = None) -> EventStatus:
-    """From the ledger: 404 until the pipeline has processed the event. `source` may contain '/'.
+    """From the ledger: 404 until the pipeline has processed the event. `source` may contain '/';
+    an id that does (the MCP proxy's `session/request`) is sent percent-encoded (`%2F`).
     Every raw record that carried it, each with its gates, billing context and revenue lines.
     An operator key names the tenant (?tenant=)."""
+    source, event_id = _split_at_the_encoded_id(request, source, event_id)
     scope = viewer.one_tenant(tenant)
     chain, lines = await svc.db(_chain_with_lines, scope, source, event_id)
     if not chain:
