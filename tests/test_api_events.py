@@ -245,6 +245,8 @@ def test_refused_requests_produce_nothing(api_app):
         "not json": (post(b"{nope"), 400),
         "scalar in batch": (post(b'[{"id": "1"}, 5]'), 400),
         "too deep": (post(b'{"data":' * 40 + b"1" + b"}" * 40), 400),
+        "lone surrogate": (post(one.replace(b'"e-1"', b'"e-\\ud800"')), 400),
+        "surrogate in a batch": (post(b"[" + one + b", " + one.replace(b"cust-1", b"\\udc00") + b"]"), 400),
         "other tenant": (post(orjson.dumps([_event(1), _event(2, tenantid="globex")])), 403),
         "no key": (post(one, {"Content-Type": "application/json"}), 401),
         "unknown key": (post(one, {**auth_json, "Authorization": f"Bearer afk_{'0' * 16}_{'A' * 43}"}), 401),
@@ -260,6 +262,7 @@ def test_refused_requests_produce_nothing(api_app):
         body = response.json()
         assert body["error"] and body["message"], name
     assert cases["other tenant"][0].json()["events"][0]["index"] == 1
+    assert "lone UTF-16 surrogate" in cases["surrogate in a batch"][0].json()["message"]
     assert raw_count(s) == 0
 
 
