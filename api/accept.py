@@ -3,8 +3,6 @@ acknowledged every record, else 503 naming those that were not (they may be sent
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import Response
 from pydantic import BaseModel
@@ -16,8 +14,8 @@ from api.services import Services
 
 class Receipt(BaseModel):
     index: int
-    id: Any = None
-    source: Any = None
+    id: str | None = None  # as the ledger records them: null when not a string (rejected/schema)
+    source: str | None = None
     partition: int | None = None  # where the raw record landed: its provenance in the ledger
     offset: int | None = None
 
@@ -28,16 +26,24 @@ class Accepted(BaseModel):
     events: list[Receipt]
 
 
+def _text(event: dict, name: str) -> str | None:
+    """An attribute as a receipt echoes it: only a string is an id or a source (the schema gate
+    rejects anything else); a client's number, read exactly as a Decimal, could not be encoded."""
+    value = event.get(name)
+    return value if isinstance(value, str) else None
+
+
 async def produce_events(svc: Services, events: list[dict], tier: str, received_ms: int,
                          raws: list[bytes] | None = None) -> dict:
     """Produce `raws` (the events as their client sent them), else the events a door built, encoded;
     the body of an `Accepted` answer (a plain dict: building a thousand pydantic receipts per
     request cost more than producing the events)."""
     acks = await svc.producer.send_batch(raws or [encode(e) for e in events], tier, received_ms)
-    receipts = [{"index": i, "id": e.get("id"), "source": e.get("source"), "partition": acks.coords[i][0],
-                 "offset": acks.coords[i][1]} for i, e in enumerate(events) if i in acks.coords]
+    receipts = [{"index": i, "id": _text(e, "id"), "source": _text(e, "source"),
+                 "partition": acks.coords[i][0], "offset": acks.coords[i][1]}
+                for i, e in enumerate(events) if i in acks.coords]
     if acks.failed:
-        missing = [{"index": i, "id": e.get("id"), "source": e.get("source"),
+        missing = [{"index": i, "id": _text(e, "id"), "source": _text(e, "source"),
                     "error": acks.errors.get(i, "no delivery report")}
                    for i, e in enumerate(events) if i not in acks.coords]
         raise ApiError(503, "not_acknowledged",

@@ -72,6 +72,10 @@ def active_subscription(ent: Entitlement, event_us: int) -> SubscriptionRef | No
 
 # Above this, a quantity is taken for a broken client, not for usage (a metric may set its own).
 MAX_QUANTITY = Decimal(10) ** 15
+# A unique_count value and its group are a key of revenue_distinct with the tenant, subscription,
+# metric and period, and a btree entry holds at most 2704 bytes: a longer one would stall its
+# partition, its ledger write failing on every retry.
+MAX_DISTINCT_BYTES = 2000
 
 
 def _number(value: object, where: str, limit: Decimal) -> Decimal:
@@ -175,7 +179,12 @@ def enrich(rec: Record, tenant: TenantInfo, ent: Entitlement | None) -> Record:
             value, raw = metric_value(m, data, exact)
         except MetricValueError as exc:
             return rec.decide(Status.UNRESOLVED, Reason.UNPRICEABLE, str(exc))
-        ctx.uses.append(MetricUse(m.code, m.aggregation, value, raw,
-                                  {g: _dimension(data.get(g)) for g in m.group_by},
+        dims = {g: _dimension(data.get(g)) for g in m.group_by}
+        size = len(orjson.dumps([raw, dims], default=str)) if m.aggregation == "unique_count" else 0
+        if size > MAX_DISTINCT_BYTES:
+            return rec.decide(Status.UNRESOLVED, Reason.UNPRICEABLE,
+                              f"metric {m.code}: {m.value_path} and its group take {size} bytes; at most "
+                              f"{MAX_DISTINCT_BYTES} to count distinct values")
+        ctx.uses.append(MetricUse(m.code, m.aggregation, value, raw, dims,
                                   unit_cost(tenant.costs.get(m.code, ()), data)))
     return rec

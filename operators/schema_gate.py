@@ -14,6 +14,11 @@ import orjson
 from schemas.record import Reason, Record, Status
 
 REQUIRED = ("specversion", "id", "source", "type", "subject", "time", "tenantid")
+# Postgres indexes an event's (tenantid, source, id) and its idempotency key, and a btree entry
+# holds at most 2704 bytes: a longer one could never be written and would stall its partition.
+INDEXED = frozenset(("tenantid", "source", "id"))
+MAX_ATTRIBUTE_BYTES = 800  # each of INDEXED: the three fit in one entry
+MAX_KEY_BYTES = 2600
 
 # RFC 3339 date-time; datetime.fromisoformat alone also accepts dates and basic formats.
 _RFC3339 = re.compile(
@@ -25,6 +30,11 @@ _days: dict[str, int] = {}  # "YYYY-MM-DD" -> proleptic ordinal
 
 class SchemaError(ValueError):
     pass
+
+
+def indexable(value: str) -> bool:
+    """Whether an INDEXED attribute is short enough for the ledger's index."""
+    return len(value) * 4 <= MAX_ATTRIBUTE_BYTES or len(value.encode()) <= MAX_ATTRIBUTE_BYTES
 
 
 class UnknownTenant(LookupError):
@@ -97,6 +107,9 @@ def check_event(event: Mapping, key_paths: Mapping[str, str | None]) -> tuple[in
             raise SchemaError(f"attribute '{name}' is empty")
         if "\x00" in value:
             raise SchemaError(f"attribute '{name}' contains a NUL character")
+        if name in INDEXED and not indexable(value):
+            raise SchemaError(f"attribute '{name}' is {len(value.encode())} bytes long; "
+                              f"at most {MAX_ATTRIBUTE_BYTES}")
     if event["specversion"] != "1.0":
         raise SchemaError("attribute 'specversion' must be \"1.0\"")
     data = event.get("data")
@@ -106,7 +119,11 @@ def check_event(event: Mapping, key_paths: Mapping[str, str | None]) -> tuple[in
     tenant = event["tenantid"]
     if tenant not in key_paths:
         raise UnknownTenant(f"tenant {tenant!r} is not in the catalog")
-    return event_us, idempotency_key(event, key_paths[tenant])
+    key = idempotency_key(event, key_paths[tenant])
+    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:  # escapes, or a long data value
+        raise SchemaError(f"the idempotency key is {len(key.encode())} bytes long once encoded; "
+                          f"at most {MAX_KEY_BYTES}")
+    return event_us, key
 
 
 def event_time(event: Mapping) -> int | None:

@@ -4,8 +4,10 @@ orjson (fast, used wherever numbers are Aforo's own) reads integers beyond 64 bi
 with a fraction or an exponent as a binary float: 2**70 becomes 1.1805916207174113e+21 and
 12345678901234567.89 becomes 1.2345678901234568e16. Where a number may be a client's quantity it
 is read here instead: integers as int (as Decimal from 19 digits on, which orjson could not
-write), every other number as Decimal (NaN and Infinity are not JSON and are refused), and written
-back with orjson, each Decimal as a JSON number with its exact digits. `loads_with_text` also
+write), every other number as Decimal, and written back with orjson, each Decimal as a JSON number
+with its exact digits. NaN and Infinity are not JSON and are refused; so is a `\\ud800` escape of a
+lone UTF-16 surrogate, which is no Unicode text (orjson and I-JSON refuse it too, and a string
+holding one cannot be encoded again, by orjson or for Postgres). `loads_with_text` also
 gives each array element's own text, so a door can produce each event of a batch as exactly the
 bytes the client sent for it.
 """
@@ -33,6 +35,8 @@ def _integer(text: str) -> int | Decimal:
 
 _DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_integer, parse_constant=_not_json)
 _WS = re.compile(r"[ \t\r\n]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a valid pair decodes to one code point
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _BYTES_WS = b" \t\r\n"
 
 
@@ -43,10 +47,29 @@ def _text(raw: bytes | str) -> str:
         raise JsonError(f"not valid UTF-8: {exc}") from None
 
 
+def _unicode(doc: object, text: str) -> object:
+    """`doc`, unless one of its strings holds a lone surrogate (only an escape can write one)."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return doc
+    nodes = [doc]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, dict):
+            nodes.extend(node)
+            nodes.extend(node.values())
+        elif isinstance(node, list):
+            nodes.extend(node)
+        elif isinstance(node, str) and _SURROGATE.search(node) is not None:
+            raise JsonError(f"not valid JSON: the string {node[:40]!a} holds a lone UTF-16 "
+                            "surrogate, which is not Unicode text")
+    return doc
+
+
 def loads(raw: bytes | str) -> object:
     """One JSON document, numbers exact; JsonError when it is not JSON."""
+    text = _text(raw)
     try:
-        return _DECODER.decode(_text(raw))
+        return _unicode(_DECODER.decode(text), text)
     except json.JSONDecodeError as exc:
         raise JsonError(f"not valid JSON: {exc}") from None
     except RecursionError:
@@ -70,7 +93,7 @@ def loads_with_text(raw: bytes) -> tuple[object, list[bytes]]:
         raise JsonError(f"not valid JSON: {exc}") from None
     except RecursionError:
         raise JsonError("JSON nests too deep") from None
-    return doc, texts
+    return _unicode(doc, text), texts
 
 
 def _array(text: str, pos: int) -> tuple[list, list[bytes], int]:

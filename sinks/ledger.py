@@ -46,6 +46,7 @@ from operators.audit import (
 from operators.dedup import Claim
 from operators.pricing import GroupKey
 from operators.revenue import PeriodTotals, TotalsKey
+from operators.schema_gate import indexable
 from schemas.record import Batch, Record, parse_ref
 from sinks.postgres import Reconnecting
 
@@ -65,13 +66,20 @@ def _str(value: object) -> str | None:
     return value if value.__class__ is str and "\x00" not in value else None
 
 
+def _indexed(value: object) -> str | None:
+    """An attribute of the ledger's index (tenantid, source, id): a rejected record's may be too
+    long for it (the raw payload keeps it)."""
+    value = _str(value)
+    return value if value is not None and indexable(value) else None
+
+
 def _nullable(value: str | None) -> str:
     return NULL if value is None else value
 
 
 def _tenant(r: Record) -> str:
     """The tenant whose audit chain a row joins ('' for records that name none)."""
-    t = _str(r.event.get("tenantid")) if r.event is not None else None
+    t = _indexed(r.event.get("tenantid")) if r.event is not None else None
     return t or ""
 
 
@@ -84,8 +92,8 @@ def row_text(r: Record) -> str:
     the others (topic names, ids, enums, hex, numbers) cannot hold one."""
     e = r.event if r.event is not None else _NO_EVENT
     b = r.billing
-    tenant, source, eid, etype, subject = (_str(e.get("tenantid")), _str(e.get("source")), _str(e.get("id")),
-                                           _str(e.get("type")), _str(e.get("subject")))
+    tenant, source, eid, etype, subject = (_indexed(e.get("tenantid")), _indexed(e.get("source")),
+                                           _indexed(e.get("id")), _str(e.get("type")), _str(e.get("subject")))
     detail = None if r.detail is None else r.detail.replace("\x00", "\\x00")
     customer, subscription, plan = ((b.customer, b.subscription, b.plan) if b is not None
                                     else (None, None, None))

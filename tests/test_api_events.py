@@ -231,6 +231,25 @@ def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
 
 
 @pytest.mark.integration
+def test_an_id_that_is_not_a_string_gets_a_receipt_and_its_reason_in_the_ledger(api_app):
+    """The exact reader holds such a number as a Decimal: its receipt was a 500 after the event
+    had been produced. A receipt names an id only when it is one (a string)."""
+    client, s = api_app.client, api_app.settings
+    numbers = [b"1e400", b"123456789012345678901", b"1.5"]
+    bodies = [orjson.dumps(_event(0)).replace(b'"e-0"', n) for n in numbers]
+    r = client.post("/v1/events", content=b"[" + b", ".join(bodies) + b"]",
+                    headers={**api_app.auth, "Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+    assert [(x["index"], x["id"], x["source"]) for x in r.json()["events"]] == [
+        (0, None, "sdk/test"), (1, None, "sdk/test"), (2, None, "sdk/test")]
+    assert sorted(raw_values(s)) == sorted(b'{"tenantid":"acme",' + b[1:] for b in bodies)
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT status, reason, detail, event_id FROM ledger ORDER BY 1").fetchall()
+    assert rows == [("rejected", "schema", "attribute 'id' must be a string", None)] * 3
+
+
+@pytest.mark.integration
 def test_a_client_side_door_names_its_tier(api_app):
     """The MCP proxy and the SDKs deliver through POST /v1/events and name themselves in a header
     of their own; their events get their tier (the MCP proxy's were recorded as rest)."""
@@ -261,6 +280,8 @@ def test_refused_requests_produce_nothing(api_app):
         "not json": (post(b"{nope"), 400),
         "scalar in batch": (post(b'[{"id": "1"}, 5]'), 400),
         "too deep": (post(b'{"data":' * 40 + b"1" + b"}" * 40), 400),
+        "lone surrogate": (post(one.replace(b'"e-1"', b'"e-\\ud800"')), 400),
+        "surrogate in a batch": (post(b"[" + one + b", " + one.replace(b"cust-1", b"\\udc00") + b"]"), 400),
         "other tenant": (post(orjson.dumps([_event(1), _event(2, tenantid="globex")])), 403),
         "no key": (post(one, {"Content-Type": "application/json"}), 401),
         "unknown key": (post(one, {**auth_json, "Authorization": f"Bearer afk_{'0' * 16}_{'A' * 43}"}), 401),
@@ -276,6 +297,7 @@ def test_refused_requests_produce_nothing(api_app):
         body = response.json()
         assert body["error"] and body["message"], name
     assert cases["other tenant"][0].json()["events"][0]["index"] == 1
+    assert "lone UTF-16 surrogate" in cases["surrogate in a batch"][0].json()["message"]
     assert raw_count(s) == 0
 
 
@@ -295,10 +317,12 @@ def test_a_broker_that_does_not_acknowledge_gets_503_naming_the_events(settings)
         dead = f"127.0.0.1:{sock.getsockname()[1]}"
     down = dataclasses.replace(settings, kafka_bootstrap_env=dead)
     _, key = new_key(settings, "acme")
+    numeric_id = orjson.dumps(_event(3)).replace(b'"e-3"', b"1e400")  # a Decimal: was a 500
+    body = orjson.dumps([_event(1), _event(2)])[:-1] + b"," + numeric_id + b"]"
     with TestClient(create_app(down, ApiOptions(delivery_timeout_s=1.5))) as client:
-        r = client.post("/v1/events", content=orjson.dumps([_event(1), _event(2)]),
+        r = client.post("/v1/events", content=body,
                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     assert r.status_code == 503, r.text
     body = r.json()
     assert body["error"] == "not_acknowledged" and body["accepted"] == []
-    assert [(m["index"], m["id"]) for m in body["not_acknowledged"]] == [(0, "e-1"), (1, "e-2")]
+    assert [(m["index"], m["id"]) for m in body["not_acknowledged"]] == [(0, "e-1"), (1, "e-2"), (2, None)]

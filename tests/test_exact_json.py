@@ -38,7 +38,18 @@ def test_each_element_keeps_its_own_bytes():
     (b"", "Expecting value"), (b"[1 2]", "delimiter"), (b"[1,]", "Expecting value"), (b"[1", "delimiter"),
     (b'{"a": 1} x', "Extra data"), (b"[1] [2]", "Extra data"), (b'{"a": NaN}', "NaN is not a JSON value"),
     (b"[Infinity]", "Infinity"), (b'"\xff"', "UTF-8"), (b"[" * 100_000, "nests too deep"),
+    # lone UTF-16 surrogates, as a value, a key, a second high one, a low one alone
+    (b'{"id": "x\\ud800"}', "lone UTF-16 surrogate"), (b'[{"a": {"\\udfff": 1}}]', "lone UTF-16 surrogate"),
+    (b'["\\uD800\\uD800"]', "lone UTF-16 surrogate"), (b'"\\udc00"', "lone UTF-16 surrogate"),
 ])
 def test_what_is_not_json_is_refused(body, problem):
     with pytest.raises(JsonError, match=problem):
         exact_json.loads_with_text(body)
+    with pytest.raises(JsonError, match=problem):
+        exact_json.loads(body)
+
+
+def test_escapes_that_are_unicode_text_are_read():
+    """A surrogate pair is one code point, and an escaped backslash before `ud800` is no escape."""
+    assert exact_json.loads(b'["\\ud83d\\ude00", "\\\\ud800"]') == ["\U0001f600", "\\ud800"]
+    assert exact_json.loads_with_text(b'["\\udbff\\udfff"]') == (["\U0010ffff"], [b'"\\udbff\\udfff"'])

@@ -80,6 +80,29 @@ def test_required_attribute(name, value, problem):
     assert f"'{name}'" in r.detail and problem in r.detail
 
 
+@pytest.mark.parametrize("name", ["id", "source", "tenantid"])
+def test_indexed_attributes_are_at_most_800_bytes(name):
+    """The ledger indexes (tenantid, source, id) and Postgres refuses a btree entry over 2704
+    bytes: a longer attribute stalled its partition, its ledger write failing again and again."""
+    known = {**KNOWN, "x" * 800: None, "€" * 266: None}
+    for fits in ("x" * 800, "€" * 266):  # 800 and 798 bytes
+        assert gate(event(**{name: fits}), known).status is None
+    for too_long, size in (("x" * 801, 801), ("€" * 267, 801), ("x" * 200_000, 200_000)):
+        r = gate(event(**{name: too_long}), known)
+        assert (r.status, r.reason, r.detail) == (
+            Status.REJECTED, Reason.SCHEMA, f"attribute '{name}' is {size} bytes long; at most 800")
+
+
+def test_an_idempotency_key_too_long_once_encoded_is_rejected():
+    escaped = gate(event(id="\x01" * 800))  # 800 bytes, 4,800 as JSON
+    assert (escaped.status, escaped.reason) == (Status.REJECTED, Reason.SCHEMA)
+    assert "the idempotency key is 4" in escaped.detail and "at most 2600" in escaped.detail
+    by_path = {"acme": "$.request_id"}
+    assert gate(event(data={"request_id": "r" * 2570}), by_path).status is None
+    r = gate(event(data={"request_id": "r" * 2600}), by_path)
+    assert (r.status, r.reason) == (Status.REJECTED, Reason.SCHEMA) and "idempotency key" in r.detail
+
+
 @pytest.mark.parametrize("overrides, problem", [
     ({"specversion": "0.3"}, "specversion"),
     ({"time": "2026-05-28"}, "RFC 3339"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import random
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -93,12 +95,23 @@ def test_poison_records_are_rejected_and_never_stall_their_partition(settings):
     settings = dataclasses.replace(settings, raw_partitions=1)  # poison and good share a partition
     good = {"specversion": "1.0", "id": "ok", "source": "sdk", "type": "api.call",
             "subject": "cust-1", "time": datetime.now(UTC).isoformat(), "tenantid": "acme"}
+    long = base64.b64encode(random.Random(7).randbytes(3000)).decode()  # 4,000 bytes Postgres cannot compress
     poison = [
         (b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', "too_large"),
         (b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed"),  # nesting beyond the parser's limit
         (b'{"id": "\xff\xfe"}', "malformed"),  # invalid UTF-8
         (b"\x00\x00\x00", "malformed"),
+        # a lone surrogate escape: JSON's grammar allows it, but no string can hold it (the flow
+        # crashed on it, at the idempotency key or the payload hash, and again on every restart)
+        (orjson.dumps({**good, "id": "?"}).replace(b'"?"', b'"lone \\ud800"'), "malformed"),
+        (orjson.dumps({**good, "id": "y", "data": {"m": "?"}}).replace(b'"?"', b'"\\udfff"'), "malformed"),
         (b"", "malformed"),
+        # too long for the ledger's index of (tenantid, source, id), or for the dedup claims' key:
+        # each stalled the partition, its write failing on every retry
+        (orjson.dumps({**good, "id": long}), "schema"),
+        (orjson.dumps({**good, "source": long, "time": None}), "schema"),  # rejected for its time
+        (orjson.dumps({**good, "tenantid": long}), "schema"),
+        (orjson.dumps({**good, "id": "\u0001" * 700}), "schema"),  # 4,200 bytes in the key
         (orjson.dumps({**good, "id": "nul\u0000inside"}), "schema"),
         (orjson.dumps({**good, "id": "x", "data": {"note": "a NUL \u0000 in data is fine"}}), None),
     ]

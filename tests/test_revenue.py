@@ -138,6 +138,19 @@ def test_unique_count_counts_each_value_once():
     assert [x.revenue for x in lines] == [1, 1, 0, 1, 1]  # 7 and "7" are different values
 
 
+
+def test_a_distinct_value_too_long_to_store_is_unpriceable():
+    """A unique_count value and its group are a key of the durable set (revenue_distinct), which
+    Postgres indexes: a longer one stalled the partition, its ledger write failing on every retry."""
+    per_unit = {"model": "per_unit", "unit_price": "1"}
+    t = tenant([MetricDef("m", "unique_count", "$.v", ("g",))], {"m": per_unit})
+    fits = enrich(event({"v": "u" * 1986, "g": "a"}), t, ENT)  # ["u...",{"g":"a"}]: 2,000 bytes
+    assert fits.status is None and fits.billing.uses[0].raw_value == "u" * 1986
+    for data in ({"v": "u" * 1987, "g": "a"}, {"v": "u", "g": "€" * 700}):
+        r = enrich(event(data), t, ENT)
+        assert (r.status, r.reason) == (Status.UNRESOLVED, Reason.UNPRICEABLE)
+        assert r.detail.startswith("metric m: $.v and its group take ") and "at most 2000" in r.detail
+
 CHARGES = [
     {"model": "flat", "amount": "99"},
     {"model": "per_unit", "unit_price": "0.003"},
