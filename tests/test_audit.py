@@ -151,9 +151,8 @@ def test_rows_resealed_together_join_their_chain_in_raw_order(metered):
     which meets it first)."""
     from sinks.audit import reseal
     with connect(metered.database_url) as conn:
-        partition, = conn.execute("SELECT raw_partition FROM ledger WHERE tenantid = 'acme'"
-                                  " GROUP BY raw_partition HAVING count(*) >= 3 ORDER BY raw_partition LIMIT 1"
-                                  ).fetchone()
+        partition, = conn.execute("SELECT raw_partition FROM ledger WHERE tenantid = 'acme' GROUP BY"
+                                  " raw_partition HAVING count(*) >= 3 ORDER BY 1 LIMIT 1").fetchone()
         offsets = [o for o, in conn.execute("SELECT raw_offset FROM ledger WHERE tenantid = 'acme' AND"
                                             " raw_partition = %s ORDER BY raw_offset LIMIT 3", (partition,))]
         for offset in reversed(offsets):

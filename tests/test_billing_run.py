@@ -175,7 +175,8 @@ def test_a_partitions_events_stamped_out_of_order_bill_as_the_flow_rated_them(se
     times = [START + timedelta(hours=i) for i in range(59)]
     times.append(times[-1] + timedelta(milliseconds=1))
     stamped = on_time([(event(f"o{i}", "cust-1", t), t) for i, t in enumerate(times)])
-    stamped[-1] = (stamped[-1][0], stamped[-2][1] - timedelta(milliseconds=3))  # produced last, stamped earlier
+    # produced last, stamped earlier
+    stamped[-1] = (stamped[-1][0], stamped[-2][1] - timedelta(milliseconds=3))
     send_at(settings, [*stamped, clock_past(END)])
     run(settings, once=True)
     with connect(settings.database_url) as conn:
