@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -151,6 +154,57 @@ def test_sign_in_and_the_tiles_match_aforo_revenue_to_the_cent(console):
     expect(page.locator("[data-note]")).to_contain_text("flat and stairstep fees count once")
     assert page.locator("[data-spark]").count() == 3
     c.shot("home-1280")
+
+
+@contextmanager
+def another_site(page: str) -> Iterator[str]:
+    """A web server of someone else's, serving `page`: at localhost, while the console is at
+    127.0.0.1, so the browser treats it as another site."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(page.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_another_sites_form_cannot_sign_the_browser_in(chromium, settings):
+    """Login CSRF: a page elsewhere posts the attacker's own key to the console's sign-in, so that
+    the victim's test events and backfills would land in the attacker's tenant. The console
+    refuses it and says why; the same key typed on the console's own page signs in."""
+    ensure_topics(settings)
+    keys = console_keys(settings)
+    with serving(settings) as base, another_site(
+            f'<form method="post" action="{base}/login"><input name="key" value="{keys["globex"]}">'
+            '<input name="next" value="/guide"></form><script>document.forms[0].submit()</script>') as evil:
+        chromium.clear_cookies()
+        page = chromium.new_page()
+        try:
+            page.goto(evil)  # the form submits itself
+            expect(page.locator("#signin-error")).to_contain_text("sent from another site")
+            # the victim then opens the console: not signed in to the attacker's tenant
+            assert [c["name"] for c in chromium.cookies(base)] == []
+            page.goto(base + "/guide")
+            expect(page).to_have_url(base + "/login?next=%2Fguide")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=SHOTS / "login-refused-1280.png")
+            page.locator("#key").fill(keys["acme"])
+            with page.expect_navigation(url=base + "/guide"):
+                page.keyboard.press("Enter")
+            expect(page.locator(".who")).to_contain_text("Tenant acme")
+        finally:
+            page.close()
 
 
 def test_a_tile_whose_data_is_older_than_30_s_says_so(console):

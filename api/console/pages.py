@@ -23,7 +23,7 @@ from api.routes.revenue import margins_route, revenue_summary_route
 from api.routes.usage import alerts, quotas, usage_tiers
 from api.services import Svc
 from api.sessions import COOKIE, LIFETIME, create_session, end_session
-from api.viewer import CSRF_HEADER, Viewer, session_viewer
+from api.viewer import CSRF_HEADER, Viewer, from_another_site, session_viewer
 from schemas.errors import AforoError
 from sinks.console import tenant_names
 from sinks.invoice_files import exact
@@ -124,6 +124,10 @@ async def login(request: Request, svc: Svc) -> Response:
     key = (form.get("key") or [""])[0].strip()
     target = (form.get("next") or ["/"])[0]
     target = target if target.startswith("/") and not target.startswith("//") else "/"
+    if from_another_site(request):
+        refused = ("Sign-in refused: the form was sent from another site, which could sign you in with"
+                   " its own key. Sign in here, on this console's own page.")
+        return _render(request, "login.html", {"next": target, "error": refused, "nav": []}, 403)
     try:
         stored = await live_key(svc, key)
     except ApiError as exc:
