@@ -207,6 +207,24 @@ def test_a_nul_in_a_parameter_is_a_clear_400(settings):
             assert r.status_code == 400 and "contains a NUL character" in r.text, path
 
 
+def test_the_console_shows_an_events_provenance(settings):
+    """The page the live stream opens (and its fragment) shows the event the JSON route finds,
+    an MCP proxy's session/request id included: a 200, never a 500."""
+    ensure_topics(settings)
+    send(settings, [_event("x", id="sess-9/7", source="mcp/proxy")])
+    run(settings, once=True)
+    key = _key(settings, "acme")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        found = c.get("/v1/events/mcp/proxy/sess-9%2F7", headers=_bearer(key))
+        assert (found.status_code, found.json()["status"]) == (200, "accepted"), found.text
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for fragment in ("0", "1"):
+            page = c.get("/events/view", params={"source": "mcp/proxy", "id": "sess-9/7",
+                                                 "fragment": fragment})
+            assert page.status_code == 200, page.text
+            assert "sess-9/7" in page.text and 'data-final-status="accepted"' in page.text
+
+
 def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
     for api in open_api(settings):
         c = api.client

@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.auth import live_key
 from api.errors import ApiError
-from api.routes.events import counters, get_event, recent
+from api.routes.events import counters, one_event, recent
 from api.routes.guide import guide
 from api.routes.invoices import invoice, invoices
 from api.routes.portal import portal
@@ -184,7 +184,7 @@ async def event_page(request: Request, svc: Svc, source: str, id: str, tenant: s
                      fragment: bool = False) -> HTMLResponse:
     """One event's provenance; `fragment=1` is the panel the live stream opens in place."""
     ctx = await _page(request, svc, "events", tenant, one_tenant=True)
-    event = await get_event(source, id, ctx["viewer"], svc, ctx["tenant"])
+    event = await one_event(source, id, ctx["viewer"], svc, ctx["tenant"])
     return _render(request, "event_fragment.html" if fragment else "event.html", {**ctx, "event": event})
 
 
