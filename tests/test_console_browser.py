@@ -415,6 +415,44 @@ def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
     expect(page.locator("tbody.customer").first.locator("tr.detail").first).to_be_visible()
 
 
+def test_margins_sort_at_phone_width(console):
+    """At 390 px a customer is a block of label/value lines and the header row is gone, its sort
+    buttons with it (Tab never lands on a button no one sees); a "Sort by" select sorts instead."""
+    c, _settings, keys = console
+    page = c.sign_in(keys["operator"], "/margins")
+    page.set_viewport_size(PHONE)
+    bodies = page.locator("tbody.customer")
+
+    def shown(key: str) -> list[str]:
+        return bodies.evaluate_all(f"(bs) => bs.map((b) => b.dataset.{key})")
+
+    expect(bodies).to_have_count(5)
+    listed = shown("customer")
+    focused = []
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+    assert "sort" not in focused, "a hidden header's sort button takes the focus"
+    assert "sort-by" in focused
+    assert page.locator("#margins thead").is_hidden()
+    sort_by = page.get_by_label("Sort by")
+    sort_by.select_option(label="Customer, Z to A")
+    assert shown("customer") == sorted(listed, reverse=True) != listed  # ids are unique: it moved
+    expect(bodies.first).to_contain_text(sorted(listed)[-1])
+    sort_by.select_option(label="Revenue, highest first")
+    revenue = [Decimal(r) for r in shown("revenue")]
+    assert revenue == sorted(revenue, reverse=True)
+    sort_by.select_option(label="Margin %, lowest first")
+    percent = [Decimal(p) for p in shown("margin_percent")]
+    assert percent == sorted(percent)
+    c.shot("margins-sorted-390")
+    page.set_viewport_size(DESKTOP)  # the header sorts again; the select follows it
+    expect(sort_by).to_be_hidden()
+    page.get_by_role("button", name="Customer", exact=True).click()
+    assert shown("customer") == sorted(listed)
+    expect(sort_by).to_have_value("customer asc")
+
+
 @pytest.fixture
 def billed_console(chromium, settings):
     """acme's PERIOD metered and billed by a real bill run (INV-2026-0001..3), served, a browser."""
