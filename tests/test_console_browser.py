@@ -182,7 +182,7 @@ def another_site(page: str) -> Iterator[str]:
 def test_another_sites_form_cannot_sign_the_browser_in(chromium, settings):
     """Login CSRF: a page elsewhere posts the attacker's own key to the console's sign-in, so that
     the victim's test events and backfills would land in the attacker's tenant. The console
-    refuses it and says why; the same key typed on the console's own page signs in."""
+    refuses it and says why; a key typed on the console's own page still signs in."""
     ensure_topics(settings)
     keys = console_keys(settings)
     with serving(settings) as base, another_site(
@@ -193,12 +193,12 @@ def test_another_sites_form_cannot_sign_the_browser_in(chromium, settings):
         try:
             page.goto(evil)  # the form submits itself
             expect(page.locator("#signin-error")).to_contain_text("sent from another site")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=SHOTS / "login-refused-1280.png")
             # the victim then opens the console: not signed in to the attacker's tenant
             assert [c["name"] for c in chromium.cookies(base)] == []
             page.goto(base + "/guide")
             expect(page).to_have_url(base + "/login?next=%2Fguide")
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=SHOTS / "login-refused-1280.png")
             page.locator("#key").fill(keys["acme"])
             with page.expect_navigation(url=base + "/guide"):
                 page.keyboard.press("Enter")
