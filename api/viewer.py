@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -24,6 +25,21 @@ from api.sessions import COOKIE
 # form cannot set it and no CORS policy lets another origin's script send it.
 CSRF_HEADER = "X-Aforo-Console"
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def from_another_site(request: Request) -> bool:
+    """Whether the browser says this request comes from a page of another origin. Sign-in carries
+    no cookie, so SameSite cannot guard it: another site's form could sign its visitor in with the
+    attacker's key. Sec-Fetch-Site is the browser's own verdict (a proxy rewriting Host cannot
+    spoil it); browsers without it send Origin, or at least Referer, on a form's POST. A request
+    with none of them is no browser's form but a script's, as in Go's CrossOriginProtection."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")  # "none": typed or bookmarked by the user
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin is None:
+        return False
+    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()  # "null" has none
 
 
 @dataclass(frozen=True)

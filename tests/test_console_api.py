@@ -207,6 +207,24 @@ def test_a_nul_in_a_parameter_is_a_clear_400(settings):
             assert r.status_code == 400 and "contains a NUL character" in r.text, path
 
 
+def test_the_console_shows_an_events_provenance(settings):
+    """The page the live stream opens (and its fragment) shows the event the JSON route finds,
+    an MCP proxy's session/request id included: a 200, never a 500."""
+    ensure_topics(settings)
+    send(settings, [_event("x", id="sess-9/7", source="mcp/proxy")])
+    run(settings, once=True)
+    key = _key(settings, "acme")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        found = c.get("/v1/events/mcp/proxy/sess-9%2F7", headers=_bearer(key))
+        assert (found.status_code, found.json()["status"]) == (200, "accepted"), found.text
+        assert c.post("/login", content=f"key={key}&next=/", follow_redirects=False).status_code == 303
+        for fragment in ("0", "1"):
+            page = c.get("/events/view", params={"source": "mcp/proxy", "id": "sess-9/7",
+                                                 "fragment": fragment})
+            assert page.status_code == 200, page.text
+            assert "sess-9/7" in page.text and 'data-final-status="accepted"' in page.text
+
+
 def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
     for api in open_api(settings):
         c = api.client
@@ -225,6 +243,38 @@ def test_sessions_sign_in_out_and_need_the_csrf_header_to_write(settings):
         c.post("/logout")
         c.cookies.clear()
         assert c.get("/v1/revenue/margins").status_code == 401
+
+
+def test_a_sign_in_sent_from_another_site_is_refused(settings):
+    """Sign-in takes no cookie, so SameSite cannot guard it: a form on another site posting its
+    own key would sign the victim's browser in to the attacker's tenant. The browser's word on
+    where the form comes from (Sec-Fetch-Site, else Origin, else Referer) must be this console;
+    a script sending none of it still signs in, and Bearer reads never needed a form."""
+    ensure_topics(settings)
+    attacker = _key(settings, "globex")
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        host = base.removeprefix("http://")
+        for headers in ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+                        {"Origin": base, "Sec-Fetch-Site": "same-site"},  # a sibling subdomain
+                        {"Origin": "https://evil.example"},
+                        {"Origin": "null"},  # a sandboxed frame, or a redirect from elsewhere
+                        {"Origin": f"http://{host.split(':')[0]}:1"},  # same host, another port
+                        {"Referer": "https://evil.example/win-a-prize"}):
+            r = c.post("/login", content=f"key={attacker}&next=/", follow_redirects=False,
+                       headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+            assert r.status_code == 403, (headers, r.text)
+            assert "set-cookie" not in r.headers, headers
+            assert "sent from another site" in r.text and 'id="signin-error"' in r.text, headers
+            assert c.get("/v1/revenue/margins").status_code == 401, headers  # not signed in
+        for headers in ({"Origin": base, "Sec-Fetch-Site": "same-origin"}, {"Origin": base},
+                        {"Referer": f"{base}/login?next=%2Fmargins"}, {}):  # {}: a script
+            c.cookies.clear()
+            ok = c.post("/login", content=f"key={attacker}&next=/margins", follow_redirects=False,
+                        headers=headers)
+            assert (ok.status_code, ok.headers["location"]) == (303, "/margins"), (headers, ok.text)
+            assert c.get("/v1/revenue/margins").status_code == 200, headers
+        c.cookies.clear()
+        assert c.get("/v1/revenue/margins", headers=_bearer(attacker)).status_code == 200
 
 
 def test_unit_health_splits_graduated_usage_across_tiers(metered):

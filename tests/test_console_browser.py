@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -151,6 +154,57 @@ def test_sign_in_and_the_tiles_match_aforo_revenue_to_the_cent(console):
     expect(page.locator("[data-note]")).to_contain_text("flat and stairstep fees count once")
     assert page.locator("[data-spark]").count() == 3
     c.shot("home-1280")
+
+
+@contextmanager
+def another_site(page: str) -> Iterator[str]:
+    """A web server of someone else's, serving `page`: at localhost, while the console is at
+    127.0.0.1, so the browser treats it as another site."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(page.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_another_sites_form_cannot_sign_the_browser_in(chromium, settings):
+    """Login CSRF: a page elsewhere posts the attacker's own key to the console's sign-in, so that
+    the victim's test events and backfills would land in the attacker's tenant. The console
+    refuses it and says why; a key typed on the console's own page still signs in."""
+    ensure_topics(settings)
+    keys = console_keys(settings)
+    with serving(settings) as base, another_site(
+            f'<form method="post" action="{base}/login"><input name="key" value="{keys["globex"]}">'
+            '<input name="next" value="/guide"></form><script>document.forms[0].submit()</script>') as evil:
+        chromium.clear_cookies()
+        page = chromium.new_page()
+        try:
+            page.goto(evil)  # the form submits itself
+            expect(page.locator("#signin-error")).to_contain_text("sent from another site")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=SHOTS / "login-refused-1280.png")
+            # the victim then opens the console: not signed in to the attacker's tenant
+            assert [c["name"] for c in chromium.cookies(base)] == []
+            page.goto(base + "/guide")
+            expect(page).to_have_url(base + "/login?next=%2Fguide")
+            page.locator("#key").fill(keys["acme"])
+            with page.expect_navigation(url=base + "/guide"):
+                page.keyboard.press("Enter")
+            expect(page.locator(".who")).to_contain_text("Tenant acme")
+        finally:
+            page.close()
 
 
 def test_a_tile_whose_data_is_older_than_30_s_says_so(console):
@@ -359,6 +413,44 @@ def test_every_page_at_desktop_and_phone_width_is_labelled_and_legible(console):
     page.keyboard.press("Enter")
     expect(expand).to_have_attribute("aria-expanded", "true")
     expect(page.locator("tbody.customer").first.locator("tr.detail").first).to_be_visible()
+
+
+def test_margins_sort_at_phone_width(console):
+    """At 390 px a customer is a block of label/value lines and the header row is gone, its sort
+    buttons with it (Tab never lands on a button no one sees); a "Sort by" select sorts instead."""
+    c, _settings, keys = console
+    page = c.sign_in(keys["operator"], "/margins")
+    page.set_viewport_size(PHONE)
+    bodies = page.locator("tbody.customer")
+
+    def shown(key: str) -> list[str]:
+        return bodies.evaluate_all(f"(bs) => bs.map((b) => b.dataset.{key})")
+
+    expect(bodies).to_have_count(5)
+    listed = shown("customer")
+    focused = []
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+    assert "sort" not in focused, "a hidden header's sort button takes the focus"
+    assert "sort-by" in focused
+    assert page.locator("#margins thead").is_hidden()
+    sort_by = page.get_by_label("Sort by")
+    sort_by.select_option(label="Customer, Z to A")
+    assert shown("customer") == sorted(listed, reverse=True) != listed  # ids are unique: it moved
+    expect(bodies.first).to_contain_text(sorted(listed)[-1])
+    sort_by.select_option(label="Revenue, highest first")
+    revenue = [Decimal(r) for r in shown("revenue")]
+    assert revenue == sorted(revenue, reverse=True)
+    sort_by.select_option(label="Margin %, lowest first")
+    percent = [Decimal(p) for p in shown("margin_percent")]
+    assert percent == sorted(percent)
+    c.shot("margins-sorted-390")
+    page.set_viewport_size(DESKTOP)  # the header sorts again; the select follows it
+    expect(sort_by).to_be_hidden()
+    page.get_by_role("button", name="Customer", exact=True).click()
+    assert shown("customer") == sorted(listed)
+    expect(sort_by).to_have_value("customer asc")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.auth import live_key
 from api.errors import ApiError
-from api.routes.events import counters, get_event, recent
+from api.routes.events import counters, one_event, recent
 from api.routes.guide import guide
 from api.routes.invoices import invoice, invoices
 from api.routes.portal import portal
@@ -23,7 +23,7 @@ from api.routes.revenue import margins_route, revenue_summary_route
 from api.routes.usage import alerts, quotas, usage_tiers
 from api.services import Svc
 from api.sessions import COOKIE, LIFETIME, create_session, end_session
-from api.viewer import CSRF_HEADER, Viewer, session_viewer
+from api.viewer import CSRF_HEADER, Viewer, from_another_site, session_viewer
 from schemas.errors import AforoError
 from sinks.console import tenant_names
 from sinks.invoice_files import exact
@@ -124,6 +124,10 @@ async def login(request: Request, svc: Svc) -> Response:
     key = (form.get("key") or [""])[0].strip()
     target = (form.get("next") or ["/"])[0]
     target = target if target.startswith("/") and not target.startswith("//") else "/"
+    if from_another_site(request):
+        refused = ("Sign-in refused: the form was sent from another site, which could sign you in with"
+                   " its own key. Sign in here, on this console's own page.")
+        return _render(request, "login.html", {"next": target, "error": refused, "nav": []}, 403)
     try:
         stored = await live_key(svc, key)
     except ApiError as exc:
@@ -180,7 +184,7 @@ async def event_page(request: Request, svc: Svc, source: str, id: str, tenant: s
                      fragment: bool = False) -> HTMLResponse:
     """One event's provenance; `fragment=1` is the panel the live stream opens in place."""
     ctx = await _page(request, svc, "events", tenant, one_tenant=True)
-    event = await get_event(source, id, ctx["viewer"], svc, ctx["tenant"])
+    event = await one_event(source, id, ctx["viewer"], svc, ctx["tenant"])
     return _render(request, "event_fragment.html" if fragment else "event.html", {**ctx, "event": event})
 
 

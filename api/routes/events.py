@@ -29,9 +29,9 @@ from api.cloudevents import (
 from api.errors import ApiError, documented
 from api.limits import MIB, decoded, read_body
 from api.reads import Money, money, now
-from api.services import Svc
+from api.services import Services, Svc
 from api.stream import tail
-from api.viewer import TenantViewer
+from api.viewer import TenantViewer, Viewer
 from config.clock import now_ms
 from operators.provenance import gate_trail
 from sinks.console import event_counters, event_lines, recent_events
@@ -251,6 +251,13 @@ async def get_event(source: str, event_id: str, request: Request, viewer: Tenant
     Every raw record that carried it, each with its gates, billing context and revenue lines.
     An operator key names the tenant (?tenant=)."""
     source, event_id = _split_at_the_encoded_id(request, source, event_id)
+    return await one_event(source, event_id, viewer, svc, tenant)
+
+
+async def one_event(source: str, event_id: str, viewer: Viewer, svc: Services,
+                    tenant: str | None) -> EventStatus:
+    """The event's status and provenance, its source and id given apart: the console's page has
+    them as query parameters, with no path to split."""
     scope = viewer.one_tenant(tenant)
     chain, lines = await svc.db(_chain_with_lines, scope, source, event_id)
     if not chain:
