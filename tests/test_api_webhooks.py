@@ -182,6 +182,11 @@ def test_templates_map_realistic_payloads():
         "Ev0PV52K21", "message", "cust-1", "2025-11-30T14:23:07.000Z")
 
 
+def test_a_payload_after_a_byte_order_mark_is_read():
+    body = fixture_bytes("stripe_invoice_paid.json")
+    assert _map("stripe", b"\xef\xbb\xbf" + body) == _map("stripe", body)
+
+
 def test_mapping_leaves_missing_attributes_out_for_the_schema_gate_to_name():
     [event] = map_events(parse_mapping({"id": "$.id", "subject": "$.nope", "data": {"n": "$.x"}}),
                          {"id": 7}, {}, source="generic/s", tenant="acme", received="2026-11-30T00:00:00Z")
