@@ -3,9 +3,10 @@ record per row, each row keeping its own `time`. Tier `upload`.
 
 Rows are produced as they are read, so a bad row cannot hold back the good ones: it is skipped
 and reported with its line number and why (a row that is not valid UTF-8 too). Only a problem that
-makes the rest of the file unreadable (a broken JSON array, a CSV line over 1 MiB) stops the
-upload; the report names where, and the rows before it were produced. A problem with the CSV
-header or the mapping refuses the upload before anything is produced.
+makes the rest of the file unreadable (a broken JSON array, a CSV line over 1 MiB, a body that
+cannot be read further, such as broken gzip) stops the upload; the report names where, and the
+rows before it were produced. A problem with the CSV header or the mapping refuses the upload
+before anything is produced.
 
 CSV column mapping (`mapping`, JSON):
 
@@ -52,6 +53,10 @@ csv.field_size_limit(MAX_LINE)
 
 class UploadError(ValueError):
     """The upload cannot start (the API answers 400 before producing anything)."""
+
+
+class BodyError(OSError):
+    """The body cannot be read further (broken gzip, the client went away): the upload stops there."""
 
 
 @dataclass(frozen=True)
@@ -367,20 +372,25 @@ def event_bytes(row: Row, tenant: str | None) -> bytes:
 
 def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) -> Iterator[tuple[int, bytes]]:
     """(line, raw record) of every row that can be produced; the others go to the report."""
-    for row in rows:
-        if row.fatal:
-            report.stopped = BadRow(line=row.line, error=row.error or "")
-            return
-        report.rows += 1
-        if row.error is not None:
-            report.refuse(row.line, row.error)
-            continue
-        try:
-            raw = event_bytes(row, tenant)
-        except (ValueError, PermissionError) as exc:
-            report.refuse(row.line, str(exc))
-            continue
-        yield row.line, raw
+    line = 0
+    try:
+        for row in rows:
+            if row.fatal:
+                report.stopped = BadRow(line=row.line, error=row.error or "")
+                return
+            line = row.line
+            report.rows += 1
+            if row.error is not None:
+                report.refuse(row.line, row.error)
+                continue
+            try:
+                raw = event_bytes(row, tenant)
+            except (ValueError, PermissionError) as exc:
+                report.refuse(row.line, str(exc))
+                continue
+            yield row.line, raw
+    except BodyError as exc:  # what was produced stays produced: the report says how far it got
+        report.stopped = BadRow(line=line + 1, error=f"the body cannot be read after line {line}: {exc}")
 
 
 def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawProducer,

@@ -3,6 +3,7 @@ rows reported by line, and uploaded rows through the pipeline keeping their own 
 
 from __future__ import annotations
 
+import gzip
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -237,6 +238,40 @@ def test_uploaded_json_rows_are_produced_as_the_bytes_sent(api_app):
     assert sorted(value for value in raw_values(s)) == sorted([
         _exact_event(1), with_tenant.replace(b"x-0", b"x-2"),
         _exact_event(3), with_tenant.replace(b"x-0", b"x-4")])
+
+
+@pytest.mark.integration
+def test_an_upload_that_stops_midway_is_a_400_naming_what_was_produced(api_app):
+    """A gzip body cut short was read as if it ended there (202, its last row cut: the tokens of a
+    row lost), one of several gzip members was all that was read (202, the rest lost), and a body
+    that stopped being readable after rows were produced was a bare 400 saying nothing was taken."""
+    client, s, auth = api_app.client, api_app.settings, api_app.auth
+    csv_headers = {**auth, "Content-Type": "text/csv", "Content-Encoding": "gzip"}
+    rows = [f"g-{i},cust-1,{_at(5)},llm.completion,{1000 + i},gpt-4o\n" for i in range(3)]
+    header = "id,subject,time,type,data.tokens,data.model\n"
+    cut = gzip.compress((header + "".join(rows)).encode())[:-12]  # in the last row's deflate data
+    r = client.post("/v1/uploads", content=cut, headers=csv_headers)
+    assert r.status_code == 400, r.text
+    report = r.json()
+    assert (report["error"], report["rows"], report["produced"], report["stopped"]["line"]) == (
+        "upload_stopped", 2, 2, 4)
+    assert "truncated" in report["message"] and "2 rows produced before it" in report["message"]
+    members = gzip.compress((header + rows[0]).encode()) + gzip.compress("".join(rows[1:]).encode())
+    r = client.post("/v1/uploads", content=members, headers=csv_headers)
+    assert r.status_code == 202 and r.json()["produced"] == 3, r.text
+    broken = b'[' + orjson.dumps({"specversion": "1.0", "id": "j-1", "source": "s", "type": "api.call",
+                                  "subject": "cust-1", "time": _at(3)}) + b',\n{"id": "j-2", "s": "]'
+    r = client.post("/v1/uploads", content=broken, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["produced"] == 1, r.text
+    assert r.json()["stopped"] == {"line": 2, "error": "the JSON array is not closed"}
+
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT event_id, status, reason, l.quantity FROM ledger LEFT JOIN ledger_lines l"
+                            " USING (raw_topic_id, raw_partition, raw_offset) ORDER BY 1, 2").fetchall()
+    assert rows == [("g-0", "accepted", None, 1000), ("g-0", "duplicate", "same_payload", None),
+                    ("g-1", "accepted", None, 1001), ("g-1", "duplicate", "same_payload", None),
+                    ("g-2", "accepted", None, 1002), ("j-1", "accepted", None, 1)]
 
 
 @pytest.mark.integration
