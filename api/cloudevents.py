@@ -41,10 +41,10 @@ def media_type(content_type: str | None) -> str:
 
 
 def parse_exact(body: bytes, what: str = "body") -> object:
-    """A JSON body, numbers exact (schemas.exact_json), depth bounded; a 400 naming the problem
-    otherwise."""
+    """A provider's JSON body, numbers exact and as written (schemas.exact_json), depth bounded; a
+    400 naming the problem otherwise."""
     try:
-        doc = exact_json.loads(body.removeprefix(BOM))
+        doc = exact_json.loads(body.removeprefix(BOM), as_written=True)
         check_depth(doc)
     except ValueError as exc:
         raise bad_request(f"{what}: {exc}") from None

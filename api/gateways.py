@@ -90,7 +90,7 @@ def _firehose_record(data: str, inflate_limit: int, max_lines: int) -> tuple[lis
         if len(lines) == max_lines:
             raise ExportError(f"an export holds at most {MAX_ENTRIES} entries")
         try:
-            lines.append(exact_json.loads(line))
+            lines.append(exact_json.loads(line, as_written=True))
         except JsonError as exc:
             raise ExportError(f"an access-log line is not JSON ({exc}); configure the JSON format") from None
     return lines, inflated
