@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from schemas.exact_json import JsonError
 
 EVENT_TYPE = "api.call"
 MAX_ENTRIES = 10_000
+MAX_EXPORT_BYTES = 16 * MIB  # a body, and what its records inflate to; Firehose buffers up to 64 MiB
 _ABSENT = (None, "", "-")  # AWS writes "-" for an empty $context variable
 
 
@@ -56,15 +58,22 @@ def _kong(doc: object) -> list[object]:
     return _list_or_one(doc)
 
 
-def _firehose_record(data: str) -> list[object]:
+def _firehose_record(data: str, inflate_limit: int, max_lines: int) -> tuple[list[object], int]:
     """One Firehose record: an access-log line (API Gateway -> Firehose), several lines, or a
-    gzipped CloudWatch Logs subscription message whose logEvents carry the lines."""
+    gzipped CloudWatch Logs subscription message whose logEvents carry the lines; and how many
+    bytes its gzip inflated to. ExportError past either limit, before reading further."""
     try:
         raw = base64.b64decode(data, validate=True)
-        if raw[:2] == b"\x1f\x8b":
-            raw = gunzip(raw, 16 * MIB)
     except (binascii.Error, ValueError) as exc:
         raise ExportError(f"a Firehose record's data is not base64 (optionally gzip): {exc}") from None
+    inflated = 0
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gunzip(raw, inflate_limit)
+        except ValueError as exc:
+            raise ExportError(f"a Firehose record's gzip data: {exc} (an export inflates to at most "
+                              f"{MAX_EXPORT_BYTES} bytes)") from None
+        inflated = len(raw)
     text = raw.decode("utf-8", "replace")
     try:
         message = exact_json.loads(raw)
@@ -72,26 +81,34 @@ def _firehose_record(data: str) -> list[object]:
         message = None
     if isinstance(message, dict) and isinstance(message.get("logEvents"), list):
         if message.get("messageType") == "CONTROL_MESSAGE":
-            return []
+            return [], inflated
         text = "\n".join(str(e.get("message", "")) for e in message["logEvents"] if isinstance(e, dict))
-    lines = []
-    for line in filter(str.strip, text.splitlines()):
+    lines: list[object] = []
+    for line in io.StringIO(text):  # lazily, and only at "\n" (str.splitlines also splits at U+2028)
+        if not line.strip():
+            continue
+        if len(lines) == max_lines:
+            raise ExportError(f"an export holds at most {MAX_ENTRIES} entries")
         try:
-            lines.append(exact_json.loads(line))
+            lines.append(exact_json.loads(line, as_written=True))
         except JsonError as exc:
             raise ExportError(f"an access-log line is not JSON ({exc}); configure the JSON format") from None
-    return lines
+    return lines, inflated
 
 
 def _aws(doc: object) -> list[object]:
     """Kinesis Data Firehose HTTP endpoint delivery ({"records": [{"data": base64}]}), or access-log
-    objects posted as they are."""
+    objects posted as they are. A small delivery can hold records that inflate to gigabytes of log
+    lines: the export's limits hold for all of them together, as they are read."""
     if isinstance(doc, dict) and isinstance(doc.get("records"), list):
         entries: list[object] = []
+        inflate_room = MAX_EXPORT_BYTES
         for record in doc["records"]:
             if not isinstance(record, dict) or not isinstance(record.get("data"), str):
                 raise ExportError("each Firehose record must be an object with a base64 'data' string")
-            entries.extend(_firehose_record(record["data"]))
+            lines, inflated = _firehose_record(record["data"], inflate_room, MAX_ENTRIES - len(entries))
+            entries.extend(lines)
+            inflate_room -= inflated
         return entries
     return _list_or_one(doc)
 

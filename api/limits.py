@@ -20,30 +20,40 @@ MAX_DEPTH = 32  # CloudEvents are shallow; deeper nesting is hostile or a mistak
 log = logging.getLogger("aforo.api.limits")
 
 
-async def decoded(chunks: AsyncIterator[bytes], encoding: str | None) -> AsyncIterator[bytes]:
+def decoded(chunks: AsyncIterator[bytes], encoding: str | None) -> AsyncIterator[bytes]:
     """The body as sent, gunzipped on the fly when Content-Encoding says gzip (Firehose and the
-    MuleSoft forwarder compress)."""
+    MuleSoft forwarder compress); 415 for any other encoding, at once, before the body is read."""
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
-        async for chunk in chunks:
-            yield chunk
-        return
+        return chunks
     if encoding not in ("gzip", "x-gzip"):
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; "
                        "send identity or gzip")
+    return _gunzipped(chunks)
+
+
+async def _gunzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Every member of the gzip stream in turn (RFC 1952 allows several: `cat a.gz b.gz`); a 400
+    when it is not gzip or ends inside a member (truncated), never the part read so far as if it
+    were all of it."""
     inflate = zlib.decompressobj(wbits=31)
     try:
         async for chunk in chunks:
-            # bounded output per step, so a small zip bomb cannot allocate gigabytes at once
-            data = inflate.decompress(chunk, MIB)
-            while data:
-                yield data
-                data = inflate.decompress(inflate.unconsumed_tail, MIB) if inflate.unconsumed_tail else b""
-        tail = inflate.flush()
+            while chunk:
+                if inflate.eof:  # the next member starts
+                    inflate = zlib.decompressobj(wbits=31)
+                # bounded output per step, so a small zip bomb cannot allocate gigabytes at once
+                data = inflate.decompress(chunk, MIB)
+                chunk = inflate.unused_data if inflate.eof else inflate.unconsumed_tail
+                if data:
+                    yield data
+        tail = inflate.flush()  # output zlib held back once input ran out (a few bytes)
     except zlib.error as exc:
         raise bad_request(f"body is not valid gzip: {exc}") from None
     if tail:
         yield tail
+    if not inflate.eof:
+        raise bad_request("body is not valid gzip: it ends inside the compressed stream (truncated)")
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
@@ -55,6 +65,8 @@ def gunzip(data: bytes, limit: int) -> bytes:
         raise ValueError(f"not valid gzip: {exc}") from None
     if len(out) > limit:
         raise ValueError(f"decompresses to more than {limit} bytes")
+    if not inflate.eof:
+        raise ValueError("not valid gzip: it ends inside the compressed stream (truncated)")
     return out
 
 

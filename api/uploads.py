@@ -2,9 +2,11 @@
 record per row, each row keeping its own `time`. Tier `upload`.
 
 Rows are produced as they are read, so a bad row cannot hold back the good ones: it is skipped
-and reported with its line number and why. Only a problem that makes the rest of the file
-unreadable (an unreadable CSV header, a broken JSON array, invalid UTF-8) stops the upload, and
-the report says where.
+and reported with its line number and why (a row that is not valid UTF-8 too). Only a problem that
+makes the rest of the file unreadable (a broken JSON array, a CSV line over 1 MiB, a body that
+cannot be read further, such as broken gzip) stops the upload; the report names where, and the
+rows before it were produced. A problem with the CSV header or the mapping refuses the upload
+before anything is produced.
 
 CSV column mapping (`mapping`, JSON):
 
@@ -32,7 +34,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
-from api.cloudevents import MAX_EVENT_BYTES, SPECVERSION, admit
+from api.cloudevents import BOM, MAX_EVENT_BYTES, SPECVERSION, admit
 from api.limits import check_depth
 from schemas import exact_json
 from sinks.raw_producer import MAX_KEPT_ERRORS, RawProducer
@@ -45,10 +47,16 @@ ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time", "tenanti
 DEFAULTS = {"specversion": SPECVERSION, "source": "upload"}
 CHUNK = 256 * 1024
 MAX_LINE = MAX_EVENT_BYTES
+# A CSV field may be as long as its row may be (the csv module's default limit is 128 KiB).
+csv.field_size_limit(MAX_LINE)
 
 
 class UploadError(ValueError):
     """The upload cannot start (the API answers 400 before producing anything)."""
+
+
+class BodyError(OSError):
+    """The body cannot be read further (broken gzip, the client went away): the upload stops there."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,13 @@ def _json_row(line: int, raw: bytes) -> Row:
 # --- NDJSON ------------------------------------------------------------------------------------
 
 def ndjson_rows(stream: BinaryIO) -> Iterator[Row]:
-    """One JSON value per line; blank lines are skipped; a line over 1 MiB is a bad row."""
+    """One JSON value per line; blank lines are skipped; a line over 1 MiB is a bad row. A byte
+    order mark before the first line is ignored, as in the other formats."""
     number = 0
     while line := stream.readline(MAX_LINE + 1):
         number += 1
+        if number == 1:
+            line = line.removeprefix(BOM)
         if len(line) > MAX_LINE and not line.endswith(b"\n"):
             while (rest := stream.readline(CHUNK)) and not rest.endswith(b"\n"):
                 pass  # discard the rest of the oversized line without holding it
@@ -165,8 +176,8 @@ def json_array_rows(stream: BinaryIO) -> Iterator[Row]:
     s = _ArrayScanner(stream)
     while len(s.buf) < 3 and s.fill():
         pass
-    if s.buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
-        s.pos = 3
+    if s.buf.startswith(BOM):
+        s.pos = len(BOM)
     if s.peek() != ord("["):
         yield Row(s.line_at(s.pos), error="a JSON upload must be an array of events", fatal=True)
         return
@@ -225,7 +236,26 @@ def parse_csv_mapping(doc: object) -> CsvMapping:
 
 
 def default_mapping(header: list[str]) -> CsvMapping:
-    return CsvMapping({(c if _field_ok(c) else f"data.{c}"): c for c in header if c})
+    """Each named column as the field it names; UploadError when two name one field."""
+    columns: dict[str, str] = {}
+    for column in filter(None, header):
+        name = column if _field_ok(column) else f"data.{column}"
+        if columns.setdefault(name, column) != column:
+            raise UploadError(f"CSV columns {columns[name]!r} and {column!r} are both the event field "
+                              f"{name!r}")
+    return CsvMapping(columns)
+
+
+# surrogateescape decodes a byte that is not UTF-8 as one of these (valid UTF-8 never gives one),
+# so a row that is not UTF-8 is found and refused alone, by its own line.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_problem(record: list[str]) -> str | None:
+    for number, value in enumerate(record, 1):
+        if bad := _NOT_UTF8.search(value):
+            return f"not valid UTF-8: byte 0x{ord(bad.group()) - 0xdc00:02x} in field {number}"
+    return None
 
 
 def _event(values: dict[str, str], defaults: dict[str, str]) -> dict:
@@ -251,20 +281,26 @@ def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
 
 
 def csv_rows(stream: BinaryIO, mapping: CsvMapping | None) -> Iterator[Row]:
-    """The header first (UploadError when the mapping names a column it lacks), then one event per
-    record, empty cells left out."""
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    """The header first (UploadError when it cannot be read, or a column the mapping reads is
+    missing or repeated), then one event per record, empty cells left out."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(_bounded_lines(text))
     try:
         header = next(reader)
     except StopIteration:
         raise UploadError("the CSV file is empty: it needs a header line") from None
-    except (csv.Error, UnicodeDecodeError) as exc:
+    except csv.Error as exc:
         raise UploadError(f"the CSV header cannot be read: {exc}") from None
+    if problem := _utf8_problem(header):
+        raise UploadError(f"the CSV header is {problem}")
     mapping = mapping or default_mapping(header)
     missing = [c for c in mapping.columns.values() if c not in header]
     if missing:
         raise UploadError(f"mapped column {missing[0]!r} is not in the CSV header")
+    repeated = [c for c in mapping.columns.values() if header.count(c) > 1]
+    if repeated:
+        raise UploadError(f"column {repeated[0]!r} appears {header.count(repeated[0])} times in the CSV "
+                          "header: rename one, or map the columns to read")
     index = {name: header.index(column) for name, column in mapping.columns.items()}
     start = reader.line_num + 1
     while True:
@@ -276,12 +312,15 @@ def csv_rows(stream: BinaryIO, mapping: CsvMapping | None) -> Iterator[Row]:
             yield Row(start, error=f"CSV: {exc}")
             start = reader.line_num + 1
             continue
-        except (UploadError, UnicodeDecodeError) as exc:
+        except UploadError as exc:
             yield Row(start, error=str(exc), fatal=True)
             return
         line, start = start, reader.line_num + 1
         if not any(record):
             continue  # blank line
+        if problem := _utf8_problem(record):
+            yield Row(line, error=problem)
+            continue
         if len(record) != len(header):
             yield Row(line, error=f"the row has {len(record)} fields, the header {len(header)}")
             continue
@@ -333,20 +372,25 @@ def event_bytes(row: Row, tenant: str | None) -> bytes:
 
 def _good_rows(rows: Iterator[Row], tenant: str | None, report: UploadReport) -> Iterator[tuple[int, bytes]]:
     """(line, raw record) of every row that can be produced; the others go to the report."""
-    for row in rows:
-        if row.fatal:
-            report.stopped = BadRow(line=row.line, error=row.error or "")
-            return
-        report.rows += 1
-        if row.error is not None:
-            report.refuse(row.line, row.error)
-            continue
-        try:
-            raw = event_bytes(row, tenant)
-        except (ValueError, PermissionError) as exc:
-            report.refuse(row.line, str(exc))
-            continue
-        yield row.line, raw
+    line = 0
+    try:
+        for row in rows:
+            if row.fatal:
+                report.stopped = BadRow(line=row.line, error=row.error or "")
+                return
+            line = row.line
+            report.rows += 1
+            if row.error is not None:
+                report.refuse(row.line, row.error)
+                continue
+            try:
+                raw = event_bytes(row, tenant)
+            except (ValueError, PermissionError) as exc:
+                report.refuse(row.line, str(exc))
+                continue
+            yield row.line, raw
+    except BodyError as exc:  # what was produced stays produced: the report says how far it got
+        report.stopped = BadRow(line=line + 1, error=f"the body cannot be read after line {line}: {exc}")
 
 
 def run_upload(rows: Iterator[Row], fmt: str, tenant: str | None, producer: RawProducer,

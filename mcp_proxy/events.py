@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from schemas import exact_json
+
 TOOL_CALL = "mcp.tool.call"
 SESSION_START = "mcp.session.start"
 SESSION_END = "mcp.session.end"
@@ -38,8 +40,9 @@ def rfc3339(epoch_s: float) -> str:
 
 
 def jsonrpc_id_key(rpc_id: object) -> str:
-    """A request id as text that keeps 1 and "1" apart (JSON-RPC treats them as different ids)."""
-    return orjson.dumps(rpc_id).decode()
+    """A request id as text that keeps 1 and "1" apart (JSON-RPC treats them as different ids); a
+    number read as written (schemas.exact_json) is its own text."""
+    return exact_json.dumps(rpc_id).decode()
 
 
 def cloudevent(ident: Identity, event_type: str, event_id: str, agent: str | None, at_s: float,

@@ -12,22 +12,42 @@ import orjson
 
 from mcp_proxy.events import SESSION_END, SESSION_START, TOOL_CALL, Identity, cloudevent, jsonrpc_id_key
 from observe.metrics import MCP_SESSIONS, MCP_TOOL_CALLS
+from schemas import exact_json
 
 OUTCOMES = ("ok", "tool_error", "protocol_error", "cancelled", "timeout")
+
+
+def _float_id(doc: object) -> bool:
+    """Whether a message's id (or the request id it cancels) was read as a binary float: orjson
+    reads a number with a fraction or an exponent, or beyond 64 bits, that way, so two ids could
+    become one (2**64 and 2**64 + 1) and the event id would not be the one sent."""
+    for msg in doc if isinstance(doc, list) else [doc]:
+        if isinstance(msg, dict):
+            params = msg.get("params")
+            if isinstance(msg.get("id"), float) or (
+                    isinstance(params, dict) and isinstance(params.get("requestId"), float)):
+                return True
+    return False
 
 
 def parse_messages(raw: bytes) -> list[tuple[dict, int]]:
     """The JSON-RPC messages in one frame with their sizes in bytes. A batch (JSON array) is
     metered per element; an element's size is that of its compact JSON, the frame itself being
-    forwarded unchanged. Unparsable frames yield nothing: they are relayed, not metered."""
+    forwarded unchanged. Unparsable frames yield nothing: they are relayed, not metered. A frame
+    with a numeric id orjson cannot hold exactly is read again with each number as written."""
     try:
         doc = orjson.loads(raw)
+        if _float_id(doc):
+            doc = exact_json.loads(raw, as_written=True)
     except orjson.JSONDecodeError:
-        return []
+        try:  # maybe JSON orjson cannot hold at all (an id of 1e400)
+            doc = exact_json.loads(raw, as_written=True)
+        except exact_json.JsonError:
+            return []
     if isinstance(doc, dict):
         return [(doc, len(raw))]
     if isinstance(doc, list):
-        return [(m, len(orjson.dumps(m))) for m in doc if isinstance(m, dict)]
+        return [(m, len(exact_json.dumps(m))) for m in doc if isinstance(m, dict)]
     return []
 
 

@@ -5,11 +5,12 @@ with a fraction or an exponent as a binary float: 2**70 becomes 1.18059162071741
 12345678901234567.89 becomes 1.2345678901234568e16. Where a number may be a client's quantity it
 is read here instead: integers as int (as Decimal from 19 digits on, which orjson could not
 write), every other number as Decimal, and written back with orjson, each Decimal as a JSON number
-with its exact digits. NaN and Infinity are not JSON and are refused; so is a `\\ud800` escape of a
-lone UTF-16 surrogate, which is no Unicode text (orjson and I-JSON refuse it too, and a string
-holding one cannot be encoded again, by orjson or for Postgres). `loads_with_text` also
-gives each array element's own text, so a door can produce each event of a batch as exactly the
-bytes the client sent for it.
+with its exact digits. Doors that build events from a provider's payload read it `as_written`,
+so each number also keeps the text it was sent as (a numeric id `1e400` stays `1e400`). NaN and
+Infinity are not JSON and are refused; so is a `\\ud800` escape of a lone UTF-16 surrogate, which
+is no Unicode text (orjson and I-JSON refuse it too, and a string holding one cannot be encoded
+again, by orjson or for Postgres). `loads_with_text` also gives each array element's own text, so
+a door can produce each event of a batch as exactly the bytes the client sent for it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,27 @@ def _integer(text: str) -> int | Decimal:
     return int(text) if len(text) < 19 else Decimal(text)  # up to 18 digits fits in 64 bits
 
 
+class Number(Decimal):
+    """A JSON number as a Decimal that is written, and printed, as it was sent (`1e400`, where a
+    Decimal prints `1E+400`): a provider's numeric id stays the text the provider signed."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> Number:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _integer_as_written(text: str) -> int | Number:
+    return int(text) if len(text) < 19 and text != "-0" else Number(text)  # str(int("-0")) is "0"
+
+
 _DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_integer, parse_constant=_not_json)
+_AS_WRITTEN = json.JSONDecoder(parse_float=Number, parse_int=_integer_as_written, parse_constant=_not_json)
 _WS = re.compile(r"[ \t\r\n]*")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a valid pair decodes to one code point
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -65,11 +86,12 @@ def _unicode(doc: object, text: str) -> object:
     return doc
 
 
-def loads(raw: bytes | str) -> object:
-    """One JSON document, numbers exact; JsonError when it is not JSON."""
+def loads(raw: bytes | str, *, as_written: bool = False) -> object:
+    """One JSON document, numbers exact (as_written: each prints as its own text, see Number);
+    JsonError when it is not JSON."""
     text = _text(raw)
     try:
-        return _unicode(_DECODER.decode(text), text)
+        return _unicode((_AS_WRITTEN if as_written else _DECODER).decode(text), text)
     except json.JSONDecodeError as exc:
         raise JsonError(f"not valid JSON: {exc}") from None
     except RecursionError:

@@ -231,6 +231,25 @@ def test_each_raw_record_is_the_bytes_the_client_sent_for_that_event(api_app):
 
 
 @pytest.mark.integration
+def test_a_byte_order_mark_before_the_body_is_ignored_and_never_produced(api_app):
+    """RFC 8259 lets a reader ignore it, as uploads did: here it was a 400 ("Expecting value")."""
+    client, s = api_app.client, api_app.settings
+    single = orjson.dumps(_event(8, tenantid="acme"), option=orjson.OPT_INDENT_2)
+    r = client.post("/v1/events", content=b"\xef\xbb\xbf" + single,
+                    headers={**api_app.auth, "Content-Type": "application/cloudevents+json"})
+    assert r.status_code == 202, r.text
+    element = orjson.dumps(_event(7))
+    r = client.post("/v1/events", content=b"\xef\xbb\xbf[" + element + b"]",
+                    headers={**api_app.auth, "Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+    assert sorted(raw_values(s)) == sorted([single, b'{"tenantid":"acme",' + element[1:]])
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT event_id, status, reason FROM ledger ORDER BY 1").fetchall()
+    assert rows == [("e-7", "accepted", None), ("e-8", "accepted", None)]
+
+
+@pytest.mark.integration
 def test_an_id_that_is_not_a_string_gets_a_receipt_and_its_reason_in_the_ledger(api_app):
     """The exact reader holds such a number as a Decimal: its receipt was a 500 after the event
     had been produced. A receipt names an id only when it is one (a string)."""

@@ -127,6 +127,20 @@ def test_malformed_exports_are_refused_whole(gateway, doc, problem):
         _events(gateway, doc)
 
 
+def test_firehose_records_are_bounded_together_as_they_are_read():
+    """Each record was inflated up to 16 MiB and split whole, and the 10,000 entries were counted
+    after all of them: an 80 KB delivery of four records, 20 million `{}` lines, held the event
+    loop for a minute and 1.5 GB before its 400."""
+    ten_mib = gzip.compress(b"\n" * (10 * 1024 * 1024))
+    with pytest.raises(ExportError, match="inflates to at most 16777216 bytes"):
+        _events("aws", _firehose(ten_mib, ten_mib))
+    with pytest.raises(ExportError, match="at most 10000 entries"):
+        _events("aws", _firehose(gzip.compress(b"{}\n" * 6000), gzip.compress(b"{}\n" * 6000)))
+    # a line ends at "\n" only: U+2028 is a character a JSON string may hold (the line was split)
+    line = orjson.dumps({**_fixture("aws_access_log.json"), "path": "/a\u2028b"})
+    assert _events("aws", _firehose(line))[0]["data"]["path"] == "/a\u2028b"
+
+
 @pytest.mark.parametrize("value", ["", "-", None, True, {"a": 1}, "NaN", "1e999", "abc", 1e300])
 def test_odd_field_values_never_break_the_mapping(value):
     entry = {"request": {"method": value, "uri": value, "id": value}, "response": {"status": value},

@@ -3,6 +3,7 @@ rows reported by line, and uploaded rows through the pipeline keeping their own 
 
 from __future__ import annotations
 
+import gzip
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -108,12 +109,50 @@ def test_bad_csv_mappings(doc, problem):
         parse_csv_mapping(doc)
 
 
-def test_csv_that_is_not_utf8_stops():
+def test_a_csv_row_that_is_not_utf8_is_refused_alone_by_its_line():
+    """It was decoded a buffer at a time: the upload stopped at the first row of the buffer holding
+    the bad byte (20 good rows earlier, never produced), and within the first 8 KiB it was called
+    an unreadable header."""
     good = b"".join(b"id-%05d,cust-1\n" % i for i in range(2000))
-    rows = list(csv_rows(io.BytesIO(b"id,subject\n" + good + b"\xff\xfe,c\n"), None))
-    assert rows[0].value["id"] == "id-00000" and rows[-1].fatal and "utf-8" in rows[-1].error
-    with pytest.raises(UploadError, match="header"):  # broken from the start: nothing is produced
+    rows = list(csv_rows(io.BytesIO(b"id,subject\n" + good + b"bad,c\xffx\nlast,cust-1\n"), None))
+    assert [r.value["id"] for r in rows if r.value] == [f"id-{i:05d}" for i in range(2000)] + ["last"]
+    assert [(r.line, r.error, r.fatal) for r in rows if r.error] == [
+        (2002, "not valid UTF-8: byte 0xff in field 2", False)]
+    rows = list(csv_rows(io.BytesIO(b"id,subject\nok,cust-1\nbad,c\xe9\n"), None))
+    assert [(r.line, r.value, r.error) for r in rows] == [
+        (2, {"specversion": "1.0", "source": "upload", "id": "ok", "subject": "cust-1"}, None),
+        (3, None, "not valid UTF-8: byte 0xe9 in field 2")]
+    with pytest.raises(UploadError, match="header is not valid UTF-8: byte 0xff in field 2"):
         list(csv_rows(io.BytesIO(b"id,\xff\n"), None))
+
+
+@pytest.mark.parametrize("header, mapping, problem", [
+    ("id,subject,id", None, "column 'id' appears 2 times"),
+    ("tokens,subject,data.tokens", None, "'tokens' and 'data.tokens' are both the event field 'data.tokens'"),
+    ("a,subject,a", {"id": "a"}, "column 'a' appears 2 times"),
+])
+def test_a_csv_column_read_twice_is_refused_not_guessed(header, mapping, problem):
+    data = f"{header}\n1,cust-1,2\n".encode()
+    with pytest.raises(UploadError, match=problem):
+        list(csv_rows(io.BytesIO(data), mapping and CsvMapping(mapping)))
+    # a repeated column the mapping does not read is no ambiguity
+    [row] = csv_rows(io.BytesIO(data), CsvMapping({"subject": "subject"}))
+    assert row.value == {"specversion": "1.0", "source": "upload", "subject": "cust-1"}
+
+
+def test_csv_and_ndjson_edges():
+    """A field as long as a row may be (it was refused over 128 KiB); a BOM, CRLF line ends, blank
+    lines and no final newline; a header and nothing else."""
+    big = "x" * 500_000
+    [row] = csv_rows(io.BytesIO(f"id,note\nb1,{big}\n".encode()), None)
+    assert row.value["data"] == {"note": big}
+    rows = list(csv_rows(io.BytesIO(b"\xef\xbb\xbfid,subject\r\na,c1\r\n\r\nb,c2"), None))
+    assert [(r.line, r.value["id"], r.value["subject"]) for r in rows] == [(2, "a", "c1"), (4, "b", "c2")]
+    assert list(csv_rows(io.BytesIO(b"id,subject"), None)) == []
+    # the NDJSON BOM, like the others', is ignored (the first line was a bad row), never produced
+    rows = list(ndjson_rows(io.BytesIO(b'\xef\xbb\xbf{"id": "a"}\r\n\r\n{"id": "b"}')))
+    assert [(r.line, r.value, r.raw) for r in rows] == [(1, {"id": "a"}, b'{"id": "a"}'),
+                                                         (3, {"id": "b"}, b'{"id": "b"}')]
 
 
 # --- through the API and the pipeline -----------------------------------------------------------
@@ -199,6 +238,40 @@ def test_uploaded_json_rows_are_produced_as_the_bytes_sent(api_app):
     assert sorted(value for value in raw_values(s)) == sorted([
         _exact_event(1), with_tenant.replace(b"x-0", b"x-2"),
         _exact_event(3), with_tenant.replace(b"x-0", b"x-4")])
+
+
+@pytest.mark.integration
+def test_an_upload_that_stops_midway_is_a_400_naming_what_was_produced(api_app):
+    """A gzip body cut short was read as if it ended there (202, its last row cut: the tokens of a
+    row lost), one of several gzip members was all that was read (202, the rest lost), and a body
+    that stopped being readable after rows were produced was a bare 400 saying nothing was taken."""
+    client, s, auth = api_app.client, api_app.settings, api_app.auth
+    csv_headers = {**auth, "Content-Type": "text/csv", "Content-Encoding": "gzip"}
+    rows = [f"g-{i},cust-1,{_at(5)},llm.completion,{1000 + i},gpt-4o\n" for i in range(3)]
+    header = "id,subject,time,type,data.tokens,data.model\n"
+    cut = gzip.compress((header + "".join(rows)).encode())[:-12]  # in the last row's deflate data
+    r = client.post("/v1/uploads", content=cut, headers=csv_headers)
+    assert r.status_code == 400, r.text
+    report = r.json()
+    assert (report["error"], report["rows"], report["produced"], report["stopped"]["line"]) == (
+        "upload_stopped", 2, 2, 4)
+    assert "truncated" in report["message"] and "2 rows produced before it" in report["message"]
+    members = gzip.compress((header + rows[0]).encode()) + gzip.compress("".join(rows[1:]).encode())
+    r = client.post("/v1/uploads", content=members, headers=csv_headers)
+    assert r.status_code == 202 and r.json()["produced"] == 3, r.text
+    broken = b'[' + orjson.dumps({"specversion": "1.0", "id": "j-1", "source": "s", "type": "api.call",
+                                  "subject": "cust-1", "time": _at(3)}) + b',\n{"id": "j-2", "s": "]'
+    r = client.post("/v1/uploads", content=broken, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["produced"] == 1, r.text
+    assert r.json()["stopped"] == {"line": 2, "error": "the JSON array is not closed"}
+
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT event_id, status, reason, l.quantity FROM ledger LEFT JOIN ledger_lines l"
+                            " USING (raw_topic_id, raw_partition, raw_offset) ORDER BY 1, 2").fetchall()
+    assert rows == [("g-0", "accepted", None, 1000), ("g-0", "duplicate", "same_payload", None),
+                    ("g-1", "accepted", None, 1001), ("g-1", "duplicate", "same_payload", None),
+                    ("g-2", "accepted", None, 1002), ("j-1", "accepted", None, 1)]
 
 
 @pytest.mark.integration

@@ -182,6 +182,11 @@ def test_templates_map_realistic_payloads():
         "Ev0PV52K21", "message", "cust-1", "2025-11-30T14:23:07.000Z")
 
 
+def test_a_payload_after_a_byte_order_mark_is_read():
+    body = fixture_bytes("stripe_invoice_paid.json")
+    assert _map("stripe", b"\xef\xbb\xbf" + body) == _map("stripe", body)
+
+
 def test_mapping_leaves_missing_attributes_out_for_the_schema_gate_to_name():
     [event] = map_events(parse_mapping({"id": "$.id", "subject": "$.nope", "data": {"n": "$.x"}}),
                          {"id": 7}, {}, source="generic/s", tenant="acme", received="2026-11-30T00:00:00Z")
@@ -405,6 +410,32 @@ def test_a_providers_numbers_reach_the_raw_topic_exactly(api_app):
     assert r.status_code == 202, r.text
     [raw] = raw_values(s)
     assert b'"quantity":1180591620717411303424' in raw
+
+
+@pytest.mark.integration
+def test_a_numeric_provider_id_keeps_the_text_the_provider_signed(api_app):
+    """It became str(Decimal): `1e400` was the id "1E+400" and `-0` was "0". Each redelivery is
+    still the same event, a duplicate."""
+    s, client = api_app.settings, api_app.client
+    with connect(s.database_url) as conn:
+        add_source(conn, "ids", "generic", "g-secret", "acme", None, SecretBox(s))
+    ids = [b"1e400", b"-0", b"1.50", b"100000000000000000000001"]
+    now = int(time.time())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    for _ in range(2):
+        for event_id in ids:
+            body = b'{"id": %s, "type": "api.call", "subject": "cust-1", "time": "%s"}' % (
+                event_id, stamp.encode())
+            signed = generic_headers("g-secret", body, now)
+            r = client.post("/v1/webhooks/generic/ids", content=body, headers=signed)
+            assert r.status_code == 202, r.text
+            assert r.json()["events"][0]["id"] == event_id.decode()
+    run(s, once=True)
+    with connect(s.database_url) as conn:
+        rows = conn.execute("SELECT event_id, status, reason FROM ledger ORDER BY ingested_at, raw_partition,"
+                            " raw_offset").fetchall()
+    assert sorted(rows) == sorted([(i.decode(), "accepted", None) for i in ids]
+                                  + [(i.decode(), "duplicate", "same_payload") for i in ids])
 
 
 def test_secret_box_keeps_secrets_under_its_key(tmp_path):

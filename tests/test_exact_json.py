@@ -25,6 +25,14 @@ def test_numbers_keep_their_value():
         exact_json.dumps({"x": Decimal("NaN")})
 
 
+def test_numbers_as_written_keep_their_text_too():
+    written = ["1e400", "-0", "1.50", "0.0000001", "100000000000000000000001", "7", "-0.0"]
+    doc = exact_json.loads(f"[{', '.join(written)}]", as_written=True)
+    assert [str(n) for n in doc] == written
+    assert doc == [Decimal("1e400"), 0, Decimal("1.5"), Decimal("1E-7"), 10**23 + 1, 7, 0]
+    assert exact_json.dumps(doc) == b"[1e400,-0,1.50,0.0000001,100000000000000000000001,7,-0.0]"
+
+
 def test_each_element_keeps_its_own_bytes():
     body = '[ {"a": 1.10,\n "b": "caf\\u00e9 ☕"} ,2e0,"x"  ,[1, [2]]\n]'.encode()
     doc, texts = exact_json.loads_with_text(body)

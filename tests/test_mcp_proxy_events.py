@@ -85,6 +85,28 @@ def test_batches_are_metered_per_element_and_timeouts_close_calls():
     assert meter.close(111.0, 22.0) == []
 
 
+def test_each_call_is_metered_once_under_its_id_as_sent():
+    """orjson read 2**64 and 2**64 + 1 as one float (the second call took the first's place, and
+    its event id was `1.8446744073709552e+19`), 1.0000000000000001 as 1.0, and refused 1e400 (the
+    call was never metered). Ids that are objects, arrays or batched keep their text too."""
+    meter = SessionMeter(IDENT, session_id="s")
+    ids = [b"18446744073709551616", b"18446744073709551617", b"1e400", b"1.0000000000000001", b"1.0",
+           b'{"a": 1}', b"[1]"]
+    frames = [b'{"jsonrpc": "2.0", "id": %s, "method": "tools/call", "params": {"name": "t"}}' % i
+              for i in ids]
+    for frame in [*frames[:-2], b"[" + b",".join(frames[-2:]) + b"]"]:
+        assert meter.from_client(frame, 1.0, 1.0) == []
+    events = []
+    for rpc_id in reversed(ids):
+        events += meter.from_server(b'{"jsonrpc": "2.0", "id": %s, "result": {}}' % rpc_id, 1.0, 1.5)
+    events += meter.from_client(b'{"jsonrpc": "2.0", "id": 1e-400, "method": "tools/call"}', 1.0, 2.0)
+    events += meter.from_client(b'{"jsonrpc": "2.0", "method": "notifications/cancelled",'
+                                b' "params": {"requestId": 1e-400}}', 1.0, 2.5)
+    got = [orjson.loads(e) for e in events]
+    assert [(e["id"], e["data"]["outcome"]) for e in got] == [
+        *[(f"s/{i.decode()}".replace(" ", ""), "ok") for i in reversed(ids)], ("s/1e-400", "cancelled")]
+
+
 def test_subject_from_agent_mapping_and_meta():
     ident = Identity("acme", "p", "i", agent_customers=(("cursor", "cust-2"),))
     meter = SessionMeter(ident, session_id="s")

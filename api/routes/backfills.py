@@ -13,7 +13,7 @@ from api.backfill import BackfillRecord, BackfillReport, check, require_reason, 
 from api.errors import ErrorBody, bad_request, documented
 from api.routes.uploads import UPLOAD_BODY, streamed_rows
 from api.services import Svc
-from api.uploads import UploadError
+from api.uploads import BodyError, UploadError
 from api.viewer import AnyViewer, Viewer
 from config import clock
 from schemas.errors import Forbidden, NotFound
@@ -60,7 +60,7 @@ async def backfill(request: Request, who: AnyViewer, svc: Svc,
 
     try:
         report = await anyio.to_thread.run_sync(work)
-    except UploadError as exc:
+    except (UploadError, BodyError) as exc:  # all or nothing: checked before anything is produced
         raise bad_request(str(exc)) from None
     if report.not_acknowledged:
         return JSONResponse(report.model_dump(mode="json"), status_code=503)

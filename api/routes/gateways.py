@@ -11,14 +11,13 @@ from api.accept import Accepted, json_response, produce_events
 from api.auth import Caller, GatewayCaller, authenticate
 from api.cloudevents import parse_exact, rfc3339_ms
 from api.errors import bad_request, documented
-from api.gateways import FORMATS, GATEWAYS, ExportError, export_events
-from api.limits import MIB, decoded, read_body
+from api.gateways import FORMATS, GATEWAYS, MAX_EXPORT_BYTES, ExportError, export_events
+from api.limits import decoded, read_body
 from api.services import Services, Svc
 from config.clock import now_ms
 
 router = APIRouter(tags=["gateways"])
 
-MAX_EXPORT_BYTES = 16 * MIB  # Firehose buffers up to 64 MiB; configure its buffer at most this
 Gateway = Literal[GATEWAYS]
 EXPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}}}}

@@ -11,13 +11,15 @@ import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from api.auth import RestCaller
-from api.errors import bad_request, documented
+from api.errors import ApiError, bad_request, documented
 from api.limits import decoded
 from api.services import Svc
 from api.uploads import (
     CHUNK,
+    BodyError,
     Row,
     UploadError,
     UploadReport,
@@ -55,7 +57,12 @@ class BodyReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while not self._pending:
-            chunk = anyio.from_thread.run(self._next)
+            try:
+                chunk = anyio.from_thread.run(self._next)
+            except ApiError as exc:  # gzip that breaks off midway
+                raise BodyError(exc.message) from None
+            except ClientDisconnect:
+                raise BodyError("the client closed the connection before the body was read") from None
             if chunk is None:
                 return 0
             self._pending = memoryview(chunk)
@@ -90,7 +97,9 @@ async def upload(request: Request, caller: RestCaller, svc: Svc,
                      description="csv, json (an array) or ndjson; default: from Content-Type")] = None,
                  mapping: Annotated[str | None, Query(
                      description="CSV column mapping, JSON (see README)")] = None):
-    """Each row keeps its own `time`; the answer counts rows produced and lists bad rows by line."""
+    """Each row keeps its own `time`; the answer counts rows produced and lists bad rows by line. An
+    upload that stops midway (a broken JSON array, unreadable gzip) is a 400 carrying that report:
+    the rows before the line it names were produced."""
     fmt, rows = streamed_rows(request, format, mapping)
 
     def work() -> UploadReport:
@@ -102,4 +111,10 @@ async def upload(request: Request, caller: RestCaller, svc: Svc,
         raise bad_request(str(exc)) from None
     if report.not_acknowledged:
         return JSONResponse(report.model_dump(), status_code=503)
+    if report.stopped is not None:  # never a 202 for a file the rest of which was not read
+        stop = report.stopped
+        raise ApiError(400, "upload_stopped", f"the upload stopped at line {stop.line}: {stop.error}; the "
+                       f"{report.produced} rows produced before it are in (the report lists the rows "
+                       "refused): upload the rest from that line, or the whole file again (what was "
+                       "produced ends as duplicates)", **report.model_dump())
     return report
