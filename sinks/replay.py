@@ -31,6 +31,7 @@ class Scope:
     tenant: str
     start: datetime
     end: datetime
+    closed_through: int | None = None  # a closed period's: the rows its close covered (sinks/periods.py)
 
     @property
     def period(self) -> str:
@@ -39,9 +40,12 @@ class Scope:
     def where(self, alias: str = "") -> tuple[str, tuple]:
         # Adjustments belong to the period they are billed in, not to the closed one of their time.
         a = f"{alias}." if alias else ""
-        return (f"{a}tenantid = %s AND (({a}event_time >= %s AND {a}event_time < %s"
-                f" AND {a}adjusts_period IS NULL) OR ({a}adjusts_period IS NOT NULL AND {a}period = %s))",
-                (self.tenant, self.start, self.end, self.period))
+        where = (f"{a}tenantid = %s AND (({a}event_time >= %s AND {a}event_time < %s"
+                 f" AND {a}adjusts_period IS NULL) OR ({a}adjusts_period IS NOT NULL AND {a}period = %s))")
+        params = (self.tenant, self.start, self.end, self.period)
+        if self.closed_through is None:
+            return where, params
+        return f"{where} AND ({a}id <= %s OR {a}status = 'accepted')", (*params, self.closed_through)
 
 
 def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
