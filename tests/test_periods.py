@@ -259,3 +259,31 @@ def test_the_close_waits_for_a_ledger_write_in_flight_and_covers_it(settings):
 def close_period_in_march(settings) -> None:
     with connect(settings.database_url) as conn:
         close_period(conn, "acme", PERIOD, "cfo")
+
+
+def test_a_replay_applied_while_the_period_closes_is_refused_and_the_closed_rows_stay(settings):
+    """`replay --apply` of March while March closes: whichever takes the ledger's lock first, the
+    period is never closed on rows the replay then replaces."""
+    march(settings)
+    with connect(settings.database_url) as conn:  # a difference for --apply to repair
+        conn.execute("UPDATE ledger SET revenue = revenue + 1 WHERE event_id = 'b2'")
+    with connect(settings.database_url) as watch, connect(settings.database_url) as writer:
+        writer.execute("LOCK TABLE ledger IN ROW EXCLUSIVE MODE")  # a ledger write in flight
+        closing = ThreadPoolExecutor(1).submit(close_period_in_march, settings)
+        deadline = time.monotonic() + 60
+        while not waiting_on(watch, "ledger"):  # the close waits for the write
+            assert time.monotonic() < deadline and not closing.done(), "the close did not wait"
+            time.sleep(0.05)
+        replay = subprocess.Popen([AFORO, "replay", "--tenant", "acme", "--period", PERIOD, "--apply"],
+                                  env=env_of(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                            " AND relation = 'ledger'::regclass").fetchone()[0] < 2:  # and it queues
+            assert time.monotonic() < deadline and replay.poll() is None, replay.stdout.read().decode()
+            time.sleep(0.05)
+        writer.rollback()
+        closing.result(60)
+        output = replay.communicate(timeout=120)[0].decode()
+    assert replay.returncode == 1 and "Error: acme 2026-03 is closed" in output, output
+    assert "applied" not in output
+    line, _ = march_shown(settings)
+    assert line.endswith("unchanged"), line
