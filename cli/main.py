@@ -616,10 +616,14 @@ def period_show(tenant, fmt) -> None:
         click.echo(orjson.dumps(periods, default=_jsonable, option=orjson.OPT_INDENT_2).decode())
         return
     for p in periods:
-        intact = "unchanged" if p["digest_now"] == p["digest"] else "CHANGED since closing"
-        click.echo(f"{p['period']} closed {_jsonable(p['closed_at'])} by {p['closed_by']}; digest "
-                   f"{p['digest'][:16]}… {intact}")
-        for key, t in p["totals"].items():
+        if p["status"] == "closing":
+            click.echo(f"{p['period']} closing since {_jsonable(p['closed_at'])} by {p['closed_by']}: its "
+                       f"digest and totals are being computed (ledger rows up to id {p['closed_through']})")
+        else:
+            intact = "unchanged" if p["digest_now"] == p["digest"] else "CHANGED since closing"
+            click.echo(f"{p['period']} closed {_jsonable(p['closed_at'])} by {p['closed_by']}; digest "
+                       f"{p['digest'][:16]}… {intact}")
+        for key, t in (p["totals"] or {}).items():
             click.echo(f"  {key:<28} events {t['events']:>8}  quantity {t['quantity']:>14}  "
                        f"revenue {t['revenue']}")
         for a in p["adjustments"]:

@@ -33,6 +33,7 @@ class Scope:
     start: datetime
     end: datetime
     closed_through: int | None = None  # a closed period's: the rows its close covered (sinks/periods.py)
+    at_close: bool = False  # only those rows (what the close records), not the accepted ones since
 
     @property
     def period(self) -> str:
@@ -46,7 +47,8 @@ class Scope:
         params = (self.tenant, self.start, self.end, self.period)
         if self.closed_through is None:
             return where, params
-        return f"{where} AND ({a}id <= %s OR {a}status = 'accepted')", (*params, self.closed_through)
+        since = "" if self.at_close else f" OR {a}status = 'accepted'"
+        return f"{where} AND ({a}id <= %s{since})", (*params, self.closed_through)
 
 
 def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:

@@ -20,10 +20,12 @@ from integration import env_of, send
 
 from cli.main import main
 from config import clock
+from flows.billing import bill_run
 from flows.metering import run
 from operators.enrich import next_period, open_period
-from sinks.periods import close_period
+from sinks.periods import FINISHING_LOCK, close_period, cut_period, scope_of
 from sinks.postgres import connect
+from sinks.replay import Ledger, digest
 
 pytestmark = pytest.mark.integration
 AFORO = str(Path(sys.executable).with_name("aforo"))
@@ -287,3 +289,90 @@ def test_a_replay_applied_while_the_period_closes_is_refused_and_the_closed_rows
     assert "applied" not in output
     line, _ = march_shown(settings)
     assert line.endswith("unchanged"), line
+
+
+# --- the close holds the ledger's writers only for its cut ---------------------------------------
+
+def finishing_waits(conn) -> bool:
+    """Whether a close waits for the lock of its second phase (the digest), in this database."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        " AND classid = %s AND database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database()))", (FINISHING_LOCK,)).fetchone()[0]
+
+
+def test_metering_goes_on_while_the_close_computes_its_digest(settings):
+    """The test holds the lock the close's second phase takes, so its digest waits as a big
+    period's would: the flow meters meanwhile, and `period show` lists March as closing."""
+    march(settings)
+    april = [(march_event(f"april-{i}", END + timedelta(days=3, hours=i)), END + timedelta(days=3, hours=i))
+             for i in range(2)]
+    send_at(settings, on_time(april))
+    with connect(settings.database_url, autocommit=True) as pause, connect(settings.database_url) as watch:
+        key = (FINISHING_LOCK, f"acme\x1f{PERIOD}")
+        pause.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+        closing = ThreadPoolExecutor(1).submit(close_period_in_march, settings)
+        try:
+            deadline = time.monotonic() + 60
+            while not finishing_waits(watch):
+                assert time.monotonic() < deadline and not closing.done(), "the close never paused"
+                time.sleep(0.05)
+            # a ledger write started after the cut: it would wait for the digest if the cut's lock were held
+            flow = subprocess.run([AFORO, "run", "--once"], env=env_of(settings), capture_output=True,
+                                  timeout=60)
+            assert flow.returncode == 0, flow.stderr.decode()[-3000:]
+            assert not closing.done()  # the digest is still paused: the flow did not wait for it
+            line, p = march_shown(settings)
+            assert line.startswith(f"{PERIOD} closing since") and "being computed" in line, line
+            assert (p["status"], p["digest"], p["digest_now"], p["totals"]) == ("closing", None, None, None)
+        finally:
+            pause.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+        closing.result(60)
+        metered = watch.execute("SELECT event_id, status, period FROM ledger WHERE event_id LIKE 'bapril-%'"
+                                " AND id > (SELECT closed_through FROM closed_periods)"
+                                " ORDER BY event_id").fetchall()
+    assert metered == [("bapril-0", "accepted", "2026-04"), ("bapril-1", "accepted", "2026-04")]
+    line, p = march_shown(settings)
+    assert line.endswith("unchanged") and p["status"] == "closed", line
+    assert p["totals"]["cust-1/api_calls"]["events"] == "5"
+
+
+@pytest.mark.parametrize("finisher", ["period show", "period close", "bill run"])
+def test_a_close_interrupted_after_its_cut_is_finished_with_the_digest_it_would_have_had(settings, tmp_path,
+                                                                                         finisher):
+    calls = march(settings)
+    with connect(settings.database_url) as conn:
+        as_closed = digest(conn, Ledger.live(scope_of("acme", PERIOD)))  # March when the close cuts it
+    with connect(settings.database_url) as conn:
+        assert cut_period(conn, "acme", PERIOD, "cfo")  # and dies before its digest
+    # then rows in March's time range past the cut: held late, a duplicate, and an accepted one (as a
+    # flow with the catalog it loaded before the close would bill it in March): only that is a change
+    upload_late(settings, tmp_path, [march_event("late-1", START + timedelta(days=20)), calls[0][0]])
+    with connect(settings.database_url) as conn:
+        names = ", ".join(c for (c,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'ledger'"
+            " AND column_name NOT IN ('id', 'raw_offset') ORDER BY ordinal_position"))
+        conn.execute(f"INSERT INTO ledger (raw_offset, {names}) SELECT raw_offset + 1000000, {names}"
+                     " FROM ledger WHERE event_id = 'b3'")
+
+    if finisher == "period close":
+        with time_machine.travel(CLOSED_AT, tick=True):
+            out = cli(settings, "period", "close", "--tenant", "acme", "--period", PERIOD)
+        assert out.startswith(f"closed acme {PERIOD}: digest {as_closed},"), out
+    elif finisher == "bill run":
+        report = bill_run(settings, "acme", PERIOD, allow_held=True)  # the late one is held
+        assert not report.closed_now and report.ok, report
+    else:
+        march_shown(settings)
+    with connect(settings.database_url) as conn:
+        assert conn.execute("SELECT digest FROM closed_periods").fetchall() == [(as_closed,)]
+    line, p = march_shown(settings)
+    assert p["status"] == "closed" and p["digest"] == as_closed
+    assert p["totals"]["cust-1/api_calls"]["events"] == "5"
+    assert line.endswith("CHANGED since closing"), line  # the row billed in March after the cut
+    with connect(settings.database_url) as conn:
+        conn.execute("DELETE FROM ledger WHERE raw_offset >= 1000000")
+    assert march_shown(settings)[0].endswith("unchanged")
+    with time_machine.travel(CLOSED_AT, tick=True):
+        again = cli(settings, "period", "close", "--tenant", "acme", "--period", PERIOD, code=1)
+    assert again == f"Error: acme {PERIOD} is already closed\n"
+
