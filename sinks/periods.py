@@ -74,8 +74,12 @@ def cut_period(conn: psycopg.Connection, tenant: str, period: str, actor: str) -
         # whole under the lock. The same cut: no writer is between drawing an id and committing.
         through = conn.execute("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence("
                                "'ledger', 'id')::regclass), 0)").fetchone()[0]
-        conn.execute("INSERT INTO closed_periods (tenant, period, closed_by, closed_through)"
-                     " VALUES (%s, %s, %s, %s)", (tenant, period, actor, through))
+        # SHARE does not exclude SHARE: a close of the period at the same moment has passed the
+        # check above too; its insert, committed first, makes this one a no-op.
+        if conn.execute("INSERT INTO closed_periods (tenant, period, closed_by, closed_through)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                        (tenant, period, actor, through)).fetchone() is None:
+            raise PeriodError(f"{tenant} {period} is already closed")
         conn.execute("UPDATE catalog_state SET version = version + 1")
     return True
 

@@ -376,3 +376,19 @@ def test_a_close_interrupted_after_its_cut_is_finished_with_the_digest_it_would_
         again = cli(settings, "period", "close", "--tenant", "acme", "--period", PERIOD, code=1)
     assert again == f"Error: acme {PERIOD} is already closed\n"
 
+
+def test_two_closes_at_the_same_moment_close_once_and_the_other_is_told(settings):
+    march(settings)
+    with connect(settings.database_url) as watch, connect(settings.database_url) as writer:
+        writer.execute("LOCK TABLE ledger IN ROW EXCLUSIVE MODE")  # both closes queue behind a write
+        closes = [ThreadPoolExecutor(1).submit(close_period_in_march, settings) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted"
+                            " AND relation = 'ledger'::regclass").fetchone()[0] < 2:
+            assert time.monotonic() < deadline and not any(c.done() for c in closes), "no queue"
+            time.sleep(0.05)
+        writer.rollback()
+        errors = [c.exception(60) for c in closes]
+    assert sorted(map(repr, errors)) == ["None", f"PeriodError('acme {PERIOD} is already closed')"]
+    line, p = march_shown(settings)
+    assert line.endswith("unchanged") and p["totals"]["cust-1/api_calls"]["events"] == "5"
