@@ -433,7 +433,6 @@ def replay(tenant, period, source, apply_) -> None:
     from operators.revenue import period_bounds
     from operators.timestamp_gate import to_us
     from sinks.entitlements import CatalogCache
-    from sinks.periods import is_closed
     from sinks.postgres import connect
     from sinks.replay import (
         Ledger,
@@ -482,9 +481,6 @@ def replay(tenant, period, source, apply_) -> None:
             for src, eid, p, o, st, rs, rev, st2, rs2, rev2 in changes[:50]:
                 click.echo(f"  {src} {eid} {p}/{o}: {st}/{rs or '-'} {rev} -> {st2}/{rs2 or '-'} {rev2}")
         click.echo("\nidentical" if identical else "\nDIFFERENT")
-        if apply_ and not identical and is_closed(conn, tenant, period):
-            _fail(f"{tenant} {period} is closed: a replay never edits it (its late events are "
-                  "adjustments in the next open period)")
         if apply_ and not identical:
             apply_shadow(conn, scope, period, replay_id)
             click.echo(f"applied: the live ledger of {tenant} {period} is now replay {replay_id}")
@@ -620,10 +616,14 @@ def period_show(tenant, fmt) -> None:
         click.echo(orjson.dumps(periods, default=_jsonable, option=orjson.OPT_INDENT_2).decode())
         return
     for p in periods:
-        intact = "unchanged" if p["digest_now"] == p["digest"] else "CHANGED since closing"
-        click.echo(f"{p['period']} closed {_jsonable(p['closed_at'])} by {p['closed_by']}; digest "
-                   f"{p['digest'][:16]}… {intact}")
-        for key, t in p["totals"].items():
+        if p["status"] == "closing":
+            click.echo(f"{p['period']} closing since {_jsonable(p['closed_at'])} by {p['closed_by']}: its "
+                       f"digest and totals are being computed (ledger rows up to id {p['closed_through']})")
+        else:
+            intact = "unchanged" if p["digest_now"] == p["digest"] else "CHANGED since closing"
+            click.echo(f"{p['period']} closed {_jsonable(p['closed_at'])} by {p['closed_by']}; digest "
+                       f"{p['digest'][:16]}… {intact}")
+        for key, t in (p["totals"] or {}).items():
             click.echo(f"  {key:<28} events {t['events']:>8}  quantity {t['quantity']:>14}  "
                        f"revenue {t['revenue']}")
         for a in p["adjustments"]:

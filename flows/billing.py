@@ -40,7 +40,7 @@ from schemas.errors import AforoError, Conflict, NotFound
 from sinks import billing as db
 from sinks.catalog import require_tenant
 from sinks.invoice_delivery import deliver_pending
-from sinks.periods import close_period, is_closed
+from sinks.periods import close_period, finish_close, is_closed
 from sinks.postgres import connect
 
 SETTLE = len(STAGES)
@@ -143,7 +143,9 @@ def _bill_period(settings: Settings, conn: psycopg.Connection, tenant: str, peri
     closed = is_closed(conn, tenant, period)
     if todo and not dry_run:
         report.run_id = db.start_run(conn, tenant, period, customer, allow_held, settings.actor)
-        if not closed and readiness(period_end, watermark, held, allow_held) is None:
+        if closed:
+            finish_close(conn, tenant, period)  # a close interrupted before its digest: finished first
+        elif readiness(period_end, watermark, held, allow_held) is None:
             close_period(conn, tenant, period, settings.actor)  # `aforo period close`
             closed = report.closed_now = True
     report.held = len(held) if allow_held else 0

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from config import Settings
 from operators.audit import AUDIT_COLUMNS
+from schemas.errors import Conflict
 from schemas.record import Record
 from sinks.audit import reseal
 from sinks.kafka import kafka_config, topic_id
@@ -31,6 +32,8 @@ class Scope:
     tenant: str
     start: datetime
     end: datetime
+    closed_through: int | None = None  # a closed period's: the rows its close covered (sinks/periods.py)
+    at_close: bool = False  # only those rows (what the close records), not the accepted ones since
 
     @property
     def period(self) -> str:
@@ -39,9 +42,13 @@ class Scope:
     def where(self, alias: str = "") -> tuple[str, tuple]:
         # Adjustments belong to the period they are billed in, not to the closed one of their time.
         a = f"{alias}." if alias else ""
-        return (f"{a}tenantid = %s AND (({a}event_time >= %s AND {a}event_time < %s"
-                f" AND {a}adjusts_period IS NULL) OR ({a}adjusts_period IS NOT NULL AND {a}period = %s))",
-                (self.tenant, self.start, self.end, self.period))
+        where = (f"{a}tenantid = %s AND (({a}event_time >= %s AND {a}event_time < %s"
+                 f" AND {a}adjusts_period IS NULL) OR ({a}adjusts_period IS NOT NULL AND {a}period = %s))")
+        params = (self.tenant, self.start, self.end, self.period)
+        if self.closed_through is None:
+            return where, params
+        since = "" if self.at_close else f" OR {a}status = 'accepted'"
+        return f"{where} AND ({a}id <= %s{since})", (*params, self.closed_through)
 
 
 def archived_records(conn: psycopg.Connection, scope: Scope) -> list[Record]:
@@ -186,10 +193,17 @@ def status_changes(conn: psycopg.Connection, scope: Scope, replay_id: int) -> li
 def apply_shadow(conn: psycopg.Connection, scope: Scope, period: str, replay_id: int) -> None:
     """Replace the live rows of the scope with the shadow's, in one transaction: the new rows are
     appended to the audit chain (the old entries stay), and the period's revenue totals are
-    rebuilt from the new lines."""
+    rebuilt from the new lines. A closed period is refused: its rows are what it closed on."""
     where, params = scope.where()
     where_l, params_l = scope.where("l")
     with conn.transaction():
+        # Decided under the lock a close waits for (its SHARE conflicts with this), so a period
+        # closing meanwhile is either closed on the replaced rows or seen closed here.
+        conn.execute("LOCK TABLE ledger IN ROW EXCLUSIVE MODE")
+        if conn.execute("SELECT 1 FROM closed_periods WHERE tenant = %s AND period = %s",
+                        (scope.tenant, period)).fetchone():
+            raise Conflict(f"{scope.tenant} {period} is closed: a replay never edits it (its late events "
+                           "are adjustments in the next open period)")
         conn.execute("DELETE FROM ledger_lines x USING ledger l WHERE (x.raw_topic_id, x.raw_partition,"
                      f" x.raw_offset) = (l.raw_topic_id, l.raw_partition, l.raw_offset) AND {where_l}",
                      params_l)

@@ -240,6 +240,7 @@ def test_a_late_event_approved_after_settling_is_next_periods_adjustment_and_the
     assert after["invoice"] == before["invoice"]
     [closed] = json.loads(cli(settings, "period", "show", "--tenant", "acme", "--format", "json"))
     assert [(a["billed_in"], a["events"]) for a in closed["adjustments"]] == [("2026-04", 1)]
+    assert closed["digest_now"] == closed["digest"]  # the late row, held after the close, is not in it
 
     send_at(settings, [clock_past(END + timedelta(days=30))])  # past April's end plus the lateness
     run(settings, once=True)
