@@ -32,9 +32,10 @@ class SchemaError(ValueError):
     pass
 
 
-def indexable(value: str) -> bool:
-    """Whether an INDEXED attribute is short enough for the ledger's index."""
-    return len(value) * 4 <= MAX_ATTRIBUTE_BYTES or len(value.encode()) <= MAX_ATTRIBUTE_BYTES
+def indexable(value: str, limit: int = MAX_ATTRIBUTE_BYTES) -> bool:
+    """Whether text fits `limit` bytes of an index entry (by default, an INDEXED attribute's). A
+    character takes at most 4 bytes in UTF-8, so short text is not encoded to be measured."""
+    return len(value) * 4 <= limit or len(value.encode()) <= limit
 
 
 class UnknownTenant(LookupError):
@@ -120,7 +121,7 @@ def check_event(event: Mapping, key_paths: Mapping[str, str | None]) -> tuple[in
     if tenant not in key_paths:
         raise UnknownTenant(f"tenant {tenant!r} is not in the catalog")
     key = idempotency_key(event, key_paths[tenant])
-    if len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES:  # escapes, or a long data value
+    if not indexable(key, MAX_KEY_BYTES):  # escapes, or a long data value
         raise SchemaError(f"the idempotency key is {len(key.encode())} bytes long once encoded; "
                           f"at most {MAX_KEY_BYTES}")
     return event_us, key
